@@ -1,0 +1,239 @@
+package sipws
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"unicode/utf8"
+)
+
+// CloseCode is a WebSocket close status code (RFC 6455 §7.4).
+type CloseCode uint16
+
+// Close codes of RFC 6455 §7.4.1 and the IANA registry.
+const (
+	CloseNormal           CloseCode = 1000 // normal closure
+	CloseGoingAway        CloseCode = 1001 // server shutting down, browser leaving the page
+	CloseProtocolError    CloseCode = 1002 // the peer broke RFC 6455
+	CloseUnsupportedData  CloseCode = 1003 // a data type the endpoint cannot accept
+	CloseNoStatus         CloseCode = 1005 // reserved: no code was present (never sent)
+	CloseAbnormal         CloseCode = 1006 // reserved: no close frame at all (never sent)
+	CloseInvalidPayload   CloseCode = 1007 // e.g. a text message that is not UTF-8
+	ClosePolicyViolation  CloseCode = 1008 // generic policy reason, e.g. a slow consumer
+	CloseMessageTooBig    CloseCode = 1009 // a message over the size limit
+	CloseMandatoryExt     CloseCode = 1010 // (client only) an extension was not negotiated
+	CloseInternalError    CloseCode = 1011 // unexpected condition on the server
+	CloseServiceRestart   CloseCode = 1012 // IANA: service restart
+	CloseTryAgainLater    CloseCode = 1013 // IANA: try again later
+	CloseBadGateway       CloseCode = 1014 // IANA: bad gateway
+	CloseTLSHandshakeFail CloseCode = 1015 // reserved: TLS failure (never sent)
+)
+
+// Default close code and reason of Conn.Close and Registry.Close, as
+// Kamailio's ws_close().
+const (
+	DefaultCloseCode   = CloseNormal
+	DefaultCloseReason = "Normal closure"
+)
+
+// maxCloseReason is the longest reason that fits a control frame (125 bytes
+// less the 2-byte code).
+const maxCloseReason = 123
+
+// String returns the code as a number followed by its meaning, e.g.
+// "1000 (normal closure)".
+func (c CloseCode) String() string {
+	var name string
+	switch c {
+	case CloseNormal:
+		name = "normal closure"
+	case CloseGoingAway:
+		name = "going away"
+	case CloseProtocolError:
+		name = "protocol error"
+	case CloseUnsupportedData:
+		name = "unsupported data"
+	case CloseNoStatus:
+		name = "no status"
+	case CloseAbnormal:
+		name = "abnormal closure"
+	case CloseInvalidPayload:
+		name = "invalid payload"
+	case ClosePolicyViolation:
+		name = "policy violation"
+	case CloseMessageTooBig:
+		name = "message too big"
+	case CloseMandatoryExt:
+		name = "mandatory extension"
+	case CloseInternalError:
+		name = "internal error"
+	case CloseServiceRestart:
+		name = "service restart"
+	case CloseTryAgainLater:
+		name = "try again later"
+	case CloseBadGateway:
+		name = "bad gateway"
+	case CloseTLSHandshakeFail:
+		name = "TLS handshake failure"
+	default:
+		return strconv.Itoa(int(c))
+	}
+	return strconv.Itoa(int(c)) + " (" + name + ")"
+}
+
+// validOnWire reports whether c may appear in a close frame, sent or received
+// (RFC 6455 §7.4.1, §7.4.2): 1000–1003, 1007–1014 and 3000–4999. 1004, 1005,
+// 1006 and 1015 are reserved and never sent; 0–999 and 1016–2999 are not used
+// or reserved for future versions of the protocol.
+func (c CloseCode) validOnWire() bool {
+	switch {
+	case c >= 1000 && c <= 1003:
+		return true
+	case c >= 1007 && c <= 1014:
+		return true
+	case c >= 3000 && c <= 4999:
+		return true
+	}
+	return false
+}
+
+// checkClose validates a code and reason a host wants to send.
+func checkClose(code CloseCode, reason string) error {
+	if !code.validOnWire() {
+		return fmt.Errorf("%w: %d may not be sent (RFC 6455 §7.4)", ErrInvalidCloseCode, code)
+	}
+	if len(reason) > maxCloseReason {
+		return fmt.Errorf("%w: reason is %d bytes, at most %d fit a close frame", ErrInvalidCloseReason, len(reason), maxCloseReason)
+	}
+	if !utf8.ValidString(reason) {
+		return fmt.Errorf("%w: reason is not valid UTF-8", ErrInvalidCloseReason)
+	}
+	return nil
+}
+
+// Errors returned by this package. Test for them with errors.Is: most are
+// wrapped with detail.
+var (
+	// ErrClosed: the connection is closed or closing; nothing more can be
+	// sent on it.
+	ErrClosed = errors.New("sipws: connection closed")
+	// ErrNotFound: no live connection has that ID (Kamailio's
+	// "Unknown connection ID").
+	ErrNotFound = errors.New("sipws: unknown connection ID")
+	// ErrServerClosed: the server has been shut down.
+	ErrServerClosed = errors.New("sipws: server closed")
+	// ErrInvalidCloseCode: a close code that may not be sent.
+	ErrInvalidCloseCode = errors.New("sipws: invalid close code")
+	// ErrInvalidCloseReason: a close reason that is too long or not UTF-8.
+	ErrInvalidCloseReason = errors.New("sipws: invalid close reason")
+	// ErrControlTooLong: a Ping or Pong payload over 125 bytes.
+	ErrControlTooLong = errors.New("sipws: control frame payload over 125 bytes")
+	// ErrMessageTooBig: a message over Config.MaxMessageSize.
+	ErrMessageTooBig = errors.New("sipws: message too big")
+	// ErrSendQueueFull: the peer does not read fast enough; the connection
+	// is being closed.
+	ErrSendQueueFull = errors.New("sipws: send queue full")
+	// ErrUnauthorized is returned by a Config.Authorize hook to refuse a
+	// handshake with 401; the hook sets the challenge headers on the
+	// ResponseWriter.
+	ErrUnauthorized = errors.New("sipws: unauthorized")
+	// ErrForbidden is returned by a Config.Authorize hook to refuse a
+	// handshake with 403 (any other error does the same).
+	ErrForbidden = errors.New("sipws: forbidden")
+)
+
+// CloseError is the close code and reason a connection ended with. It is
+// Closed.Err for a connection that ended with a close handshake, and the error
+// a protocol violation is reported as.
+type CloseError struct {
+	Code   CloseCode
+	Reason string
+}
+
+// Error implements error.
+func (e *CloseError) Error() string {
+	if e.Reason == "" {
+		return "sipws: close " + e.Code.String()
+	}
+	return "sipws: close " + e.Code.String() + ": " + e.Reason
+}
+
+// CloseStatus returns the close code inside err (a *CloseError anywhere in its
+// chain), or 0 when there is none.
+func CloseStatus(err error) CloseCode {
+	var ce *CloseError
+	if errors.As(err, &ce) {
+		return ce.Code
+	}
+	return 0
+}
+
+// Initiator says why a connection ended.
+type Initiator uint8
+
+const (
+	// InitiatorPeer: the peer started the close handshake with a close frame.
+	InitiatorPeer Initiator = iota + 1
+	// InitiatorPeerLost: the TCP connection ended (FIN, RST, read error)
+	// without a close frame.
+	InitiatorPeerLost
+	// InitiatorProtocolError: the peer broke RFC 6455 or a limit (bad frame,
+	// invalid UTF-8, message too big, unfinished frame); we failed the
+	// connection with the matching close code.
+	InitiatorProtocolError
+	// InitiatorHost: the host closed it (Conn.Close, Registry.Close, the RPC
+	// ws.close).
+	InitiatorHost
+	// InitiatorWriteFailure: a write to the peer failed or timed out.
+	InitiatorWriteFailure
+	// InitiatorKeepalive: keepalive timeout — no answer to a keepalive Ping
+	// in time, or idle for longer than Config.IdleTimeout.
+	InitiatorKeepalive
+	// InitiatorShutdown: Server.Shutdown closed it with 1001.
+	InitiatorShutdown
+	// InitiatorSlowConsumer: the peer did not read what was sent to it and
+	// its send queue overflowed.
+	InitiatorSlowConsumer
+)
+
+// String returns a short stable name: "peer", "peer-lost", "protocol-error",
+// "host", "write-failure", "keepalive-timeout", "shutdown", "slow-consumer".
+func (i Initiator) String() string {
+	switch i {
+	case InitiatorPeer:
+		return "peer"
+	case InitiatorPeerLost:
+		return "peer-lost"
+	case InitiatorProtocolError:
+		return "protocol-error"
+	case InitiatorHost:
+		return "host"
+	case InitiatorWriteFailure:
+		return "write-failure"
+	case InitiatorKeepalive:
+		return "keepalive-timeout"
+	case InitiatorShutdown:
+		return "shutdown"
+	case InitiatorSlowConsumer:
+		return "slow-consumer"
+	}
+	return "Initiator(" + strconv.Itoa(int(i)) + ")"
+}
+
+// Local reports whether this side ended the connection. It decides whether the
+// connection counts in ws_local_closed_connections or
+// ws_remote_closed_connections: every connection counts in exactly one.
+func (i Initiator) Local() bool {
+	return i != InitiatorPeer && i != InitiatorPeerLost
+}
+
+// Failed reports whether the connection ended abnormally (counted in
+// ws_failed_connections): anything but a clean close handshake started by
+// either side or by a shutdown.
+func (i Initiator) Failed() bool {
+	switch i {
+	case InitiatorPeer, InitiatorHost, InitiatorShutdown:
+		return false
+	}
+	return true
+}

@@ -1,0 +1,404 @@
+package sipws
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+// ConnID identifies a connection. IDs start at 1 and are never reused by a
+// Server.
+type ConnID uint64
+
+// connState is the life of a connection's sending side.
+type connState uint8
+
+const (
+	stateOpen    connState = iota // messages may be sent
+	stateClosing                  // our close frame is queued or sent; waiting for the reply
+	stateClosed                   // nothing more is sent
+)
+
+// Conn is one WebSocket connection that completed its handshake. All its
+// methods are safe for concurrent use, and none of them blocks on the peer:
+// Send, Ping, Pong and Close queue the frame and return; a goroutine owned by
+// the connection writes it with a deadline.
+type Conn struct {
+	srv      *Server
+	id       ConnID
+	sp       Subprotocol
+	secure   bool
+	remote   netip.AddrPort
+	local    netip.AddrPort
+	header   http.Header
+	url      *url.URL
+	host     string
+	identity any
+	opened   time.Time
+
+	nc net.Conn
+	br *bufio.Reader
+
+	lastRecv atomic.Int64 // Clock.Now().UnixNano() of the last frame received
+	closeDL  atomic.Int64 // UnixNano read deadline while closing; 0 when none
+	ka       kaState      // keepalive bookkeeping, owned by the keepalive worker
+
+	wmu     sync.Mutex // guards the fields below
+	wwg     sync.WaitGroup
+	state   connState
+	writing bool         // a goroutine is writing the queue
+	queue   []outFrame   // frames waiting to be written, in order
+	spare   []outFrame   // the other queue slice, reused
+	queued  int          // bytes in queue
+	end     endCause     // why the connection ends; set once
+	sockMu  sync.Mutex   // held while writing to nc
+	done    chan struct{} // closed when the connection has ended
+
+	hbuf [12]byte // frame header read buffer
+}
+
+// outFrame is a complete frame waiting to be written.
+type outFrame struct {
+	b    []byte
+	data bool // a data frame (for the per-sub-protocol counters)
+}
+
+// endCause records how a connection ends.
+type endCause struct {
+	by     Initiator
+	code   CloseCode
+	reason string
+	err    error
+}
+
+func (s *Server) newConn(nc net.Conn, r *http.Request, sp Subprotocol, identity any, pre []byte) *Conn {
+	c := &Conn{
+		srv:      s,
+		id:       ConnID(s.nextID.Add(1)),
+		sp:       sp,
+		secure:   r.TLS != nil,
+		remote:   unmap(addrPort(nc.RemoteAddr())),
+		local:    unmap(addrPort(nc.LocalAddr())),
+		header:   r.Header,
+		url:      r.URL,
+		host:     r.Host,
+		identity: identity,
+		opened:   s.clock.Now(),
+		nc:       nc,
+		done:     make(chan struct{}),
+	}
+	for _, k := range []string{"Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Extensions", "Upgrade", "Connection"} {
+		delete(c.header, k)
+	}
+	var rd = readerFrom(nc, pre)
+	c.br = bufio.NewReaderSize(rd, s.cfg.ReadBufferSize)
+	c.lastRecv.Store(c.opened.UnixNano())
+	return c
+}
+
+// ID returns the connection's ID (Kamailio's $ws_conid).
+func (c *Conn) ID() ConnID { return c.id }
+
+// Subprotocol returns the sub-protocol the connection speaks: SIP or MSRP.
+func (c *Conn) Subprotocol() Subprotocol { return c.sp }
+
+// RemoteAddr returns the peer's address ($si:$sp).
+func (c *Conn) RemoteAddr() netip.AddrPort { return c.remote }
+
+// LocalAddr returns the server's address the connection came in on.
+func (c *Conn) LocalAddr() netip.AddrPort { return c.local }
+
+// Secure reports a wss connection (TLS on the socket).
+func (c *Conn) Secure() bool { return c.secure }
+
+// Header returns the handshake request's headers, less the ones that only
+// served the handshake (Upgrade, Connection, Sec-WebSocket-Key/Version/
+// Extensions). It must not be modified.
+func (c *Conn) Header() http.Header { return c.header }
+
+// Cookies parses the handshake request's cookies (RFC 7118 §7).
+func (c *Conn) Cookies() []*http.Cookie {
+	return (&http.Request{Header: c.header}).Cookies()
+}
+
+// Cookie returns the named cookie of the handshake request, or
+// http.ErrNoCookie.
+func (c *Conn) Cookie(name string) (*http.Cookie, error) {
+	return (&http.Request{Header: c.header}).Cookie(name)
+}
+
+// URL returns the handshake request's URL (path and query).
+func (c *Conn) URL() *url.URL { return c.url }
+
+// Host returns the handshake request's Host header.
+func (c *Conn) Host() string { return c.host }
+
+// Identity returns what Config.Authorize returned for this connection.
+func (c *Conn) Identity() any { return c.identity }
+
+// Opened returns when the handshake completed.
+func (c *Conn) Opened() time.Time { return c.opened }
+
+// LastUsed returns when the last frame was received from the peer.
+func (c *Conn) LastUsed() time.Time { return time.Unix(0, c.lastRecv.Load()) }
+
+// Done returns a channel that is closed when the connection has ended.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// String returns "ws:REMOTE -> ws:LOCAL #ID" (wss for a secure one).
+func (c *Conn) String() string {
+	return fmt.Sprintf("%s:%s -> %s:%s #%d", c.scheme(), c.remote, c.scheme(), c.local, c.id)
+}
+
+func (c *Conn) scheme() string {
+	if c.secure {
+		return "wss"
+	}
+	return "ws"
+}
+
+// Send sends data as one message: a text frame when data is valid UTF-8, a
+// binary frame otherwise (RFC 7118 §4.2, RFC 7977). It copies data and returns
+// without waiting for the peer. It fails with ErrClosed once the connection is
+// closing, ErrMessageTooBig past Config.MaxMessageSize, and ErrSendQueueFull
+// when the peer does not read (the connection is then closed).
+func (c *Conn) Send(data []byte) error {
+	typ := Binary
+	if utf8.Valid(data) {
+		typ = Text
+	}
+	return c.SendMessage(typ, data)
+}
+
+// SendMessage sends data as one message of the given type. A Text message
+// must be valid UTF-8.
+func (c *Conn) SendMessage(typ MessageType, data []byte) error {
+	switch typ {
+	case Text:
+		if !utf8.Valid(data) {
+			return fmt.Errorf("sipws: send on %d: text message is not valid UTF-8", c.id)
+		}
+	case Binary:
+	default:
+		return fmt.Errorf("sipws: send on %d: unknown message type %d", c.id, typ)
+	}
+	if int64(len(data)) > c.srv.cfg.MaxMessageSize {
+		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrMessageTooBig, len(data), c.srv.cfg.MaxMessageSize)
+	}
+	return c.enqueue(outFrame{b: dataFrame(typ, data), data: true}, false)
+}
+
+// Ping sends a Ping frame with data (at most 125 bytes) as payload. It does
+// not wait for the Pong; the Pong's round-trip time shows in Registry.Dump.
+func (c *Conn) Ping(data []byte) error {
+	if len(data) > maxControlPayload {
+		return ErrControlTooLong
+	}
+	if err := c.enqueue(outFrame{b: controlFrame(opPing, data)}, false); err != nil {
+		return err
+	}
+	c.srv.ka.pingSent(c)
+	return nil
+}
+
+// Pong sends an unsolicited Pong frame with data (at most 125 bytes): a
+// one-way heartbeat (RFC 6455 §5.5.3).
+func (c *Conn) Pong(data []byte) error {
+	if len(data) > maxControlPayload {
+		return ErrControlTooLong
+	}
+	return c.enqueue(outFrame{b: controlFrame(opPong, data)}, false)
+}
+
+// Close starts the close handshake with code and reason, as Kamailio's
+// ws_close(): 0 and "" stand for 1000 "Normal closure". The code must be one
+// that may be sent (RFC 6455 §7.4: 1000–1003, 1007–1014, 3000–4999) and the
+// reason at most 123 bytes of UTF-8, or an error wrapping ErrInvalidCloseCode
+// or ErrInvalidCloseReason is returned and nothing is sent. Close returns at
+// once; the TCP connection is closed when the peer answers, or after
+// Config.CloseTimeout, and then OnClosed fires. Closing a connection that is
+// already closing returns ErrClosed.
+func (c *Conn) Close(code CloseCode, reason string) error {
+	if code == 0 {
+		code = DefaultCloseCode
+		if reason == "" {
+			reason = DefaultCloseReason
+		}
+	}
+	if err := checkClose(code, reason); err != nil {
+		return err
+	}
+	return c.startClose(InitiatorHost, code, reason, nil)
+}
+
+// enqueue adds a frame to the send queue and makes sure a writer runs. A
+// control frame is not held to the queue bound.
+func (c *Conn) enqueue(f outFrame, force bool) error {
+	c.wmu.Lock()
+	if c.state != stateOpen && !force {
+		c.wmu.Unlock()
+		return fmt.Errorf("%w (connection %d)", ErrClosed, c.id)
+	}
+	if f.data && c.queued > 0 && c.queued+len(f.b) > c.srv.cfg.SendQueueSize {
+		queued := c.queued
+		c.wmu.Unlock()
+		err := fmt.Errorf("%w: connection %d has %d bytes waiting, the bound is %d", ErrSendQueueFull, c.id, queued, c.srv.cfg.SendQueueSize)
+		c.abort(InitiatorSlowConsumer, ClosePolicyViolation, "send queue full", err)
+		return err
+	}
+	c.pushLocked(f)
+	c.wmu.Unlock()
+	return nil
+}
+
+// pushLocked appends f and starts a writer when none runs. c.wmu is held.
+func (c *Conn) pushLocked(f outFrame) {
+	c.queue = append(c.queue, f)
+	c.queued += len(f.b)
+	if !c.writing {
+		c.writing = true
+		c.wwg.Add(1)
+		go c.writeLoop()
+	}
+}
+
+// writeLoop writes the queue until it is empty. At most one runs per
+// connection; the connection's read goroutine waits for it before it ends.
+func (c *Conn) writeLoop() {
+	defer c.wwg.Done()
+	for {
+		c.wmu.Lock()
+		batch := c.queue
+		if len(batch) == 0 {
+			c.queue, c.queued, c.writing = c.queue[:0], 0, false
+			c.wmu.Unlock()
+			return
+		}
+		c.queue, c.spare = c.spare[:0], nil
+		c.wmu.Unlock()
+
+		n, err := c.writeFrames(batch)
+
+		clear(batch)
+		c.wmu.Lock()
+		c.queued -= n
+		c.spare = batch[:0]
+		c.wmu.Unlock()
+		if err != nil {
+			c.abort(InitiatorWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
+			c.wmu.Lock()
+			clear(c.queue)
+			c.queue, c.queued, c.writing = c.queue[:0], 0, false
+			c.wmu.Unlock()
+			return
+		}
+	}
+}
+
+// writeFrames writes frames to the socket in one go, with the write
+// deadline, and counts them. It returns the bytes the frames held.
+func (c *Conn) writeFrames(frames []outFrame) (int, error) {
+	var total, data int
+	bufs := make(net.Buffers, 0, len(frames))
+	for _, f := range frames {
+		bufs = append(bufs, f.b)
+		total += len(f.b)
+		if f.data {
+			data++
+		}
+	}
+	c.sockMu.Lock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	_, err := bufs.WriteTo(c.nc)
+	c.sockMu.Unlock()
+	if err == nil {
+		c.srv.stats.countTx(c.sp, uint64(len(frames)), uint64(data))
+	}
+	return total, err
+}
+
+// writeRaw writes one frame at once, outside the queue (before the
+// connection is started).
+func (c *Conn) writeRaw(b []byte) {
+	c.sockMu.Lock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
+	_, _ = c.nc.Write(b)
+	c.sockMu.Unlock()
+}
+
+// recordEnd sets why the connection ends, unless that is already known.
+// c.wmu is held.
+func (c *Conn) recordEnd(by Initiator, code CloseCode, reason string, err error) {
+	if c.end.by == 0 {
+		c.end = endCause{by: by, code: code, reason: reason, err: err}
+	}
+}
+
+// startClose sends our close frame and gives the peer Config.CloseTimeout to
+// answer it.
+func (c *Conn) startClose(by Initiator, code CloseCode, reason string, err error) error {
+	c.wmu.Lock()
+	if c.state != stateOpen {
+		c.wmu.Unlock()
+		return fmt.Errorf("%w (connection %d)", ErrClosed, c.id)
+	}
+	c.state = stateClosing
+	c.recordEnd(by, code, reason, err)
+	c.pushLocked(outFrame{b: closeFrame(code, reason)})
+	c.wmu.Unlock()
+	c.srv.log.Debug("closing", "conn", c.id, "remote", c.remote, "code", code, "reason", reason, "by", by)
+	c.armCloseDeadline()
+	return nil
+}
+
+// armCloseDeadline bounds the read side's wait for the close reply.
+func (c *Conn) armCloseDeadline() {
+	dl := time.Now().Add(c.srv.cfg.CloseTimeout)
+	c.closeDL.Store(dl.UnixNano())
+	_ = c.nc.SetReadDeadline(dl)
+}
+
+// abort ends the connection at once, without a close handshake: the socket is
+// closed, which ends the read goroutine and any write in progress.
+func (c *Conn) abort(by Initiator, code CloseCode, reason string, err error) {
+	c.wmu.Lock()
+	c.recordEnd(by, code, reason, err)
+	c.state = stateClosed
+	c.wmu.Unlock()
+	c.srv.log.Debug("aborting", "conn", c.id, "remote", c.remote, "by", by, "err", err)
+	_ = c.nc.Close()
+}
+
+// finalFrame is called by the read goroutine when the connection is to end
+// after one last frame (the echo of the peer's close, or our close for a
+// protocol error). It records cause, stops the queue, appends f when the
+// connection was still open (no close frame of ours went out yet), and writes
+// whatever is queued, waiting for a writer that runs.
+func (c *Conn) finalFrame(cause endCause, f []byte) {
+	c.wmu.Lock()
+	c.recordEnd(cause.by, cause.code, cause.reason, cause.err)
+	if c.state == stateOpen && f != nil {
+		c.queue = append(c.queue, outFrame{b: f})
+		c.queued += len(f)
+	}
+	c.state = stateClosed
+	inline := !c.writing && len(c.queue) > 0
+	var batch []outFrame
+	if inline {
+		batch, c.queue = c.queue, nil
+		c.queued = 0
+	}
+	c.wmu.Unlock()
+	if inline {
+		_, _ = c.writeFrames(batch)
+		return
+	}
+	c.wwg.Wait()
+}

@@ -1,0 +1,64 @@
+package sipws
+
+import (
+	"fmt"
+	"strings"
+)
+
+// CORSMode says which Access-Control-Allow-Origin header the 101 response
+// carries, as Kamailio's cors_mode modparam.
+type CORSMode uint8
+
+const (
+	// CORSNone adds no Access-Control-Allow-Origin header (cors_mode 0, the
+	// default).
+	CORSNone CORSMode = iota
+	// CORSAny adds "Access-Control-Allow-Origin: *" (cors_mode 1). Unlike
+	// Kamailio it is added only in reply to a request that has an Origin.
+	CORSAny
+	// CORSEcho echoes the request's Origin (cors_mode 2); a request without
+	// Origin gets no header.
+	CORSEcho
+)
+
+// String returns "none", "any" or "echo".
+func (m CORSMode) String() string {
+	switch m {
+	case CORSNone:
+		return "none"
+	case CORSAny:
+		return "any"
+	case CORSEcho:
+		return "echo"
+	}
+	return fmt.Sprintf("CORSMode(%d)", uint8(m))
+}
+
+// ParseCORSMode parses "none", "any" (or "*") and "echo", or Kamailio's
+// numbers "0", "1" and "2".
+func ParseCORSMode(s string) (CORSMode, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "none", "0", "":
+		return CORSNone, nil
+	case "any", "*", "1":
+		return CORSAny, nil
+	case "echo", "2":
+		return CORSEcho, nil
+	}
+	return 0, &ConfigError{Field: "CORS", Reason: "unknown CORS mode " + quote(s)}
+}
+
+// allowOrigin returns the value of Access-Control-Allow-Origin for a request
+// whose Origin header is origin, or "" for none.
+func (m CORSMode) allowOrigin(origin string) string {
+	if origin == "" {
+		return ""
+	}
+	switch m {
+	case CORSAny:
+		return "*"
+	case CORSEcho:
+		return origin
+	}
+	return ""
+}

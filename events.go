@@ -1,0 +1,70 @@
+package sipws
+
+import (
+	"net/netip"
+	"time"
+)
+
+// MessageType is the type of a WebSocket data message.
+type MessageType uint8
+
+const (
+	// Text is a text message (opcode 0x1); its payload is valid UTF-8.
+	Text MessageType = 1
+	// Binary is a binary message (opcode 0x2).
+	Binary MessageType = 2
+)
+
+// String returns "text" or "binary".
+func (t MessageType) String() string {
+	switch t {
+	case Text:
+		return "text"
+	case Binary:
+		return "binary"
+	}
+	return "unknown"
+}
+
+// Message is one complete WebSocket message (all its fragments reassembled),
+// as delivered to Config.OnMessage.
+type Message struct {
+	// Type is Text or Binary. RFC 7118 §4.2 lets SIP travel in either; a text
+	// message has been checked to be valid UTF-8.
+	Type MessageType
+	// Data is the payload. It belongs to the host: the package never touches
+	// it again after OnMessage is called, so it may be kept.
+	Data []byte
+}
+
+// Closed describes a connection that has ended. Config.OnClosed receives
+// exactly one per connection that completed its handshake — the counterpart of
+// Kamailio's event_route[websocket:closed] with $ws_conid, $si and $sp.
+type Closed struct {
+	// ConnID is the connection's ID ($ws_conid).
+	ConnID ConnID
+	// RemoteAddr is the client's address ($si:$sp).
+	RemoteAddr netip.AddrPort
+	// LocalAddr is the server's address the connection came in on.
+	LocalAddr netip.AddrPort
+	// Subprotocol is the sub-protocol the connection spoke.
+	Subprotocol Subprotocol
+	// Secure reports a wss connection.
+	Secure bool
+	// Identity is what Config.Authorize returned for the connection.
+	Identity any
+	// Code and Reason are the close code and reason of the close handshake:
+	// the peer's when it started it, ours when we did. Code is
+	// CloseAbnormal (1006) when no close frame was exchanged (TCP lost).
+	Code   CloseCode
+	Reason string
+	// Initiator says who or what ended the connection.
+	Initiator Initiator
+	// Err is the error behind an abnormal end (a read or write error, a
+	// *CloseError for a protocol violation, ErrSendQueueFull); nil for a
+	// clean close handshake.
+	Err error
+	// Opened is when the handshake completed; Ended is when the TCP
+	// connection was closed (from Config.Clock).
+	Opened, Ended time.Time
+}

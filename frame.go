@@ -1,0 +1,485 @@
+package sipws
+
+// This file and the reading half of the connection are the only ones that
+// know the WebSocket engine (github.com/gobwas/ws).
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime/debug"
+	"slices"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+)
+
+// maxControlPayload is the largest payload of a control frame (RFC 6455 §5.5).
+const maxControlPayload = ws.MaxControlFramePayloadSize
+
+const (
+	opContinuation = ws.OpContinuation
+	opText         = ws.OpText
+	opBinary       = ws.OpBinary
+	opClose        = ws.OpClose
+	opPing         = ws.OpPing
+	opPong         = ws.OpPong
+)
+
+// preallocLimit is the largest declared payload allocated before its bytes
+// arrive; a larger one grows as data actually comes in, so that a peer cannot
+// make the server allocate what it only announces.
+const preallocLimit = 16 << 10
+
+// appendHeader appends an unmasked final-frame header (server to client).
+func appendHeader(b []byte, op ws.OpCode, n int) []byte {
+	b = append(b, 0x80|byte(op))
+	switch {
+	case n < 126:
+		return append(b, byte(n))
+	case n <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(b, 126), uint16(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, 127), uint64(n))
+	}
+}
+
+func frame(op ws.OpCode, p []byte) []byte {
+	b := make([]byte, 0, 10+len(p))
+	return append(appendHeader(b, op, len(p)), p...)
+}
+
+// dataFrame builds a complete, unfragmented data frame.
+func dataFrame(t MessageType, p []byte) []byte {
+	if t == Text {
+		return frame(opText, p)
+	}
+	return frame(opBinary, p)
+}
+
+// controlFrame builds a control frame; p is at most 125 bytes.
+func controlFrame(op ws.OpCode, p []byte) []byte { return frame(op, p) }
+
+// closeFrame builds a close frame with a code and a reason that fits.
+func closeFrame(code CloseCode, reason string) []byte {
+	if len(reason) > maxCloseReason {
+		reason = reason[:maxCloseReason]
+		for !utf8.ValidString(reason) {
+			reason = reason[:len(reason)-1]
+		}
+	}
+	b := make([]byte, 0, 4+len(reason))
+	b = appendHeader(b, opClose, 2+len(reason))
+	b = binary.BigEndian.AppendUint16(b, uint16(code))
+	return append(b, reason...)
+}
+
+// prefixReader reads the bytes the HTTP server had buffered, then the socket.
+type prefixReader struct {
+	pre []byte
+	r   io.Reader
+}
+
+func (p *prefixReader) Read(b []byte) (int, error) {
+	if len(p.pre) > 0 {
+		n := copy(b, p.pre)
+		p.pre = p.pre[n:]
+		return n, nil
+	}
+	return p.r.Read(b)
+}
+
+func readerFrom(nc net.Conn, pre []byte) io.Reader {
+	if len(pre) == 0 {
+		return nc
+	}
+	return &prefixReader{pre: pre, r: nc}
+}
+
+// Sentinels the read loop ends with when it ended the connection itself.
+var (
+	errPeerClose = errors.New("sipws: close handshake done")
+	errFailed    = errors.New("sipws: connection failed")
+)
+
+// serve is the connection's goroutine: it calls OnOpen, reads and delivers
+// messages until the connection ends, then cleans up and calls OnClosed.
+func (c *Conn) serve() {
+	defer c.srv.wg.Done()
+	c.finish(c.run())
+}
+
+// run calls the hooks and the read loop. A panic in a hook is logged and
+// fails only this connection (1011).
+func (c *Conn) run() (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.srv.log.Error("panic in a hook", "conn", c.id, "remote", c.remote, "panic", p, "stack", string(debug.Stack()))
+			perr := fmt.Errorf("sipws: panic in a hook: %v", p)
+			c.finalFrame(endCause{by: InitiatorHost, code: CloseInternalError, reason: "Internal error", err: perr},
+				closeFrame(CloseInternalError, "Internal error"))
+			err = errFailed
+		}
+	}()
+	c.srv.log.Info("connection opened", "conn", c.id, "remote", c.remote, "subprotocol", c.sp, "secure", c.secure)
+	if h := c.srv.cfg.OnOpen; h != nil {
+		h(c)
+	}
+	return c.readLoop()
+}
+
+// fail fails the connection for a protocol violation (RFC 6455 §7.1.7): our
+// close frame with code and reason, then the end.
+func (c *Conn) fail(code CloseCode, reason string) error {
+	c.srv.log.Info("protocol error", "conn", c.id, "remote", c.remote, "code", code, "reason", reason)
+	c.finalFrame(endCause{by: InitiatorProtocolError, code: code, reason: reason, err: &CloseError{Code: code, Reason: reason}},
+		closeFrame(code, reason))
+	return errFailed
+}
+
+// setReadDeadline sets the socket's read deadline to frame (zero for none),
+// or to the close deadline when that is sooner. It re-checks the close
+// deadline afterwards, as Close may arm it from another goroutine.
+func (c *Conn) setReadDeadline(frame time.Time) {
+	dl := frame
+	cd := c.closeDL.Load()
+	if cd != 0 && (dl.IsZero() || cd < dl.UnixNano()) {
+		dl = time.Unix(0, cd)
+	}
+	_ = c.nc.SetReadDeadline(dl)
+	if cd2 := c.closeDL.Load(); cd2 != cd && (frame.IsZero() || cd2 < frame.UnixNano()) {
+		_ = c.nc.SetReadDeadline(time.Unix(0, cd2))
+	}
+}
+
+// frameBuffered reports whether the next frame is already whole in the read
+// buffer, so that reading it cannot block.
+func (c *Conn) frameBuffered() bool {
+	n := c.br.Buffered()
+	if n < 2 {
+		return false
+	}
+	b, _ := c.br.Peek(n)
+	hl := 2
+	if b[1]&0x80 != 0 {
+		hl += 4
+	}
+	var plen uint64
+	switch l := b[1] & 0x7f; l {
+	case 126:
+		if n < 4 {
+			return false
+		}
+		hl += 2
+		plen = uint64(binary.BigEndian.Uint16(b[2:]))
+	case 127:
+		if n < 10 {
+			return false
+		}
+		hl += 8
+		plen = binary.BigEndian.Uint64(b[2:])
+	default:
+		plen = uint64(l)
+	}
+	return n >= hl && uint64(n-hl) >= plen
+}
+
+// isTimeout reports a deadline error.
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// readLoop reads frames to the letter of RFC 6455 until the connection ends.
+func (c *Conn) readLoop() error {
+	var (
+		msg        []byte      // the message being assembled
+		msgType    MessageType // its type
+		fragmented bool        // a message has started and not finished
+		checked    int         // bytes of msg known to be valid UTF-8
+		ctl        [maxControlPayload]byte
+	)
+	maxSize := c.srv.cfg.MaxMessageSize
+	for {
+		// Wait, without a deadline, for the first byte of the next frame.
+		if _, err := c.br.Peek(1); err != nil {
+			return err
+		}
+		timed := !c.frameBuffered()
+		if timed {
+			c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
+		}
+		h, err := ws.ReadHeaderBuffer(c.br, c.hbuf[:])
+		if err != nil {
+			if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
+				return c.fail(CloseProtocolError, "invalid frame length")
+			}
+			return c.readError(err)
+		}
+		c.lastRecv.Store(c.srv.clock.Now().UnixNano())
+
+		switch {
+		case h.Rsv != 0:
+			return c.fail(CloseProtocolError, "reserved bits set")
+		case !h.Masked:
+			return c.fail(CloseProtocolError, "unmasked frame")
+		}
+
+		switch h.OpCode {
+		case opPing, opPong, opClose:
+			if !h.Fin {
+				return c.fail(CloseProtocolError, "fragmented control frame")
+			}
+			if h.Length > maxControlPayload {
+				return c.fail(CloseProtocolError, "control frame payload over 125 bytes")
+			}
+			p := ctl[:h.Length]
+			if _, err := io.ReadFull(c.br, p); err != nil {
+				return c.readError(err)
+			}
+			ws.Cipher(p, h.Mask, 0)
+			c.srv.stats.countRx(c.sp, false)
+			switch h.OpCode {
+			case opPing:
+				// Answer with the same payload; nothing once closing.
+				_ = c.enqueue(outFrame{b: controlFrame(opPong, p)}, false)
+			case opPong:
+				c.srv.ka.pongReceived(c)
+			case opClose:
+				return c.peerClose(p)
+			}
+
+		case opText, opBinary, opContinuation:
+			switch {
+			case h.OpCode == opContinuation && !fragmented:
+				return c.fail(CloseProtocolError, "continuation frame without a message to continue")
+			case h.OpCode != opContinuation && fragmented:
+				return c.fail(CloseProtocolError, "new message inside a fragmented message")
+			case h.OpCode != opContinuation:
+				msgType, msg, checked = Binary, nil, 0
+				if h.OpCode == opText {
+					msgType = Text
+				}
+			}
+			if h.Length > maxSize-int64(len(msg)) {
+				return c.fail(CloseMessageTooBig, fmt.Sprintf("message over %d bytes", maxSize))
+			}
+			msg, err = c.readPayload(msg, int(h.Length), h.Mask)
+			if err != nil {
+				return c.readError(err)
+			}
+			c.srv.stats.countRx(c.sp, true)
+			if msgType == Text {
+				n, ok := validUTF8Prefix(msg[checked:], h.Fin)
+				if !ok {
+					return c.fail(CloseInvalidPayload, "invalid UTF-8 in a text message")
+				}
+				checked += n
+			}
+			fragmented = !h.Fin
+			if h.Fin {
+				m := Message{Type: msgType, Data: msg}
+				msg = nil
+				c.deliver(m)
+			}
+
+		default:
+			return c.fail(CloseProtocolError, fmt.Sprintf("reserved opcode %#x", byte(h.OpCode)))
+		}
+		if timed {
+			c.setReadDeadline(time.Time{})
+		}
+	}
+}
+
+// readError turns a read error into the end of the loop; a frame deadline
+// that passed fails the connection.
+func (c *Conn) readError(err error) error {
+	if isTimeout(err) && c.closeDL.Load() == 0 {
+		return c.fail(ClosePolicyViolation, "frame not finished in time")
+	}
+	return err
+}
+
+// readPayload reads n payload bytes onto msg and unmasks them. Memory grows
+// with the bytes that actually arrive, not with the declared length.
+func (c *Conn) readPayload(msg []byte, n int, mask [4]byte) ([]byte, error) {
+	start := len(msg)
+	if n == 0 {
+		if msg == nil {
+			msg = []byte{}
+		}
+		return msg, nil
+	}
+	if cap(msg)-start < n && (n <= preallocLimit || n <= c.br.Buffered()) {
+		msg = slices.Grow(msg, n)
+	}
+	end := start + n
+	for len(msg) < end {
+		if len(msg) == cap(msg) {
+			msg = slices.Grow(msg, min(max(cap(msg), preallocLimit), end-len(msg)))
+		}
+		k, err := c.br.Read(msg[len(msg):min(cap(msg), end)])
+		msg = msg[:len(msg)+k]
+		if err != nil && len(msg) < end {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return msg, err
+		}
+	}
+	ws.Cipher(msg[start:], mask, 0)
+	return msg, nil
+}
+
+// deliver hands a message to OnMessage, unless we are closing.
+func (c *Conn) deliver(m Message) {
+	c.wmu.Lock()
+	open := c.state == stateOpen
+	c.wmu.Unlock()
+	if !open {
+		return
+	}
+	if h := c.srv.cfg.OnMessage; h != nil {
+		h(c, m)
+	}
+}
+
+// peerClose handles the peer's close frame: it validates it, answers it
+// (echoing its code) unless it answers ours, and ends the loop.
+func (c *Conn) peerClose(p []byte) error {
+	code, reason := CloseNoStatus, ""
+	switch {
+	case len(p) == 1:
+		return c.fail(CloseProtocolError, "close frame with a 1-byte payload")
+	case len(p) >= 2:
+		code = CloseCode(binary.BigEndian.Uint16(p))
+		if !code.validOnWire() {
+			return c.fail(CloseProtocolError, fmt.Sprintf("invalid close code %d", code))
+		}
+		if !utf8.Valid(p[2:]) {
+			return c.fail(CloseInvalidPayload, "invalid UTF-8 in the close reason")
+		}
+		reason = string(p[2:])
+	}
+	echo := code
+	if echo == CloseNoStatus {
+		echo = CloseNormal
+	}
+	c.finalFrame(endCause{by: InitiatorPeer, code: code, reason: reason}, closeFrame(echo, ""))
+	return errPeerClose
+}
+
+// validUTF8Prefix checks b, the part of a text message not yet checked. For
+// the final fragment all of b must be valid; before it, b may end in the
+// first bytes of a character that the next fragment completes. It returns how
+// many bytes are whole valid characters.
+func validUTF8Prefix(b []byte, final bool) (int, bool) {
+	if final {
+		return len(b), utf8.Valid(b)
+	}
+	// Find where the last character starts.
+	start := len(b)
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if !utf8.RuneStart(b[i]) {
+			continue
+		}
+		start = i
+		break
+	}
+	if start == len(b) || utf8.FullRune(b[start:]) {
+		return len(b), utf8.Valid(b)
+	}
+	if !utf8.Valid(b[:start]) {
+		return 0, false
+	}
+	return start, viablePrefix(b[start:])
+}
+
+// viablePrefix reports whether p, an incomplete UTF-8 sequence, can still be
+// completed into a valid character.
+func viablePrefix(p []byte) bool {
+	var buf [utf8.UTFMax]byte
+	for _, second := range [...]byte{0x80, 0x90, 0xA0} {
+		n := copy(buf[:], p)
+		if n == 1 {
+			buf[1] = second
+			n = 2
+		}
+		for ; n < utf8.UTFMax; n++ {
+			buf[n] = 0x80
+		}
+		for l := len(p) + 1; l <= utf8.UTFMax; l++ {
+			if r, size := utf8.DecodeRune(buf[:l]); r != utf8.RuneError && size == l {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// finish ends the connection: the socket is closed (gracefully after a close
+// handshake), the connection leaves the registry and the counters, and
+// OnClosed fires.
+func (c *Conn) finish(readErr error) {
+	graceful := readErr == errPeerClose || readErr == errFailed
+	c.wmu.Lock()
+	switch {
+	case c.end.by == 0:
+		c.end = endCause{by: InitiatorPeerLost, code: CloseAbnormal, err: readErr}
+	case !graceful && c.end.err == nil && c.state == stateClosing:
+		c.end.err = fmt.Errorf("sipws: no close reply from the peer: %w", readErr)
+	}
+	c.state = stateClosed
+	end := c.end
+	c.wmu.Unlock()
+
+	if graceful {
+		c.lingerClose()
+	}
+	_ = c.nc.Close()
+	c.wwg.Wait()
+
+	c.srv.reg.remove(c)
+	c.srv.ka.remove(c)
+	c.srv.stats.closed(c.sp, end.by)
+	ended := c.srv.clock.Now()
+	close(c.done)
+	c.srv.log.Info("connection closed", "conn", c.id, "remote", c.remote, "subprotocol", c.sp,
+		"code", int(end.code), "reason", end.reason, "by", end.by.String(), "err", end.err)
+	if h := c.srv.cfg.OnClosed; h != nil {
+		h(Closed{
+			ConnID:      c.id,
+			RemoteAddr:  c.remote,
+			LocalAddr:   c.local,
+			Subprotocol: c.sp,
+			Secure:      c.secure,
+			Identity:    c.identity,
+			Code:        end.code,
+			Reason:      end.reason,
+			Initiator:   end.by,
+			Err:         end.err,
+			Opened:      c.opened,
+			Ended:       ended,
+		})
+	}
+}
+
+// lingerClose closes our half of the TCP connection (FIN) after the close
+// handshake and waits, at most Config.CloseTimeout, for the peer's FIN,
+// discarding what it still sends, so that the peer reads our close frame
+// before the socket is gone (closing a socket with unread input resets it).
+func (c *Conn) lingerClose() {
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		c.sockMu.Lock()
+		_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
+		err := cw.CloseWrite()
+		c.sockMu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
+	_, _ = io.CopyN(io.Discard, c.br, 1<<16)
+}

@@ -1,0 +1,13 @@
+module github.com/sipws/sipws
+
+go 1.26
+
+require (
+	github.com/gobwas/ws v1.5.0
+	github.com/stretchr/testify v1.12.1
+)
+
+require (
+	github.com/gobwas/httphead v0.1.0 // indirect
+	go.yaml.in/yaml/v3 v3.0.5 // indirect
+)

@@ -1,0 +1,270 @@
+package sipws
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+const registryShards = 64
+
+// Registry holds a Server's live connections: those whose handshake completed
+// and that have not ended. It is safe for concurrent use; lookups take one
+// shard's read lock and never wait on a socket.
+type Registry struct {
+	srv    *Server
+	shards [registryShards]struct {
+		mu sync.RWMutex
+		m  map[ConnID]*Conn
+	}
+}
+
+func (r *Registry) init(s *Server) {
+	r.srv = s
+	for i := range r.shards {
+		r.shards[i].m = make(map[ConnID]*Conn)
+	}
+}
+
+func (r *Registry) add(c *Conn) {
+	sh := &r.shards[uint64(c.id)%registryShards]
+	sh.mu.Lock()
+	sh.m[c.id] = c
+	sh.mu.Unlock()
+}
+
+func (r *Registry) remove(c *Conn) {
+	sh := &r.shards[uint64(c.id)%registryShards]
+	sh.mu.Lock()
+	delete(sh.m, c.id)
+	sh.mu.Unlock()
+}
+
+// Get returns the live connection with that ID, or nil and false.
+func (r *Registry) Get(id ConnID) (*Conn, bool) {
+	sh := &r.shards[uint64(id)%registryShards]
+	sh.mu.RLock()
+	c, ok := sh.m[id]
+	sh.mu.RUnlock()
+	return c, ok
+}
+
+// Len returns the number of live connections.
+func (r *Registry) Len() int {
+	n := 0
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.RLock()
+		n += len(sh.m)
+		sh.mu.RUnlock()
+	}
+	return n
+}
+
+// each calls f for every live connection, holding no lock during the call.
+func (r *Registry) each(f func(*Conn)) {
+	var batch []*Conn
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.RLock()
+		batch = batch[:0]
+		for _, c := range sh.m {
+			batch = append(batch, c)
+		}
+		sh.mu.RUnlock()
+		for _, c := range batch {
+			f(c)
+		}
+	}
+}
+
+// lookup returns the connection or an error wrapping ErrNotFound.
+func (r *Registry) lookup(id ConnID) (*Conn, error) {
+	c, ok := r.Get(id)
+	if !ok {
+		return nil, fmt.Errorf("%w: %d", ErrNotFound, id)
+	}
+	return c, nil
+}
+
+// Close starts the close handshake of connection id (the RPC ws.close);
+// code 0 and reason "" stand for 1000 "Normal closure". See Conn.Close.
+func (r *Registry) Close(id ConnID, code CloseCode, reason string) error {
+	c, err := r.lookup(id)
+	if err != nil {
+		return err
+	}
+	return c.Close(code, reason)
+}
+
+// Ping sends a Ping with Config.PingData on connection id (the RPC ws.ping)
+// and returns without waiting for the Pong.
+func (r *Registry) Ping(id ConnID) error {
+	c, err := r.lookup(id)
+	if err != nil {
+		return err
+	}
+	return c.Ping(r.srv.cfg.PingData)
+}
+
+// Pong sends an unsolicited Pong with Config.PingData on connection id (the
+// RPC ws.pong).
+func (r *Registry) Pong(id ConnID) error {
+	c, err := r.lookup(id)
+	if err != nil {
+		return err
+	}
+	return c.Pong(r.srv.cfg.PingData)
+}
+
+// DumpOrder is the order of Registry.Dump, as the order parameter of the RPC
+// ws.dump.
+type DumpOrder uint8
+
+const (
+	// DumpByID lists by connection ID, oldest first (Kamailio's "id_hash",
+	// the default).
+	DumpByID DumpOrder = iota
+	// DumpLeastRecentlyUsed lists the longest idle first (Kamailio's
+	// "used_desc": descending idle time).
+	DumpLeastRecentlyUsed
+	// DumpMostRecentlyUsed lists the most recently active first (Kamailio's
+	// "used_asc": ascending idle time).
+	DumpMostRecentlyUsed
+)
+
+// String returns the Kamailio name of the order.
+func (o DumpOrder) String() string {
+	switch o {
+	case DumpByID:
+		return "id_hash"
+	case DumpLeastRecentlyUsed:
+		return "used_desc"
+	case DumpMostRecentlyUsed:
+		return "used_asc"
+	}
+	return fmt.Sprintf("DumpOrder(%d)", uint8(o))
+}
+
+// ParseDumpOrder parses Kamailio's names "id_hash", "used_desc" and
+// "used_asc" ("" is id_hash).
+func ParseDumpOrder(s string) (DumpOrder, error) {
+	switch strings.TrimSpace(s) {
+	case "", "id_hash":
+		return DumpByID, nil
+	case "used_desc":
+		return DumpLeastRecentlyUsed, nil
+	case "used_asc":
+		return DumpMostRecentlyUsed, nil
+	}
+	return 0, fmt.Errorf("sipws: bad display order parameter %s: want id_hash, used_desc or used_asc", quote(s))
+}
+
+// DefaultDumpLimit is the number of connections ws.dump lists by default.
+const DefaultDumpLimit = 50
+
+// ConnInfo is a snapshot of one connection, as listed by Registry.Dump.
+type ConnInfo struct {
+	ID           ConnID
+	RemoteAddr   netip.AddrPort
+	LocalAddr    netip.AddrPort
+	Subprotocol  Subprotocol
+	Secure       bool
+	State        string // "OPEN" or "CLOSING"
+	Opened       time.Time
+	LastUsed     time.Time     // the last frame received
+	AwaitingPong bool          // a Ping was sent and no Pong has come back yet
+	RTT          time.Duration // the last Ping's round-trip time; 0 when none was measured
+	Identity     any
+}
+
+// Dump is the result of Registry.Dump.
+type Dump struct {
+	Conns     []ConnInfo
+	Total     int  // live connections when the dump was taken
+	Truncated bool // Total > len(Conns)
+}
+
+// Dump returns snapshots of live connections in the given order, at most
+// limit of them (0 means DefaultDumpLimit, 50, as ws.dump; a negative limit
+// means all).
+func (r *Registry) Dump(order DumpOrder, limit int) Dump {
+	return r.Query(DumpQuery{Order: order, Limit: limit})
+}
+
+// DumpQuery selects and pages the connections of Registry.Query.
+type DumpQuery struct {
+	Order       DumpOrder
+	Limit       int         // 0 means 50; negative means all
+	Offset      int         // skip this many (after filtering and ordering)
+	Subprotocol Subprotocol // only these sub-protocols; 0 means all
+	RemoteIP    netip.Addr  // only connections from this IP; invalid means all
+}
+
+// Query is Dump with paging and filters, so that an operator can walk
+// through any number of connections. Total counts the connections that pass
+// the filters.
+func (r *Registry) Query(q DumpQuery) Dump {
+	var all []ConnInfo
+	ip := q.RemoteIP.Unmap()
+	r.each(func(c *Conn) {
+		if q.Subprotocol != 0 && q.Subprotocol&c.sp == 0 {
+			return
+		}
+		if ip.IsValid() && c.remote.Addr() != ip {
+			return
+		}
+		all = append(all, c.info())
+	})
+	switch q.Order {
+	case DumpLeastRecentlyUsed:
+		slices.SortFunc(all, func(a, b ConnInfo) int {
+			return cmp.Or(a.LastUsed.Compare(b.LastUsed), cmp.Compare(a.ID, b.ID))
+		})
+	case DumpMostRecentlyUsed:
+		slices.SortFunc(all, func(a, b ConnInfo) int {
+			return cmp.Or(b.LastUsed.Compare(a.LastUsed), cmp.Compare(a.ID, b.ID))
+		})
+	default:
+		slices.SortFunc(all, func(a, b ConnInfo) int { return cmp.Compare(a.ID, b.ID) })
+	}
+	d := Dump{Total: len(all)}
+	off := min(max(q.Offset, 0), len(all))
+	all = all[off:]
+	limit := q.Limit
+	if limit == 0 {
+		limit = DefaultDumpLimit
+	}
+	if limit > 0 && limit < len(all) {
+		all = all[:limit]
+	}
+	d.Conns = all
+	d.Truncated = off+len(all) < d.Total
+	return d
+}
+
+func (c *Conn) info() ConnInfo {
+	c.wmu.Lock()
+	st := "OPEN"
+	if c.state != stateOpen {
+		st = "CLOSING"
+	}
+	c.wmu.Unlock()
+	return ConnInfo{
+		ID:           c.id,
+		RemoteAddr:   c.remote,
+		LocalAddr:    c.local,
+		Subprotocol:  c.sp,
+		Secure:       c.secure,
+		State:        st,
+		Opened:       c.opened,
+		LastUsed:     c.LastUsed(),
+		AwaitingPong: c.ka.awaiting.Load(),
+		RTT:          time.Duration(c.ka.rtt.Load()),
+		Identity:     c.identity,
+	}
+}

@@ -1,0 +1,330 @@
+package sipws
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Version is this library's version; the default keepalive payload names it.
+const Version = "0.1.0"
+
+// Defaults that a zero Config field stands for. Those with a Kamailio
+// counterpart have its default.
+const (
+	DefaultSubprotocols      = SIP | MSRP       // sub_protocols with msrp.so loaded
+	DefaultMaxMessageSize    = 64 << 10         // bytes
+	MaxMaxMessageSize        = 64 << 20         // the largest MaxMessageSize accepted
+	DefaultReadBufferSize    = 512              // bytes of read buffer per connection
+	DefaultCloseTimeout      = 2 * time.Second  // wait for the peer's close reply
+	DefaultWriteTimeout      = 10 * time.Second // one write to the socket
+	DefaultFrameTimeout      = 30 * time.Second // a frame that has started must end within it
+	DefaultSendQueueSize     = 1 << 20          // bytes queued per connection before it is a slow consumer
+	DefaultKeepaliveTimeout  = 180 * time.Second
+	DefaultKeepaliveInterval = time.Second
+	DefaultKeepaliveWorkers  = 1
+	DefaultPongWait          = 5 * time.Second
+)
+
+// DefaultPingData is the keepalive payload when Config.PingData is nil, as
+// Kamailio uses its Server: header.
+var defaultPingData = "sipws/" + Version
+
+// Config configures a Server. Its zero value is Kamailio's defaults: every
+// zero field stands for the default named in its comment. New validates it
+// once and keeps a copy; later changes to it have no effect.
+type Config struct {
+	// Subprotocols is the set of enabled sub-protocols (sub_protocols).
+	// 0 means SIP|MSRP.
+	Subprotocols Subprotocol
+	// CORS is the cross-origin mode of the 101 response (cors_mode).
+	CORS CORSMode
+
+	// MaxMessageSize is the largest message accepted, all fragments
+	// together; a larger one closes the connection with 1009. 0 means 64 KiB;
+	// at most 64 MiB.
+	MaxMessageSize int64
+	// ReadBufferSize is the size of each connection's read buffer. 0 means
+	// 512 bytes, which keeps idle connections small; larger messages are
+	// read straight into their own buffer.
+	ReadBufferSize int
+	// CloseTimeout bounds the wait for the peer's close reply after we sent
+	// a close frame, and the wait for its FIN after we closed our side.
+	// 0 means 2 s.
+	CloseTimeout time.Duration
+	// WriteTimeout bounds every write to a socket; a write that does not end
+	// in time closes the connection (InitiatorWriteFailure). 0 means 10 s.
+	WriteTimeout time.Duration
+	// FrameTimeout bounds the time between the first and last byte of one
+	// frame, so that a half-sent frame cannot hold a connection; it does not
+	// limit idle time. 0 means 30 s.
+	FrameTimeout time.Duration
+	// SendQueueSize bounds the bytes queued for one connection and not yet
+	// written to its socket. A Send that would go past it closes the
+	// connection as a slow consumer (1008) and returns ErrSendQueueFull;
+	// one message larger than the bound is still accepted when nothing is
+	// queued. 0 means 1 MiB.
+	SendQueueSize int
+
+	// Keepalive is the keepalive mechanism (keepalive_mechanism); the zero
+	// value is KeepalivePing, Kamailio's default.
+	Keepalive KeepaliveMechanism
+	// KeepaliveTimeout is the idle time (nothing received) after which a
+	// keepalive is sent (keepalive_timeout). 0 means 180 s.
+	KeepaliveTimeout time.Duration
+	// KeepaliveInterval is how often due keepalives are looked for
+	// (keepalive_interval). 0 means 1 s.
+	KeepaliveInterval time.Duration
+	// KeepaliveWorkers is the number of goroutines that share the keepalive
+	// work (keepalive_processes). 0 means 1.
+	KeepaliveWorkers int
+	// PingData is the payload of keepalive Pings and Pongs and of
+	// Registry.Ping/Pong (ping_application_data), at most 125 bytes. nil
+	// means "sipws/<Version>".
+	PingData []byte
+	// PongWait is how long, after a keepalive Ping, a connection may stay
+	// silent before it is declared dead and closed. 0 means 5 s, or the
+	// keepalive timeout when that is shorter; it may not exceed it.
+	PongWait time.Duration
+	// IdleTimeout, with KeepalivePong or KeepaliveNone, closes a connection
+	// that has received nothing for that long. 0 means never.
+	IdleTimeout time.Duration
+	// VerboseList logs each keepalive pass at debug level (verbose_list).
+	VerboseList bool
+
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// Clock is the time source of keepalive; nil is the real clock.
+	Clock Clock
+
+	// CheckOrigin, when set, is asked about every handshake that is
+	// otherwise valid; false refuses it with 403 Forbidden. Browsers send
+	// Origin; a server that authenticates with cookies must check it
+	// (cross-site WebSocket hijacking).
+	CheckOrigin func(r *http.Request) bool
+	// Authorize, when set, is called after CheckOrigin. It may read the
+	// request's headers and cookies (RFC 7118 §7). It returns the identity
+	// that travels with the Conn (Conn.Identity), or an error: one that
+	// wraps ErrUnauthorized refuses with 401 Unauthorized and the headers
+	// (e.g. WWW-Authenticate) the hook set on w; any other refuses with 403.
+	// Headers it sets on w also go out with a 101 (e.g. Set-Cookie).
+	Authorize func(w http.ResponseWriter, r *http.Request) (identity any, err error)
+
+	// OnOpen, when set, is called once for each new connection, on the
+	// connection's own goroutine, before any message of it is delivered.
+	OnOpen func(c *Conn)
+	// OnMessage, when set, receives every message of every connection,
+	// exactly once and in order, on the connection's own goroutine; the
+	// next message of that connection is read only after it returns.
+	OnMessage func(c *Conn, m Message)
+	// OnClosed, when set, is called exactly once for each connection that
+	// completed its handshake, when it has ended and its socket is closed,
+	// on the connection's own goroutine.
+	OnClosed func(ev Closed)
+}
+
+// ConfigError reports an invalid Config field.
+type ConfigError struct {
+	Field  string
+	Reason string
+}
+
+// Error implements error.
+func (e *ConfigError) Error() string {
+	return "sipws: invalid Config." + e.Field + ": " + e.Reason
+}
+
+func quote(s string) string { return strconv.Quote(s) }
+
+// withDefaults returns the config with every zero field set to its default,
+// or an error for the first invalid field.
+func (c Config) withDefaults() (Config, error) {
+	bad := func(field, format string, args ...any) (Config, error) {
+		return c, &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+	}
+	if c.Subprotocols == 0 {
+		c.Subprotocols = DefaultSubprotocols
+	}
+	if c.Subprotocols&^allSubprotocols != 0 {
+		return bad("Subprotocols", "unknown bits %#x (SIP=1, MSRP=2)", uint8(c.Subprotocols&^allSubprotocols))
+	}
+	if c.CORS > CORSEcho {
+		return bad("CORS", "unknown mode %d", c.CORS)
+	}
+	switch {
+	case c.MaxMessageSize == 0:
+		c.MaxMessageSize = DefaultMaxMessageSize
+	case c.MaxMessageSize < 0 || c.MaxMessageSize > MaxMaxMessageSize:
+		return bad("MaxMessageSize", "%d is not between 1 and %d", c.MaxMessageSize, MaxMaxMessageSize)
+	}
+	switch {
+	case c.ReadBufferSize == 0:
+		c.ReadBufferSize = DefaultReadBufferSize
+	case c.ReadBufferSize < 16 || c.ReadBufferSize > 1<<20:
+		return bad("ReadBufferSize", "%d is not between 16 and %d", c.ReadBufferSize, 1<<20)
+	}
+	durations := []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"CloseTimeout", &c.CloseTimeout, DefaultCloseTimeout},
+		{"WriteTimeout", &c.WriteTimeout, DefaultWriteTimeout},
+		{"FrameTimeout", &c.FrameTimeout, DefaultFrameTimeout},
+		{"KeepaliveTimeout", &c.KeepaliveTimeout, DefaultKeepaliveTimeout},
+		{"KeepaliveInterval", &c.KeepaliveInterval, DefaultKeepaliveInterval},
+		{"IdleTimeout", &c.IdleTimeout, 0},
+	}
+	for _, d := range durations {
+		if *d.v < 0 {
+			return bad(d.name, "negative duration %v", *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	switch {
+	case c.SendQueueSize == 0:
+		c.SendQueueSize = DefaultSendQueueSize
+	case c.SendQueueSize < 0:
+		return bad("SendQueueSize", "negative size %d", c.SendQueueSize)
+	}
+	if c.Keepalive > KeepaliveNone {
+		return bad("Keepalive", "unknown mechanism %d", c.Keepalive)
+	}
+	if c.KeepaliveInterval > c.KeepaliveTimeout {
+		return bad("KeepaliveInterval", "%v is longer than KeepaliveTimeout %v", c.KeepaliveInterval, c.KeepaliveTimeout)
+	}
+	switch {
+	case c.KeepaliveWorkers == 0:
+		c.KeepaliveWorkers = DefaultKeepaliveWorkers
+	case c.KeepaliveWorkers < 0 || c.KeepaliveWorkers > 256:
+		return bad("KeepaliveWorkers", "%d is not between 1 and 256", c.KeepaliveWorkers)
+	}
+	if c.PingData == nil {
+		c.PingData = []byte(defaultPingData)
+	}
+	if len(c.PingData) > maxControlPayload {
+		return bad("PingData", "%d bytes, at most %d fit a control frame", len(c.PingData), maxControlPayload)
+	}
+	c.PingData = append([]byte(nil), c.PingData...)
+	switch {
+	case c.PongWait < 0:
+		return bad("PongWait", "negative duration %v", c.PongWait)
+	case c.PongWait == 0:
+		c.PongWait = min(DefaultPongWait, c.KeepaliveTimeout)
+	case c.PongWait > c.KeepaliveTimeout:
+		return bad("PongWait", "%v is longer than KeepaliveTimeout %v", c.PongWait, c.KeepaliveTimeout)
+	}
+	if c.Keepalive == KeepalivePing && c.IdleTimeout != 0 {
+		return bad("IdleTimeout", "applies to KeepalivePong and KeepaliveNone; KeepalivePing closes silent peers after PongWait")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = realClock{}
+	}
+	return c, nil
+}
+
+// Server is a SIP/MSRP-over-WebSocket server: it accepts WebSocket handshakes
+// (it is an http.Handler), owns the connections it makes, delivers their
+// messages to the Config hooks and keeps them alive. Create it with New; all
+// its methods are safe for concurrent use.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	clock Clock
+	reg   Registry
+	stats counters
+	ka    *keepalive
+
+	nextID   atomic.Uint64
+	disabled atomic.Bool
+
+	// mu orders handshakes against Shutdown: a connection is added to wg
+	// and the registry only while closed is false.
+	mu     sync.RWMutex
+	closed bool
+	wg     sync.WaitGroup // one per connection goroutine
+}
+
+// New validates cfg and returns a Server. It starts no goroutine: the
+// keepalive workers start with the first connection and end in Shutdown.
+func New(cfg Config) (*Server, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: c, log: c.Logger, clock: c.Clock}
+	s.reg.init(s)
+	s.ka = newKeepalive(s)
+	return s, nil
+}
+
+// Registry returns the server's live connections.
+func (s *Server) Registry() *Registry { return &s.reg }
+
+// Stats returns a snapshot of the server's counters.
+func (s *Server) Stats() Stats { return s.stats.snapshot() }
+
+// Disable makes new handshakes fail with 503 Service Unavailable (the RPC
+// ws.disable); open connections keep working.
+func (s *Server) Disable() {
+	if !s.disabled.Swap(true) {
+		s.log.Warn("disabling websockets - new connections will be refused")
+	}
+}
+
+// Enable lets handshakes through again after Disable (the RPC ws.enable).
+// A server is enabled when created.
+func (s *Server) Enable() {
+	if s.disabled.Swap(false) {
+		s.log.Warn("enabling websockets")
+	}
+}
+
+// Enabled reports whether the server accepts handshakes.
+func (s *Server) Enabled() bool { return !s.disabled.Load() }
+
+// Shutdown stops accepting handshakes (503 from then on), closes every
+// connection with 1001 "Going away", and waits until each has ended and its
+// OnClosed has returned, or until ctx is done. When ctx ends first, the
+// remaining connections are dropped at once (their OnClosed still fires) and
+// ctx's error is returned once they are gone. The keepalive workers end too.
+// http.Server.Shutdown does not touch hijacked connections: call both.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	first := !s.closed
+	s.closed = true
+	s.mu.Unlock()
+	if first {
+		s.log.Info("shutting down", "connections", s.reg.Len())
+	}
+	s.reg.each(func(c *Conn) { c.startClose(InitiatorShutdown, CloseGoingAway, "Going away", nil) })
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.reg.each(func(c *Conn) { c.abort(InitiatorShutdown, CloseGoingAway, "Going away", err) })
+		<-done
+	}
+	s.ka.stop()
+	return err
+}
+
+// ServeHTTP implements http.Handler: it is HandleHandshake.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.HandleHandshake(w, r) }
