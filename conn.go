@@ -53,12 +53,12 @@ type Conn struct {
 	wmu     sync.Mutex // guards the fields below
 	wwg     sync.WaitGroup
 	state   connState
-	writing bool         // a goroutine is writing the queue
-	queue   []outFrame   // frames waiting to be written, in order
-	spare   []outFrame   // the other queue slice, reused
-	queued  int          // bytes in queue
-	end     endCause     // why the connection ends; set once
-	sockMu  sync.Mutex   // held while writing to nc
+	writing bool          // a goroutine is writing the queue
+	queue   []outFrame    // frames waiting to be written, in order
+	spare   []outFrame    // the other queue slice, reused
+	queued  int           // bytes in queue
+	end     endCause      // why the connection ends; set once
+	sockMu  sync.Mutex    // held while writing to nc
 	done    chan struct{} // closed when the connection has ended
 
 	hbuf [12]byte // frame header read buffer

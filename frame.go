@@ -435,11 +435,20 @@ func (c *Conn) finish(readErr error) {
 	end := c.end
 	c.wmu.Unlock()
 
-	if graceful {
-		c.lingerClose()
+	// After a close handshake our FIN goes out now and the socket is closed
+	// once the peer's FIN is in (or CloseTimeout passed), after OnClosed;
+	// otherwise it is closed at once.
+	if !graceful || !c.closeWrite() {
+		graceful = false
+		_ = c.nc.Close()
 	}
-	_ = c.nc.Close()
 	c.wwg.Wait()
+	defer func() {
+		if graceful {
+			c.linger()
+			_ = c.nc.Close()
+		}
+	}()
 
 	c.srv.reg.remove(c)
 	c.srv.ka.remove(c)
@@ -466,20 +475,24 @@ func (c *Conn) finish(readErr error) {
 	}
 }
 
-// lingerClose closes our half of the TCP connection (FIN) after the close
-// handshake and waits, at most Config.CloseTimeout, for the peer's FIN,
+// closeWrite sends our FIN after the close handshake, keeping the socket
+// open for reading; it reports whether it could.
+func (c *Conn) closeWrite() bool {
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok {
+		return false
+	}
+	c.sockMu.Lock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
+	err := cw.CloseWrite()
+	c.sockMu.Unlock()
+	return err == nil
+}
+
+// linger waits, at most Config.CloseTimeout, for the peer's FIN after ours,
 // discarding what it still sends, so that the peer reads our close frame
 // before the socket is gone (closing a socket with unread input resets it).
-func (c *Conn) lingerClose() {
-	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
-		c.sockMu.Lock()
-		_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
-		err := cw.CloseWrite()
-		c.sockMu.Unlock()
-		if err != nil {
-			return
-		}
-	}
+func (c *Conn) linger() {
 	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
 	_, _ = io.CopyN(io.Discard, c.br, 1<<16)
 }

@@ -123,8 +123,11 @@ type Config struct {
 	// next message of that connection is read only after it returns.
 	OnMessage func(c *Conn, m Message)
 	// OnClosed, when set, is called exactly once for each connection that
-	// completed its handshake, when it has ended and its socket is closed,
-	// on the connection's own goroutine.
+	// completed its handshake, as soon as it has ended, on the connection's
+	// own goroutine. By then the connection has left the Registry and the
+	// counters, and its socket is closed — or, after a close handshake, our
+	// FIN is sent and the socket is closed once the peer's FIN arrives (at
+	// most Config.CloseTimeout later).
 	OnClosed func(ev Closed)
 }
 
