@@ -192,7 +192,13 @@ func (c *Conn) SendMessage(typ MessageType, data []byte) error {
 	if int64(len(data)) > c.srv.cfg.MaxMessageSize {
 		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrMessageTooBig, len(data), c.srv.cfg.MaxMessageSize)
 	}
-	return c.enqueue(outFrame{b: dataFrame(typ, data), data: true}, false)
+	if err := c.enqueue(outFrame{b: dataFrame(typ, data), data: true}, false); err != nil {
+		return err
+	}
+	if o := c.srv.obs; o != nil {
+		o.Message(Out, c.sp, len(data))
+	}
+	return nil
 }
 
 // Ping sends a Ping frame with data (at most 125 bytes) as payload. It does

@@ -68,3 +68,41 @@ type Closed struct {
 	// connection was closed (from Config.Clock).
 	Opened, Ended time.Time
 }
+
+// Direction is the direction of a message: In from the peer, Out to it.
+type Direction uint8
+
+const (
+	// In is a message received from the peer.
+	In Direction = iota + 1
+	// Out is a message sent to the peer.
+	Out
+)
+
+// String returns "in" or "out".
+func (d Direction) String() string {
+	if d == Out {
+		return "out"
+	}
+	return "in"
+}
+
+// Observer receives measurements as they happen, for metrics that counters
+// cannot give (histograms): the Prometheus collector in the sipwsprom
+// sub-package is one. Its methods are called on the goroutines where things
+// happen, often on hot paths: they must be fast, safe for concurrent use, and
+// must not block or call back into the Server.
+type Observer interface {
+	// Handshake is called for every handshake answered: status is 101 for
+	// a success, the refusal's status otherwise; d is the time from the
+	// start of HandleHandshake to the response.
+	Handshake(status int, d time.Duration)
+	// Message is called for every message received (In, when it is
+	// delivered) and sent (Out, when it is queued), with its size in bytes.
+	Message(dir Direction, sp Subprotocol, size int)
+	// RTT is called with each Ping's round-trip time as it is measured.
+	RTT(d time.Duration)
+	// Closed is called once for each connection that ends, with its close
+	// code and initiator.
+	Closed(code CloseCode, by Initiator)
+}

@@ -341,6 +341,9 @@ func (c *Conn) deliver(m Message) {
 	if !open {
 		return
 	}
+	if o := c.srv.obs; o != nil {
+		o.Message(In, c.sp, len(m.Data))
+	}
 	if h := c.srv.cfg.OnMessage; h != nil {
 		h(c, m)
 	}
@@ -453,6 +456,9 @@ func (c *Conn) finish(readErr error) {
 	c.srv.reg.remove(c)
 	c.srv.ka.remove(c)
 	c.srv.stats.closed(c.sp, end.by)
+	if o := c.srv.obs; o != nil {
+		o.Closed(end.code, end.by)
+	}
 	ended := c.srv.clock.Now()
 	close(c.done)
 	c.srv.log.Info("connection closed", "conn", c.id, "remote", c.remote, "subprotocol", c.sp,

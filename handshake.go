@@ -112,7 +112,7 @@ func headerHasToken(h http.Header, name, token string) bool {
 // refuse writes an HTTP error for a failed handshake: the status, the extra
 // headers, and a one-line plain-text body that says what was wrong. The
 // connection is closed after it (Connection: close), as Kamailio does.
-func (s *Server) refuse(w http.ResponseWriter, r *http.Request, ref *refusal) {
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, ref *refusal) int {
 	s.stats.failedHS.Add(1)
 	s.log.Info("handshake refused", "remote", r.RemoteAddr, "status", ref.status, "reason", ref.msg)
 	h := w.Header()
@@ -124,6 +124,7 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, ref *refusal) {
 	h.Set("Connection", "close")
 	w.WriteHeader(ref.status)
 	fmt.Fprintln(w, ref.msg)
+	return ref.status
 }
 
 // HandleHandshake is Kamailio's ws_handle_handshake(): the host's handler
@@ -139,18 +140,27 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, ref *refusal) {
 //
 // Headers the host set on w before the call go out with the 101 too.
 func (s *Server) HandleHandshake(w http.ResponseWriter, r *http.Request) {
+	var start time.Time
+	if s.obs != nil {
+		start = time.Now()
+	}
+	status := s.handshake(w, r)
+	if s.obs != nil {
+		s.obs.Handshake(status, time.Since(start))
+	}
+}
+
+// handshake does HandleHandshake's work and returns the status answered.
+func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 	sp, ref := s.checkRequest(r)
 	if ref != nil {
-		s.refuse(w, r, ref)
-		return
+		return s.refuse(w, r, ref)
 	}
 	if s.disabled.Load() {
-		s.refuse(w, r, &refusal{status: http.StatusServiceUnavailable, msg: "WebSocket service disabled"})
-		return
+		return s.refuse(w, r, &refusal{status: http.StatusServiceUnavailable, msg: "WebSocket service disabled"})
 	}
 	if s.cfg.CheckOrigin != nil && !s.cfg.CheckOrigin(r) {
-		s.refuse(w, r, &refusal{status: http.StatusForbidden, msg: "origin " + quote(r.Header.Get("Origin")) + " not allowed"})
-		return
+		return s.refuse(w, r, &refusal{status: http.StatusForbidden, msg: "origin " + quote(r.Header.Get("Origin")) + " not allowed"})
 	}
 	var identity any
 	if s.cfg.Authorize != nil {
@@ -160,28 +170,26 @@ func (s *Server) HandleHandshake(w http.ResponseWriter, r *http.Request) {
 			if errors.Is(err, ErrUnauthorized) {
 				status = http.StatusUnauthorized
 			}
-			s.refuse(w, r, &refusal{status: status, msg: err.Error()})
-			return
+			return s.refuse(w, r, &refusal{status: status, msg: err.Error()})
 		}
 		identity = id
 	}
-	s.upgrade(w, r, sp, identity)
+	return s.upgrade(w, r, sp, identity)
 }
 
 // upgrade hijacks the connection, writes the 101 and starts the connection.
-func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, sp Subprotocol, identity any) {
+// It returns the status answered (0 when the connection was lost).
+func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, sp Subprotocol, identity any) int {
 	s.mu.RLock()
 	closed := s.closed
 	s.mu.RUnlock()
 	if closed {
-		s.refuse(w, r, &refusal{status: http.StatusServiceUnavailable, msg: "server shutting down"})
-		return
+		return s.refuse(w, r, &refusal{status: http.StatusServiceUnavailable, msg: "server shutting down"})
 	}
 	extra := w.Header().Clone()
 	nc, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		s.refuse(w, r, &refusal{status: http.StatusInternalServerError, msg: "cannot take over the connection: " + err.Error()})
-		return
+		return s.refuse(w, r, &refusal{status: http.StatusInternalServerError, msg: "cannot take over the connection: " + err.Error()})
 	}
 	// net/http may have left its read/write deadlines on the socket.
 	_ = nc.SetDeadline(time.Time{})
@@ -216,7 +224,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, sp Subprotocol,
 		s.stats.failedHS.Add(1)
 		s.log.Info("handshake failed", "remote", r.RemoteAddr, "err", err)
 		_ = nc.Close()
-		return
+		return 0
 	}
 
 	c := s.newConn(nc, r, sp, identity, pending(brw.Reader))
@@ -228,13 +236,14 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, sp Subprotocol,
 		s.stats.failedHS.Add(1)
 		c.writeRaw(closeFrame(CloseGoingAway, "Going away"))
 		_ = nc.Close()
-		return
+		return http.StatusSwitchingProtocols
 	}
 	s.stats.opened(sp)
 	s.reg.add(c)
 	s.ka.add(c)
 	s.wg.Add(1)
 	go c.serve()
+	return http.StatusSwitchingProtocols
 }
 
 // pending returns the bytes the HTTP server read past the request (a frame

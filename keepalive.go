@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // KeepaliveMechanism is how idle connections are kept alive
@@ -175,7 +176,11 @@ func (ka *keepalive) pingSent(c *Conn) {
 // pongReceived notes a Pong from c and measures the round trip.
 func (ka *keepalive) pongReceived(c *Conn) {
 	if c.ka.awaiting.CompareAndSwap(true, false) {
-		c.ka.rtt.Store(ka.srv.clock.Now().UnixNano() - c.ka.pingSent.Load())
+		rtt := ka.srv.clock.Now().UnixNano() - c.ka.pingSent.Load()
+		c.ka.rtt.Store(rtt)
+		if ka.srv.obs != nil {
+			ka.srv.obs.RTT(time.Duration(rtt))
+		}
 	}
 }
 

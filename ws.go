@@ -97,6 +97,10 @@ type Config struct {
 	// VerboseList logs each keepalive pass at debug level (verbose_list).
 	VerboseList bool
 
+	// Observer, when set, receives measurements for histograms (see
+	// Observer; the sipwsprom sub-package provides one for Prometheus).
+	Observer Observer
+
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 	// Clock is the time source of keepalive; nil is the real clock.
@@ -247,6 +251,7 @@ type Server struct {
 	reg   Registry
 	stats counters
 	ka    *keepalive
+	obs   Observer // nil when none
 
 	nextID   atomic.Uint64
 	disabled atomic.Bool
@@ -265,7 +270,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: c, log: c.Logger, clock: c.Clock}
+	s := &Server{cfg: c, log: c.Logger, clock: c.Clock, obs: c.Observer}
 	s.reg.init(s)
 	s.ka = newKeepalive(s)
 	return s, nil
