@@ -78,13 +78,13 @@ type endCause struct {
 	err    error
 }
 
-func (s *Server) newConn(nc net.Conn, r *http.Request, sp Subprotocol, identity any, pre []byte) *Conn {
+func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol, identity any, pre []byte) *Conn {
 	c := &Conn{
 		srv:      s,
 		id:       ConnID(s.nextID.Add(1)),
 		sp:       sp,
-		secure:   r.TLS != nil,
-		remote:   unmap(addrPort(nc.RemoteAddr())),
+		secure:   cl.secure,
+		remote:   cl.addr,
 		local:    unmap(addrPort(nc.LocalAddr())),
 		header:   r.Header,
 		url:      r.URL,

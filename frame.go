@@ -455,6 +455,7 @@ func (c *Conn) finish(readErr error) {
 
 	c.srv.reg.remove(c)
 	c.srv.ka.remove(c)
+	c.srv.limits.release(c.remote.Addr())
 	c.srv.stats.closed(c.sp, end.by)
 	if o := c.srv.obs; o != nil {
 		o.Closed(end.code, end.by)

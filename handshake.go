@@ -159,6 +159,16 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 	if s.disabled.Load() {
 		return s.refuse(w, r, &refusal{status: http.StatusServiceUnavailable, msg: "WebSocket service disabled"})
 	}
+	cl := s.clientOf(r)
+	if ref := s.limits.acquire(cl.addr.Addr()); ref != nil {
+		return s.refuse(w, r, ref)
+	}
+	upgraded := false
+	defer func() {
+		if !upgraded {
+			s.limits.release(cl.addr.Addr())
+		}
+	}()
 	if s.cfg.CheckOrigin != nil && !s.cfg.CheckOrigin(r) {
 		return s.refuse(w, r, &refusal{status: http.StatusForbidden, msg: "origin " + quote(r.Header.Get("Origin")) + " not allowed"})
 	}
@@ -174,12 +184,14 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 		}
 		identity = id
 	}
-	return s.upgrade(w, r, sp, identity)
+	status := s.upgrade(w, r, cl, sp, identity)
+	upgraded = status == http.StatusSwitchingProtocols
+	return status
 }
 
 // upgrade hijacks the connection, writes the 101 and starts the connection.
 // It returns the status answered (0 when the connection was lost).
-func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, sp Subprotocol, identity any) int {
+func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp Subprotocol, identity any) int {
 	s.mu.RLock()
 	closed := s.closed
 	s.mu.RUnlock()
@@ -227,7 +239,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, sp Subprotocol,
 		return 0
 	}
 
-	c := s.newConn(nc, r, sp, identity, pending(brw.Reader))
+	c := s.newConn(nc, r, cl, sp, identity, pending(brw.Reader))
 	// Register under the read lock so that Shutdown, which takes the write
 	// lock, either sees this connection or refuses it here.
 	s.mu.RLock()
@@ -236,7 +248,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, sp Subprotocol,
 		s.stats.failedHS.Add(1)
 		c.writeRaw(closeFrame(CloseGoingAway, "Going away"))
 		_ = nc.Close()
-		return http.StatusSwitchingProtocols
+		return 0
 	}
 	s.stats.opened(sp)
 	s.reg.add(c)

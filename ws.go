@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -70,6 +71,19 @@ type Config struct {
 	// one message larger than the bound is still accepted when nothing is
 	// queued. 0 means 1 MiB.
 	SendQueueSize int
+
+	// MaxConns caps the connections open at once; a handshake past it is
+	// refused with 503 and Retry-After, before the hijack. 0 means no cap.
+	MaxConns int
+	// MaxConnsPerIP caps the connections open at once from one client IP
+	// (the real client behind a trusted proxy). 0 means no cap.
+	MaxConnsPerIP int
+	// TrustedProxies are the networks of reverse proxies (nginx, a load
+	// balancer) whose Forwarded or X-Forwarded-For / X-Forwarded-Proto
+	// headers are believed, so that caps, Conn addresses, dumps, logs and
+	// lookups see the real client. From anyone else these headers are
+	// ignored. Empty (the default) trusts no one.
+	TrustedProxies []netip.Prefix
 
 	// Keepalive is the keepalive mechanism (keepalive_mechanism); the zero
 	// value is KeepalivePing, Kamailio's default.
@@ -195,6 +209,24 @@ func (c Config) withDefaults() (Config, error) {
 			*d.v = d.def
 		}
 	}
+	if c.MaxConns < 0 {
+		return bad("MaxConns", "negative cap %d", c.MaxConns)
+	}
+	if c.MaxConnsPerIP < 0 {
+		return bad("MaxConnsPerIP", "negative cap %d", c.MaxConnsPerIP)
+	}
+	for _, p := range c.TrustedProxies {
+		if !p.IsValid() {
+			return bad("TrustedProxies", "invalid prefix %v", p)
+		}
+	}
+	c.TrustedProxies = append([]netip.Prefix(nil), c.TrustedProxies...)
+	for i, p := range c.TrustedProxies {
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		c.TrustedProxies[i] = p.Masked()
+	}
 	switch {
 	case c.SendQueueSize == 0:
 		c.SendQueueSize = DefaultSendQueueSize
@@ -249,8 +281,9 @@ type Server struct {
 	log   *slog.Logger
 	clock Clock
 	reg   Registry
-	stats counters
-	ka    *keepalive
+	stats  counters
+	limits connLimits
+	ka     *keepalive
 	obs   Observer // nil when none
 
 	nextID   atomic.Uint64
@@ -272,6 +305,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: c, log: c.Logger, clock: c.Clock, obs: c.Observer}
 	s.reg.init(s)
+	s.limits.init(c.MaxConns, c.MaxConnsPerIP)
 	s.ka = newKeepalive(s)
 	return s, nil
 }
