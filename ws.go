@@ -277,14 +277,14 @@ func (c Config) withDefaults() (Config, error) {
 // messages to the Config hooks and keeps them alive. Create it with New; all
 // its methods are safe for concurrent use.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	clock Clock
-	reg   Registry
+	cfg    Config
+	log    *slog.Logger
+	clock  Clock
+	reg    Registry
 	stats  counters
 	limits connLimits
 	ka     *keepalive
-	obs   Observer // nil when none
+	obs    Observer // nil when none
 
 	nextID   atomic.Uint64
 	disabled atomic.Bool
