@@ -194,10 +194,15 @@ const (
 	// InitiatorSlowConsumer: the peer did not read what was sent to it and
 	// its send queue overflowed.
 	InitiatorSlowConsumer
+	// InitiatorReplaced: a new connection bound the same registration flow
+	// (Server.BindInstance) and this one was closed with 1000 "Replaced by a
+	// new flow".
+	InitiatorReplaced
 )
 
 // String returns a short stable name: "peer", "peer-lost", "protocol-error",
-// "host", "write-failure", "keepalive-timeout", "shutdown", "slow-consumer".
+// "host", "write-failure", "keepalive-timeout", "shutdown", "slow-consumer",
+// "replaced".
 func (i Initiator) String() string {
 	switch i {
 	case InitiatorPeer:
@@ -216,6 +221,8 @@ func (i Initiator) String() string {
 		return "shutdown"
 	case InitiatorSlowConsumer:
 		return "slow-consumer"
+	case InitiatorReplaced:
+		return "replaced"
 	}
 	return "Initiator(" + strconv.Itoa(int(i)) + ")"
 }
@@ -232,7 +239,7 @@ func (i Initiator) Local() bool {
 // either side or by a shutdown.
 func (i Initiator) Failed() bool {
 	switch i {
-	case InitiatorPeer, InitiatorHost, InitiatorShutdown:
+	case InitiatorPeer, InitiatorHost, InitiatorShutdown, InitiatorReplaced:
 		return false
 	}
 	return true

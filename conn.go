@@ -49,6 +49,7 @@ type Conn struct {
 	lastRecv atomic.Int64 // Clock.Now().UnixNano() of the last frame received
 	closeDL  atomic.Int64 // UnixNano read deadline while closing; 0 when none
 	ka       kaState      // keepalive bookkeeping, owned by the keepalive worker
+	routes   connRoutes   // routing index entries, guarded by Registry.routeMu
 
 	wmu     sync.Mutex // guards the fields below
 	wwg     sync.WaitGroup

@@ -333,12 +333,22 @@ func (c *Conn) readPayload(msg []byte, n int, mask [4]byte) ([]byte, error) {
 	return msg, nil
 }
 
-// deliver hands a message to OnMessage, unless we are closing.
+// crlfcrlf is the RFC 5626 §4.4.1 keepalive ping; crlf its pong.
+const crlfcrlf = "\r\n\r\n"
+
+// deliver hands a message to OnMessage, unless we are closing. On a sip
+// connection a message that is exactly CRLFCRLF is a keepalive (RFC 5626
+// §3.5.1, §4.4.1): it is answered with CRLF in the same frame type and not
+// delivered; like any frame it counted as activity.
 func (c *Conn) deliver(m Message) {
 	c.wmu.Lock()
 	open := c.state == stateOpen
 	c.wmu.Unlock()
 	if !open {
+		return
+	}
+	if c.sp == SIP && string(m.Data) == crlfcrlf {
+		_ = c.enqueue(outFrame{b: dataFrame(m.Type, m.Data[:2]), data: true}, false)
 		return
 	}
 	if o := c.srv.obs; o != nil {
@@ -454,6 +464,7 @@ func (c *Conn) finish(readErr error) {
 	}()
 
 	c.srv.reg.remove(c)
+	c.srv.reg.unroute(c)
 	c.srv.ka.remove(c)
 	c.srv.limits.release(c.remote.Addr())
 	c.srv.stats.closed(c.sp, end.by)

@@ -21,13 +21,30 @@ type Registry struct {
 		mu sync.RWMutex
 		m  map[ConnID]*Conn
 	}
+	// routeMu guards the routing indexes and every Conn.routes.
+	routeMu   sync.RWMutex
+	instances map[instanceKey]*Conn
+	sessions  map[string]*Conn
+	// byAddr indexes the connections by remote address.
+	byAddr [registryShards]struct {
+		mu sync.RWMutex
+		m  map[netip.AddrPort]*Conn
+	}
 }
 
 func (r *Registry) init(s *Server) {
 	r.srv = s
+	r.instances = make(map[instanceKey]*Conn)
+	r.sessions = make(map[string]*Conn)
 	for i := range r.shards {
 		r.shards[i].m = make(map[ConnID]*Conn)
+		r.byAddr[i].m = make(map[netip.AddrPort]*Conn)
 	}
+}
+
+func addrShard(ap netip.AddrPort) int {
+	a := ap.Addr().As16()
+	return int((uint(ap.Port()) ^ uint(a[15]) ^ uint(a[14])<<3) % registryShards)
 }
 
 func (r *Registry) add(c *Conn) {
@@ -35,6 +52,10 @@ func (r *Registry) add(c *Conn) {
 	sh.mu.Lock()
 	sh.m[c.id] = c
 	sh.mu.Unlock()
+	ah := &r.byAddr[addrShard(c.remote)]
+	ah.mu.Lock()
+	ah.m[c.remote] = c
+	ah.mu.Unlock()
 }
 
 func (r *Registry) remove(c *Conn) {
@@ -42,6 +63,25 @@ func (r *Registry) remove(c *Conn) {
 	sh.mu.Lock()
 	delete(sh.m, c.id)
 	sh.mu.Unlock()
+	ah := &r.byAddr[addrShard(c.remote)]
+	ah.mu.Lock()
+	if ah.m[c.remote] == c {
+		delete(ah.m, c.remote)
+	}
+	ah.mu.Unlock()
+}
+
+// ByRemoteAddr returns the live connection from the remote address ap
+// (IP:port), for hosts that route back by a Via's received/rport or a
+// Kamailio-style ";alias=" parameter. An IPv4-mapped IPv6 address matches its
+// IPv4 form. Behind a trusted proxy the address is the forwarded client's.
+func (r *Registry) ByRemoteAddr(ap netip.AddrPort) (*Conn, bool) {
+	ap = unmap(ap)
+	ah := &r.byAddr[addrShard(ap)]
+	ah.mu.RLock()
+	c, ok := ah.m[ap]
+	ah.mu.RUnlock()
+	return c, ok
 }
 
 // Get returns the live connection with that ID, or nil and false.
