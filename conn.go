@@ -150,6 +150,16 @@ func (c *Conn) Opened() time.Time { return c.opened }
 // LastUsed returns when the last frame was received from the peer.
 func (c *Conn) LastUsed() time.Time { return time.Unix(0, c.lastRecv.Load()) }
 
+// Buffered returns the bytes queued for the peer and not yet written to the
+// socket. A host that sends in bulk can watch it to stay under
+// Config.SendQueueSize, past which the connection is closed as a slow
+// consumer.
+func (c *Conn) Buffered() int {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.queued
+}
+
 // Done returns a channel that is closed when the connection has ended.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 

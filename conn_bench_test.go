@@ -1,0 +1,114 @@
+package sipws_test
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sipws/sipws"
+)
+
+const benchOptions = "OPTIONS sip:bob@sipws.test SIP/2.0\r\n" +
+	"Via: SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bK5g1h8v\r\n" +
+	"Max-Forwards: 70\r\n" +
+	"To: <sip:bob@sipws.test>\r\n" +
+	"From: <sip:alice@sipws.test>;tag=6c2b4k9u0e\r\n" +
+	"Call-ID: 2q9tk0ld1v6e3d5oqv8r\r\n" +
+	"CSeq: 8421 OPTIONS\r\n" +
+	"Accept: application/sdp\r\n" +
+	"Supported: path,outbound,gruu\r\n" +
+	"User-Agent: JsSIP 3.10.1\r\n" +
+	"Content-Length: 0\r\n\r\n"
+
+// benchConn opens one connection to a server with the given OnMessage and
+// returns the client's socket, after the handshake.
+func benchConn(b *testing.B, onMsg func(*sipws.Conn, sipws.Message)) net.Conn {
+	b.Helper()
+	srv, err := sipws.New(sipws.Config{OnMessage: onMsg, Keepalive: sipws.KeepaliveNone})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	addr := strings.TrimPrefix(hs.URL, "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = conn.Close()
+		_ = srv.Shutdown(b.Context())
+		hs.Close()
+	})
+	if _, err := io.WriteString(conn, handshakeRequest(addr, "sip")); err != nil {
+		b.Fatal(err)
+	}
+	// Read the 101 up to the blank line.
+	var resp []byte
+	buf := make([]byte, 1)
+	for !bytes.HasSuffix(resp, []byte("\r\n\r\n")) {
+		if _, err := conn.Read(buf); err != nil {
+			b.Fatal(err)
+		}
+		resp = append(resp, buf[0])
+	}
+	return conn
+}
+
+// BenchmarkReceiveSIP measures reading one SIP-sized message (a 400-byte
+// OPTIONS in a masked text frame) and handing it to OnMessage: the frames are
+// written in batches by the client, and allocations per op are the server's.
+func BenchmarkReceiveSIP(b *testing.B) {
+	var got atomic.Int64
+	conn := benchConn(b, func(*sipws.Conn, sipws.Message) { got.Add(1) })
+	frame := encodeFrame(true, 0, 0x1, []byte(benchOptions), true)
+	const batch = 64
+	burst := bytes.Repeat(frame, batch)
+	b.SetBytes(int64(len(benchOptions)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	sent := 0
+	for sent < b.N {
+		n := min(batch, b.N-sent)
+		if _, err := conn.Write(burst[:n*len(frame)]); err != nil {
+			b.Fatal(err)
+		}
+		sent += n
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for got.Load() < int64(b.N) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Microsecond)
+	}
+	if got.Load() < int64(b.N) {
+		b.Fatalf("delivered %d of %d", got.Load(), b.N)
+	}
+}
+
+// BenchmarkSendSIP measures Conn.Send of a SIP-sized message; the client
+// reads and discards.
+func BenchmarkSendSIP(b *testing.B) {
+	opened := make(chan *sipws.Conn, 1)
+	var c *sipws.Conn
+	conn := benchConn(b, func(conn *sipws.Conn, _ sipws.Message) { opened <- conn })
+	go func() { _, _ = io.Copy(io.Discard, conn) }()
+	if _, err := conn.Write(encodeFrame(true, 0, 0x1, []byte("hi"), true)); err != nil {
+		b.Fatal(err)
+	}
+	c = <-opened
+	msg := []byte(benchOptions)
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		for c.Buffered() > 256<<10 {
+			time.Sleep(10 * time.Microsecond)
+		}
+		if err := c.Send(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
