@@ -1,0 +1,238 @@
+// Command echo is a SIP/MSRP-over-WebSocket echo server built on sipws: it
+// accepts WebSocket handshakes on every path and sends every message back on
+// its connection with its own type (text stays text, binary stays binary).
+// It is a demo, a manual test target for browser phones (JsSIP, SIP.js) and
+// tools like websocat, and a template for a host: flags map one to one onto
+// sipws.Config.
+//
+//	go run ./examples/echo -addr 127.0.0.1:8080
+//	go run ./examples/echo -h
+//
+// It logs with log/slog to stderr; its first line is "listening on ADDR" with
+// the address actually bound (useful with port 0). SIGINT or SIGTERM stops
+// it: new handshakes are refused, every client gets a close frame with 1001
+// "Going away", and it exits 0 once they are gone or 10 s have passed. A
+// second signal during that time kills it at once. Invalid flags exit 2.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sipws/sipws"
+)
+
+// shutdownBound bounds the graceful shutdown after SIGINT/SIGTERM.
+const shutdownBound = 10 * time.Second
+
+// maxHeaderBytes bounds a handshake request's headers. A SIP-over-WebSocket
+// handshake is a few hundred bytes; cookies and an Authorization header fit
+// comfortably in 16 KiB.
+const maxHeaderBytes = 16 << 10
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, stop, os.Args[1:], os.Stderr))
+}
+
+// options are the parsed command line.
+type options struct {
+	addr             string
+	handshakeTimeout time.Duration
+	logLevel         slog.Level
+	cfg              sipws.Config
+}
+
+// usageError is a bad command line or configuration: exit status 2.
+type usageError struct {
+	err      error
+	reported bool // the flag package has already printed it, with the usage
+}
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// parseFlags parses args into options. It returns flag.ErrHelp for -h.
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("echo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: echo [flags]\n\n"+
+			"A SIP/MSRP-over-WebSocket echo server: every message comes back on its\n"+
+			"connection with its own type. Handshakes are accepted on every path.\n\n"+
+			"Flags:\n")
+		fs.PrintDefaults()
+	}
+
+	fs.StringVar(&o.addr, "addr", "127.0.0.1:8080", "TCP `address` to listen on (port 0 picks a free port)")
+	maxSize := fs.Int64("max", sipws.DefaultMaxMessageSize, "largest message accepted, in `bytes`; a larger one closes the connection with 1009")
+	subprotocols := fs.String("subprotocols", "sip,msrp", "comma-separated `list` of enabled sub-protocols: sip, msrp")
+	cors := fs.String("cors", "none", "Access-Control-Allow-Origin of the 101: none, any or echo")
+	keepalive := fs.String("keepalive", "ping", "keepalive `mechanism`: none, ping or pong")
+	fs.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", sipws.DefaultKeepaliveTimeout, "idle time after which a keepalive is sent")
+	fs.DurationVar(&o.cfg.KeepaliveInterval, "keepalive-interval", sipws.DefaultKeepaliveInterval, "how often due keepalives are looked for")
+	fs.IntVar(&o.cfg.KeepaliveWorkers, "keepalive-workers", sipws.DefaultKeepaliveWorkers, "number of keepalive goroutines")
+	pingData := fs.String("ping-data", "", "payload of keepalive Pings and Pongs, at most 125 bytes (empty: \"sipws/"+sipws.Version+"\")")
+	fs.DurationVar(&o.cfg.PongWait, "pong-wait", 0, "how long a peer may stay silent after a keepalive Ping (0: 5s or the keepalive timeout when shorter)")
+	fs.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", 0, "with -keepalive pong or none, close a connection that sent nothing for this long (0: never)")
+	fs.DurationVar(&o.cfg.CloseTimeout, "close-timeout", sipws.DefaultCloseTimeout, "wait for the peer's close reply and FIN")
+	fs.DurationVar(&o.cfg.WriteTimeout, "write-timeout", sipws.DefaultWriteTimeout, "bound of every write to a socket")
+	fs.DurationVar(&o.cfg.FrameTimeout, "frame-timeout", sipws.DefaultFrameTimeout, "bound between the first and last byte of one frame")
+	fs.IntVar(&o.cfg.SendQueueSize, "send-queue", sipws.DefaultSendQueueSize, "`bytes` queued for one connection before it is closed as a slow consumer")
+	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "bound on reading a handshake request (ReadHeaderTimeout and ReadTimeout of the HTTP server)")
+	logLevel := fs.String("log-level", "info", "log `level`: debug, info or warn")
+	fs.BoolVar(&o.cfg.VerboseList, "verbose-list", false, "log each keepalive pass (at debug level: use with -log-level debug)")
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return o, err
+		}
+		return o, usageError{err: err, reported: true}
+	}
+	if fs.NArg() > 0 {
+		return o, usageError{err: fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
+	}
+
+	var err error
+	o.cfg.MaxMessageSize = *maxSize
+	if o.cfg.MaxMessageSize <= 0 {
+		return o, usageError{err: fmt.Errorf("-max %d: must be at least 1", *maxSize)}
+	}
+	if o.cfg.Subprotocols, err = sipws.ParseSubprotocols(*subprotocols); err != nil {
+		return o, usageError{err: fmt.Errorf("-subprotocols: %w", err)}
+	}
+	if o.cfg.CORS, err = sipws.ParseCORSMode(*cors); err != nil {
+		return o, usageError{err: fmt.Errorf("-cors: %w", err)}
+	}
+	if o.cfg.Keepalive, err = sipws.ParseKeepaliveMechanism(*keepalive); err != nil {
+		return o, usageError{err: fmt.Errorf("-keepalive: %w", err)}
+	}
+	if *pingData != "" {
+		o.cfg.PingData = []byte(*pingData)
+	}
+	switch strings.ToLower(*logLevel) {
+	case "debug":
+		o.logLevel = slog.LevelDebug
+	case "info":
+		o.logLevel = slog.LevelInfo
+	case "warn", "warning":
+		o.logLevel = slog.LevelWarn
+	default:
+		return o, usageError{err: fmt.Errorf("-log-level %q: want debug, info or warn", *logLevel)}
+	}
+	if o.handshakeTimeout <= 0 {
+		return o, usageError{err: fmt.Errorf("-handshake-timeout %v: must be positive", o.handshakeTimeout)}
+	}
+	return o, nil
+}
+
+// run is the whole program; it returns the exit status. ctx ends at the first
+// SIGINT or SIGTERM; stopSignals restores their default action (so that a
+// second one kills the process).
+func run(ctx context.Context, stopSignals func(), args []string, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		if ue, ok := err.(usageError); !ok || !ue.reported {
+			fmt.Fprintf(stderr, "echo: %v\n", err)
+		}
+		return 2
+	}
+
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	if o.cfg.VerboseList && o.logLevel > slog.LevelDebug {
+		log.Warn("-verbose-list logs at debug level: add -log-level debug to see it")
+	}
+	o.cfg.Logger = log.With("component", "sipws")
+	o.cfg.OnMessage = func(c *sipws.Conn, m sipws.Message) {
+		// The echo: same type, same bytes. It cannot be too big (it came in
+		// under the same limit); it fails when the connection is closing, or
+		// when the peer does not read its echoes (ErrSendQueueFull, and the
+		// library closes the connection).
+		if err := c.SendMessage(m.Type, m.Data); err != nil {
+			log.Debug("echo not sent", "conn", c.ID(), "err", err)
+		}
+	}
+	wsrv, err := sipws.New(o.cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "echo: %v\n", err)
+		return 2
+	}
+
+	ln, err := net.Listen("tcp", o.addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "echo: %v\n", err)
+		return 1
+	}
+	hsrv := &http.Server{
+		Handler: wsrv, // every path
+		// The handshake is the only HTTP this server speaks, and until it
+		// completes a connection costs a goroutine, a socket and buffers
+		// while proving nothing. These bounds make sure that a client that
+		// sends half a request (slowloris), or connects and sends nothing,
+		// or keeps an HTTP connection open without upgrading it, holds
+		// nothing for long. After the 101 the connection is hijacked:
+		// sipws clears these deadlines and applies its own (FrameTimeout,
+		// WriteTimeout, keepalive).
+		ReadHeaderTimeout: o.handshakeTimeout,
+		ReadTimeout:       o.handshakeTimeout,
+		IdleTimeout:       o.handshakeTimeout,
+		// Headers beyond this get 431 instead of growing a buffer.
+		MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	addr := ln.Addr().String()
+	log.Info("listening on "+addr, "addr", addr,
+		"subprotocols", o.cfg.Subprotocols, "max_message_size", o.cfg.MaxMessageSize, "keepalive", o.cfg.Keepalive)
+
+	served := make(chan error, 1)
+	go func() { served <- hsrv.Serve(ln) }()
+
+	status := 0
+	select {
+	case err := <-served:
+		// Serve returned on its own: the listener failed.
+		log.Error("serve", "err", err)
+		status = 1
+	case <-ctx.Done():
+		stopSignals() // a second signal kills the process
+		log.Info("signal received, shutting down", "bound", shutdownBound)
+	}
+
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownBound)
+	defer cancel()
+	// Both at once: http.Server.Shutdown stops accepting and waits for
+	// requests in progress (handshakes not yet hijacked) but does not know
+	// hijacked connections; sipws Shutdown closes those with 1001 and waits
+	// for their close replies.
+	var wg sync.WaitGroup
+	var herr, werr error
+	wg.Go(func() { herr = hsrv.Shutdown(sctx) })
+	wg.Go(func() { werr = wsrv.Shutdown(sctx) })
+	wg.Wait()
+	if herr != nil {
+		_ = hsrv.Close()
+	}
+	if herr != nil || werr != nil {
+		log.Warn("shutdown bound reached, connections dropped", "http", herr, "websocket", werr)
+	} else {
+		log.Info("shut down")
+	}
+	return status
+}

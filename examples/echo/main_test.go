@@ -1,0 +1,390 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// These tests run the echo server as a real process, as a user would, and
+// talk to it over loopback with github.com/gobwas/ws as the client.
+
+const (
+	buildTimeout = 5 * time.Minute  // go build, cold cache and -race included
+	startTimeout = 15 * time.Second // from exec to "listening on"
+	ioTimeout    = 5 * time.Second  // every network wait
+	exitTimeout  = 10 * time.Second // from SIGTERM to exit, the server's own bound
+)
+
+func TestEchoBinary(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("needs SIGTERM")
+	}
+	bin := buildEcho(t)
+
+	t.Run("EchoesTextAndBinary", func(t *testing.T) {
+		p := startEcho(t, bin)
+		c := dial(t, p.addr, "sip")
+		assert.Equal(t, "sip", c.protocol)
+
+		options := "OPTIONS sip:echo@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bKhjhs8ass877\r\n" +
+			"Max-Forwards: 70\r\nTo: <sip:echo@127.0.0.1>\r\nFrom: <sip:alice@example.com>;tag=1928301774\r\n" +
+			"Call-ID: a84b4c76e66710\r\nCSeq: 63104 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+		c.send(ws.OpText, []byte(options))
+		op, data := c.read()
+		assert.Equal(t, ws.OpText, op, "opcode of the text echo")
+		assert.Equal(t, options, string(data))
+
+		// Not UTF-8, with a NUL: only a binary frame can carry it.
+		bin := []byte{0x00, 0xff, 0xfe, 'M', 'S', 'R', 'P', 0x80, 0x00}
+		c.send(ws.OpBinary, bin)
+		op, data = c.read()
+		assert.Equal(t, ws.OpBinary, op, "opcode of the binary echo")
+		assert.Equal(t, bin, data)
+
+		// Valid UTF-8 sent as binary stays binary; a 16-bit length too.
+		big := bytes.Repeat([]byte("SIP/2.0 200 OK\r\n"), 3000)
+		c.send(ws.OpBinary, big)
+		op, data = c.read()
+		assert.Equal(t, ws.OpBinary, op)
+		assert.Equal(t, big, data)
+
+		// A text message split in fragments comes back whole, as text.
+		c.sendFragments(ws.OpText, []byte("INVITE sip:"), []byte("bob@example.com SIP/2.0\r\n\r\n"))
+		op, data = c.read()
+		assert.Equal(t, ws.OpText, op)
+		assert.Equal(t, "INVITE sip:bob@example.com SIP/2.0\r\n\r\n", string(data))
+
+		// Every path is served, and msrp is enabled by default.
+		m := dial(t, p.addr+"/some/path?x=1", "msrp")
+		assert.Equal(t, "msrp", m.protocol)
+		m.send(ws.OpText, []byte("MSRP a786hjs2 SEND\r\n-------a786hjs2$\r\n"))
+		op, data = m.read()
+		assert.Equal(t, ws.OpText, op)
+		assert.Equal(t, "MSRP a786hjs2 SEND\r\n-------a786hjs2$\r\n", string(data))
+
+		c.closeNormally()
+		m.closeNormally()
+	})
+
+	t.Run("MaxMessageSize", func(t *testing.T) {
+		p := startEcho(t, bin, "-max", "100")
+		c := dial(t, p.addr, "sip")
+		c.send(ws.OpBinary, bytes.Repeat([]byte{'a'}, 100))
+		op, data := c.read()
+		assert.Equal(t, ws.OpBinary, op)
+		assert.Len(t, data, 100, "a message of exactly -max bytes is echoed")
+
+		c.send(ws.OpText, bytes.Repeat([]byte{'b'}, 101))
+		code, reason := c.expectClose()
+		assert.Equal(t, ws.StatusMessageTooBig, code, "close code for 101 bytes with -max 100 (reason %q)", reason)
+	})
+
+	t.Run("SubprotocolsRefused", func(t *testing.T) {
+		p := startEcho(t, bin, "-subprotocols", "msrp")
+		d := ws.Dialer{Protocols: []string{"sip"}, Timeout: ioTimeout}
+		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+		defer cancel()
+		conn, _, _, err := d.Dial(ctx, "ws://"+p.addr+"/")
+		if conn != nil {
+			_ = conn.Close()
+		}
+		var se ws.StatusError
+		require.ErrorAs(t, err, &se, "a sip-only handshake to an msrp-only server")
+		assert.Equal(t, ws.StatusError(400), se)
+
+		m := dial(t, p.addr, "msrp")
+		assert.Equal(t, "msrp", m.protocol)
+		m.closeNormally()
+	})
+
+	t.Run("SIGTERMClosesWith1001AndExits0", func(t *testing.T) {
+		p := startEcho(t, bin)
+		c := dial(t, p.addr, "sip")
+		c.send(ws.OpText, []byte("ping"))
+		_, data := c.read()
+		require.Equal(t, "ping", string(data))
+
+		require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+		code, reason := c.expectClose()
+		assert.Equal(t, ws.StatusGoingAway, code, "close code on SIGTERM (reason %q)", reason)
+		_ = c.conn.Close()
+
+		select {
+		case <-p.exited:
+			require.NotNil(t, p.cmd.ProcessState)
+			assert.Equal(t, 0, p.cmd.ProcessState.ExitCode(), "exit status after SIGTERM; stderr:\n%s", p.log.String())
+		case <-time.After(exitTimeout):
+			t.Fatalf("the server did not exit within %v of SIGTERM; stderr:\n%s", exitTimeout, p.log.String())
+		}
+		assert.Contains(t, p.log.String(), "shut down")
+	})
+
+	t.Run("BadFlagsExit2", func(t *testing.T) {
+		for _, args := range [][]string{
+			{"-subprotocols", "xmpp"},
+			{"-keepalive", "sometimes"},
+			{"-cors", "maybe"},
+			{"-log-level", "loud"},
+			{"-keepalive", "ping", "-idle-timeout", "5s"},
+			{"-max", "0"},
+			{"-no-such-flag"},
+			{"extra-argument"},
+		} {
+			ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+			var stderr bytes.Buffer
+			cmd := exec.CommandContext(ctx, bin, args...)
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			cancel()
+			var ee *exec.ExitError
+			if assert.ErrorAs(t, err, &ee, "%v should fail", args) {
+				assert.Equal(t, 2, ee.ExitCode(), "exit status of %v; stderr: %s", args, stderr.String())
+			}
+			assert.NotEmpty(t, strings.TrimSpace(stderr.String()), "%v should say what is wrong", args)
+			assert.NotContains(t, stderr.String(), "listening on", "%v must not start", args)
+		}
+	})
+}
+
+// buildEcho builds this command into a temporary directory, with -race when
+// the test itself runs with it, and returns the binary's path.
+func buildEcho(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "echo")
+	if runtime.GOOS == "windows" {
+		bin += ".exe"
+	}
+	args := []string{"build", "-buildvcs=false", "-o", bin}
+	if raceEnabled() {
+		args = append(args, "-race")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	// go test puts its own GOROOT/bin first on PATH, so "go" is the
+	// toolchain that runs this test.
+	out, err := exec.CommandContext(ctx, "go", append(args, ".")...).CombinedOutput()
+	require.NoError(t, err, "go build: %s", out)
+	return bin
+}
+
+// raceEnabled reports whether this test binary was built with -race.
+func raceEnabled() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
+}
+
+// process is a running echo server.
+type process struct {
+	cmd    *exec.Cmd
+	addr   string        // host:port it listens on
+	log    *logWriter    // its stderr
+	exited chan struct{} // closed when it has exited (cmd.ProcessState is set)
+}
+
+// listeningRE finds the address in the first log line, e.g.
+// `msg="listening on 127.0.0.1:40123"`.
+var listeningRE = regexp.MustCompile(`msg="listening on ([^"\s]+)"`)
+
+// startEcho runs the binary on a free loopback port with extra flags and
+// waits until it listens. It is killed when the test ends, if still running.
+func startEcho(t *testing.T, bin string, flags ...string) *process {
+	t.Helper()
+	lw := &logWriter{found: make(chan string, 1)}
+	cmd := exec.Command(bin, append([]string{"-addr", "127.0.0.1:0"}, flags...)...)
+	cmd.Stderr = lw
+	cmd.Stdout = lw
+	require.NoError(t, cmd.Start())
+	p := &process{cmd: cmd, log: lw, exited: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+			return
+		default:
+		}
+		_ = cmd.Process.Kill()
+		select {
+		case <-p.exited:
+		case <-time.After(exitTimeout):
+			t.Errorf("echo server pid %d did not die after SIGKILL", cmd.Process.Pid)
+		}
+		if t.Failed() {
+			t.Logf("echo server stderr:\n%s", lw.String())
+		}
+	})
+	select {
+	case p.addr = <-lw.found:
+	case <-p.exited:
+		t.Fatalf("echo server exited before listening (%v); stderr:\n%s", cmd.ProcessState, lw.String())
+	case <-time.After(startTimeout):
+		t.Fatalf("echo server did not log its address within %v; stderr:\n%s", startTimeout, lw.String())
+	}
+	host, _, err := net.SplitHostPort(p.addr)
+	require.NoError(t, err, "logged address %q", p.addr)
+	require.Equal(t, "127.0.0.1", host, "loopback only")
+	return p
+}
+
+// logWriter keeps a process's output and reports the listening address.
+type logWriter struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	line  []byte // the unfinished last line
+	found chan string
+	sent  bool
+}
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	w.line = append(w.line, p...)
+	for {
+		i := bytes.IndexByte(w.line, '\n')
+		if i < 0 {
+			break
+		}
+		if m := listeningRE.FindSubmatch(w.line[:i]); m != nil && !w.sent {
+			w.sent = true
+			w.found <- string(m[1])
+		}
+		w.line = w.line[i+1:]
+	}
+	return len(p), nil
+}
+
+func (w *logWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// client is a gobwas/ws client connection.
+type client struct {
+	t        *testing.T
+	conn     net.Conn
+	rw       io.ReadWriter // reads what the dialer buffered first
+	protocol string        // the sub-protocol the server chose
+}
+
+// dial opens a WebSocket connection to hostPath (host:port, optionally with a
+// path) offering one sub-protocol, and fails the test unless it gets a 101.
+// Every later read and write on it must end within ioTimeout.
+func dial(t *testing.T, hostPath, protocol string) *client {
+	t.Helper()
+	d := ws.Dialer{Protocols: []string{protocol}, Timeout: ioTimeout}
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	conn, br, hs, err := d.Dial(ctx, "ws://"+hostPath)
+	require.NoError(t, err, "WebSocket handshake with %s offering %q", hostPath, protocol)
+	t.Cleanup(func() { _ = conn.Close() })
+	require.NoError(t, conn.SetDeadline(time.Now().Add(ioTimeout)))
+	var r io.Reader = conn
+	if br != nil {
+		r = br // bytes that came right behind the 101, then the socket
+	}
+	return &client{t: t, conn: conn, rw: struct {
+		io.Reader
+		io.Writer
+	}{r, conn}, protocol: hs.Protocol}
+}
+
+// send writes one masked client message.
+func (c *client) send(op ws.OpCode, p []byte) {
+	c.t.Helper()
+	require.NoError(c.t, c.conn.SetWriteDeadline(time.Now().Add(ioTimeout)))
+	require.NoError(c.t, wsutil.WriteClientMessage(c.conn, op, p))
+}
+
+// sendFragments writes one message as several masked frames.
+func (c *client) sendFragments(op ws.OpCode, parts ...[]byte) {
+	c.t.Helper()
+	require.NoError(c.t, c.conn.SetWriteDeadline(time.Now().Add(ioTimeout)))
+	for i, p := range parts {
+		fop := ws.OpContinuation
+		if i == 0 {
+			fop = op
+		}
+		f := ws.NewFrame(fop, i == len(parts)-1, p)
+		f = ws.MaskFrameInPlace(f)
+		require.NoError(c.t, ws.WriteFrame(c.conn, f))
+	}
+}
+
+// read reads the next data message, answering control frames on the way.
+func (c *client) read() (ws.OpCode, []byte) {
+	c.t.Helper()
+	require.NoError(c.t, c.conn.SetReadDeadline(time.Now().Add(ioTimeout)))
+	data, op, err := wsutil.ReadServerData(c.rw)
+	require.NoError(c.t, err, "reading an echo")
+	return op, data
+}
+
+// expectClose reads until the server's close frame, which the client echoes
+// (wsutil's control handler does), and returns its code and reason.
+func (c *client) expectClose() (ws.StatusCode, string) {
+	c.t.Helper()
+	require.NoError(c.t, c.conn.SetDeadline(time.Now().Add(ioTimeout)))
+	data, op, err := wsutil.ReadServerData(c.rw)
+	var ce wsutil.ClosedError
+	if !errors.As(err, &ce) {
+		c.t.Fatalf("expected a close frame, got op %v %q, err %v", op, data, err)
+	}
+	return ce.Code, ce.Reason
+}
+
+// closeNormally runs a client-initiated close handshake: our close frame,
+// the server's echo, then its FIN.
+func (c *client) closeNormally() {
+	c.t.Helper()
+	require.NoError(c.t, c.conn.SetDeadline(time.Now().Add(ioTimeout)))
+	body := ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")
+	require.NoError(c.t, ws.WriteFrame(c.conn, ws.MaskFrameInPlace(ws.NewCloseFrame(body))))
+	for {
+		h, err := ws.ReadHeader(c.rw)
+		require.NoError(c.t, err, "waiting for the server's close echo")
+		payload := make([]byte, h.Length)
+		_, err = io.ReadFull(c.rw, payload)
+		require.NoError(c.t, err)
+		if h.OpCode != ws.OpClose {
+			continue // a keepalive ping, say
+		}
+		code, _ := ws.ParseCloseFrameData(payload)
+		assert.Equal(c.t, ws.StatusNormalClosure, code, "server's close echo")
+		break
+	}
+	// The server closes TCP after its echo.
+	var b [1]byte
+	_, err := c.rw.Read(b[:])
+	assert.ErrorIs(c.t, err, io.EOF, "the server should close TCP after the close handshake")
+	_ = c.conn.Close()
+}
