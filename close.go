@@ -120,8 +120,6 @@ var (
 	// ErrNotFound: no live connection has that ID (Kamailio's
 	// "Unknown connection ID").
 	ErrNotFound = errors.New("sipws: unknown connection ID")
-	// ErrServerClosed: the server has been shut down.
-	ErrServerClosed = errors.New("sipws: server closed")
 	// ErrInvalidCloseCode: a close code that may not be sent.
 	ErrInvalidCloseCode = errors.New("sipws: invalid close code")
 	// ErrInvalidCloseReason: a close reason that is too long or not UTF-8.

@@ -38,14 +38,14 @@ func (m CORSMode) String() string {
 // numbers "0", "1" and "2".
 func ParseCORSMode(s string) (CORSMode, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "none", "0", "":
+	case "none", "0":
 		return CORSNone, nil
 	case "any", "*", "1":
 		return CORSAny, nil
 	case "echo", "2":
 		return CORSEcho, nil
 	}
-	return 0, &ConfigError{Field: "CORS", Reason: "unknown CORS mode " + quote(s)}
+	return 0, fmt.Errorf("sipws: unknown CORS mode %s (want none, any or echo)", quote(s))
 }
 
 // allowOrigin returns the value of Access-Control-Allow-Origin for a request

@@ -49,7 +49,7 @@ func ParseKeepaliveMechanism(s string) (KeepaliveMechanism, error) {
 	case "none", "0":
 		return KeepaliveNone, nil
 	}
-	return 0, &ConfigError{Field: "Keepalive", Reason: "unknown mechanism " + quote(s)}
+	return 0, fmt.Errorf("sipws: unknown keepalive mechanism %s (want none, ping or pong)", quote(s))
 }
 
 // kaState is a connection's keepalive bookkeeping. The atomics are shared

@@ -378,7 +378,6 @@ func TestKeepaliveConfigErrors(t *testing.T) {
 		{name: "interval over timeout", cfg: sipws.Config{KeepaliveTimeout: time.Second, KeepaliveInterval: 2 * time.Second}, field: "KeepaliveInterval"},
 		{name: "pong wait over timeout", cfg: sipws.Config{KeepaliveTimeout: 10 * time.Second, PongWait: 11 * time.Second}, field: "PongWait"},
 		{name: "negative pong wait", cfg: sipws.Config{PongWait: -1}, field: "PongWait"},
-		{name: "idle timeout with ping", cfg: sipws.Config{IdleTimeout: time.Minute}, field: "IdleTimeout"},
 		{name: "negative idle timeout", cfg: sipws.Config{Keepalive: sipws.KeepalivePong, IdleTimeout: -1}, field: "IdleTimeout"},
 		{name: "negative workers", cfg: sipws.Config{KeepaliveWorkers: -1}, field: "KeepaliveWorkers"},
 		{name: "too many workers", cfg: sipws.Config{KeepaliveWorkers: 1000}, field: "KeepaliveWorkers"},

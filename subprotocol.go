@@ -1,6 +1,7 @@
 package sipws
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 )
@@ -78,7 +79,7 @@ func ParseSubprotocols(list string) (Subprotocol, error) {
 		case strings.EqualFold(tok, "msrp"):
 			set |= MSRP
 		default:
-			return 0, &ConfigError{Field: "Subprotocols", Reason: "unknown sub-protocol " + quote(tok)}
+			return 0, fmt.Errorf("sipws: unknown sub-protocol %s in %s (want sip, msrp or both)", quote(tok), quote(list))
 		}
 	}
 	return set, nil

@@ -34,7 +34,7 @@ const (
 
 // DefaultPingData is the keepalive payload when Config.PingData is nil, as
 // Kamailio uses its Server: header.
-var defaultPingData = "sipws/" + Version
+const DefaultPingData = "sipws/" + Version
 
 // Config configures a Server. Its zero value is Kamailio's defaults: every
 // zero field stands for the default named in its comment. New validates it
@@ -105,8 +105,10 @@ type Config struct {
 	// silent before it is declared dead and closed. 0 means 5 s, or the
 	// keepalive timeout when that is shorter; it may not exceed it.
 	PongWait time.Duration
-	// IdleTimeout, with KeepalivePong or KeepaliveNone, closes a connection
-	// that has received nothing for that long. 0 means never.
+	// IdleTimeout closes a connection that has received nothing for that
+	// long; 0 means never. It is for KeepalivePong and KeepaliveNone, where
+	// nothing else finds a silent peer: with KeepalivePing a live peer's
+	// Pongs keep it from firing, and a dead one is closed after PongWait.
 	IdleTimeout time.Duration
 	// VerboseList logs each keepalive pass at debug level (verbose_list).
 	VerboseList bool
@@ -246,7 +248,7 @@ func (c Config) withDefaults() (Config, error) {
 		return bad("KeepaliveWorkers", "%d is not between 1 and 256", c.KeepaliveWorkers)
 	}
 	if c.PingData == nil {
-		c.PingData = []byte(defaultPingData)
+		c.PingData = []byte(DefaultPingData)
 	}
 	if len(c.PingData) > maxControlPayload {
 		return bad("PingData", "%d bytes, at most %d fit a control frame", len(c.PingData), maxControlPayload)
@@ -259,9 +261,6 @@ func (c Config) withDefaults() (Config, error) {
 		c.PongWait = min(DefaultPongWait, c.KeepaliveTimeout)
 	case c.PongWait > c.KeepaliveTimeout:
 		return bad("PongWait", "%v is longer than KeepaliveTimeout %v", c.PongWait, c.KeepaliveTimeout)
-	}
-	if c.Keepalive == KeepalivePing && c.IdleTimeout != 0 {
-		return bad("IdleTimeout", "applies to KeepalivePong and KeepaliveNone; KeepalivePing closes silent peers after PongWait")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
