@@ -143,7 +143,7 @@ func TestEchoBinary(t *testing.T) {
 			{"-keepalive", "sometimes"},
 			{"-cors", "maybe"},
 			{"-log-level", "loud"},
-			{"-keepalive", "ping", "-idle-timeout", "5s"},
+			{"-keepalive-timeout", "10s", "-pong-wait", "1m"},
 			{"-max", "0"},
 			{"-no-such-flag"},
 			{"extra-argument"},
