@@ -232,9 +232,10 @@ func (i Initiator) Local() bool {
 	return i != InitiatorPeer && i != InitiatorPeerLost
 }
 
-// Failed reports whether the connection ended abnormally (counted in
-// ws_failed_connections): anything but a clean close handshake started by
-// either side or by a shutdown.
+// Failed reports whether this initiator always means an abnormal end (a
+// Closed.Err that is not nil, counted in ws_failed_connections): anything but
+// a close handshake started by either side, a shutdown or a replacement —
+// which are abnormal too when the handshake does not complete.
 func (i Initiator) Failed() bool {
 	switch i {
 	case InitiatorPeer, InitiatorHost, InitiatorShutdown, InitiatorReplaced:

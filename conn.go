@@ -218,10 +218,12 @@ func (c *Conn) Ping(data []byte) error {
 	if len(data) > maxControlPayload {
 		return ErrControlTooLong
 	}
+	// Note the Ping before it can go out, so that no Pong can come first.
+	c.srv.ka.pingSent(c)
 	if err := c.enqueue(outFrame{b: controlFrame(opPing, data)}, false); err != nil {
+		c.ka.awaiting.Store(false)
 		return err
 	}
-	c.srv.ka.pingSent(c)
 	return nil
 }
 
@@ -383,10 +385,15 @@ func (c *Conn) armCloseDeadline() {
 }
 
 // abort ends the connection at once, without a close handshake: the socket is
-// closed, which ends the read goroutine and any write in progress.
+// closed, which ends the read goroutine and any write in progress. When a
+// close handshake was under way, its cause stays and err tells why it did
+// not complete.
 func (c *Conn) abort(by Initiator, code CloseCode, reason string, err error) {
 	c.wmu.Lock()
 	c.recordEnd(by, code, reason, err)
+	if c.end.err == nil {
+		c.end.err = err
+	}
 	c.state = stateClosed
 	c.wmu.Unlock()
 	c.srv.log.Debug("aborting", "conn", c.id, "remote", c.remote, "by", by, "err", err)

@@ -265,7 +265,14 @@ func (c *Conn) readLoop() error {
 			if h.Length > maxSize-int64(len(msg)) {
 				return c.fail(CloseMessageTooBig, fmt.Sprintf("message over %d bytes", maxSize))
 			}
-			msg, err = c.readPayload(msg, int(h.Length), h.Mask)
+			var check *int
+			if msgType == Text {
+				check = &checked
+			}
+			msg, err = c.readPayload(msg, int(h.Length), h.Mask, check)
+			if err == errBadUTF8 {
+				return c.fail(CloseInvalidPayload, "invalid UTF-8 in a text message")
+			}
 			if err != nil {
 				return c.readError(err)
 			}
@@ -302,9 +309,16 @@ func (c *Conn) readError(err error) error {
 	return err
 }
 
+// errBadUTF8 reports invalid UTF-8 found while a text frame arrives.
+var errBadUTF8 = errors.New("sipws: invalid UTF-8")
+
 // readPayload reads n payload bytes onto msg and unmasks them. Memory grows
-// with the bytes that actually arrive, not with the declared length.
-func (c *Conn) readPayload(msg []byte, n int, mask [4]byte) ([]byte, error) {
+// with the bytes that actually arrive, not with the declared length. With
+// checked set (a text message), the bytes are checked for UTF-8 as they
+// arrive, from *checked on, so that a bad sequence fails the connection at
+// once (errBadUTF8) rather than when the frame ends; the end of the message
+// is checked by the caller.
+func (c *Conn) readPayload(msg []byte, n int, mask [4]byte, checked *int) ([]byte, error) {
 	start := len(msg)
 	if n == 0 {
 		if msg == nil {
@@ -321,6 +335,7 @@ func (c *Conn) readPayload(msg []byte, n int, mask [4]byte) ([]byte, error) {
 			msg = slices.Grow(msg, min(max(cap(msg), preallocLimit), end-len(msg)))
 		}
 		k, err := c.br.Read(msg[len(msg):min(cap(msg), end)])
+		ws.Cipher(msg[len(msg):len(msg)+k], mask, len(msg)-start)
 		msg = msg[:len(msg)+k]
 		if err != nil && len(msg) < end {
 			if err == io.EOF {
@@ -328,8 +343,14 @@ func (c *Conn) readPayload(msg []byte, n int, mask [4]byte) ([]byte, error) {
 			}
 			return msg, err
 		}
+		if checked != nil && len(msg) < end {
+			v, ok := validUTF8Prefix(msg[*checked:], false)
+			if !ok {
+				return msg, errBadUTF8
+			}
+			*checked += v
+		}
 	}
-	ws.Cipher(msg[start:], mask, 0)
 	return msg, nil
 }
 
@@ -350,6 +371,12 @@ func (c *Conn) deliver(m Message) {
 	if c.sp == SIP && string(m.Data) == crlfcrlf {
 		_ = c.enqueue(outFrame{b: dataFrame(m.Type, m.Data[:2]), data: true}, false)
 		return
+	}
+	if c.srv.cfg.Framing != FramingOff {
+		if err := CheckMessage(c.sp, m.Data); err != nil {
+			c.invalid(m, err)
+			return
+		}
 	}
 	if o := c.srv.obs; o != nil {
 		o.Message(In, c.sp, len(m.Data))
@@ -467,7 +494,7 @@ func (c *Conn) finish(readErr error) {
 	c.srv.reg.unroute(c)
 	c.srv.ka.remove(c)
 	c.srv.limits.release(c.remote.Addr())
-	c.srv.stats.closed(c.sp, end.by)
+	c.srv.stats.closed(c.sp, end.by, end.err != nil)
 	if o := c.srv.obs; o != nil {
 		o.Closed(end.code, end.by)
 	}
@@ -476,6 +503,11 @@ func (c *Conn) finish(readErr error) {
 	c.srv.log.Info("connection closed", "conn", c.id, "remote", c.remote, "subprotocol", c.sp,
 		"code", int(end.code), "reason", end.reason, "by", end.by.String(), "err", end.err)
 	if h := c.srv.cfg.OnClosed; h != nil {
+		defer func() {
+			if p := recover(); p != nil {
+				c.srv.log.Error("panic in OnClosed", "conn", c.id, "remote", c.remote, "panic", p, "stack", string(debug.Stack()))
+			}
+		}()
 		h(Closed{
 			ConnID:      c.id,
 			RemoteAddr:  c.remote,

@@ -12,8 +12,9 @@ import "sync/atomic"
 //
 // Every connection that completed its handshake is counted, when it ends, in
 // exactly one of LocalClosedConnections and RemoteClosedConnections (see
-// Initiator.Local), and also in FailedConnections when it ended abnormally
-// (see Initiator.Failed). So CurrentConnections = SuccessfulHandshakes -
+// Initiator.Local), and also in FailedConnections when it ended abnormally:
+// when its Closed.Err is not nil (every Initiator.Failed end, a close
+// handshake of ours that got no reply, a panic in a hook). So CurrentConnections = SuccessfulHandshakes -
 // LocalClosedConnections - RemoteClosedConnections, and it equals
 // Registry.Len() whenever no connection is between its handshake and its
 // registration or between its end and its removal.
@@ -30,6 +31,10 @@ type Stats struct {
 
 	SIP  SubprotocolStats // ws_sip_*
 	MSRP SubprotocolStats // ws_msrp_*
+
+	// InvalidMessages counts the messages that failed the framing check
+	// (Config.Framing); Kamailio has no such counter, so List leaves it out.
+	InvalidMessages uint64
 }
 
 // SubprotocolStats are the counters of one sub-protocol.
@@ -90,6 +95,7 @@ type counters struct {
 	rxFrames      atomic.Uint64
 	txFrames      atomic.Uint64
 	failedHS      atomic.Uint64
+	invalid       atomic.Uint64
 	sp            [2]spCounters
 }
 
@@ -122,9 +128,9 @@ func (c *counters) opened(sp Subprotocol) {
 }
 
 // closed counts the end of a connection.
-func (c *counters) closed(sp Subprotocol, by Initiator) {
+func (c *counters) closed(sp Subprotocol, by Initiator, failed bool) {
 	s := &c.sp[sp.index()]
-	if by.Failed() {
+	if failed {
 		s.failed.Add(1)
 	}
 	if by.Local() {
@@ -170,6 +176,7 @@ func (c *counters) snapshot() Stats {
 		ReceivedFrames:           c.rxFrames.Load(),
 		TransmittedFrames:        c.txFrames.Load(),
 		FailedHandshakes:         c.failedHS.Load(),
+		InvalidMessages:          c.invalid.Load(),
 		SIP:                      c.sp[0].snapshot(),
 		MSRP:                     c.sp[1].snapshot(),
 	}

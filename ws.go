@@ -85,6 +85,24 @@ type Config struct {
 	// ignored. Empty (the default) trusts no one.
 	TrustedProxies []netip.Prefix
 
+	// FlowTokens, when set, signs and resolves the RFC 5626 flow tokens that
+	// name this server's connections (Conn.FlowToken, Server.ResolveFlow),
+	// for Path and Record-Route URIs that route requests back to browser
+	// phones. Create it with NewFlowTokens; rotate keys with
+	// Server.SetFlowKeys.
+	FlowTokens *FlowTokens
+
+	// Framing checks that every message holds exactly one SIP message (on a
+	// sip connection) or one MSRP chunk (on msrp) before it is delivered
+	// (RFC 7118 §5, RFC 7977; see CheckMessage). FramingOff, the default,
+	// delivers the bytes as they are.
+	Framing FramingMode
+	// OnInvalid, when set, receives each message that fails the framing
+	// check under FramingReport, with the reason, on the connection's
+	// goroutine; the message is not given to OnMessage. Every such message
+	// is also counted (Stats.InvalidMessages) and logged.
+	OnInvalid func(c *Conn, m Message, err error)
+
 	// Keepalive is the keepalive mechanism (keepalive_mechanism); the zero
 	// value is KeepalivePing, Kamailio's default.
 	Keepalive KeepaliveMechanism
@@ -235,6 +253,9 @@ func (c Config) withDefaults() (Config, error) {
 	case c.SendQueueSize < 0:
 		return bad("SendQueueSize", "negative size %d", c.SendQueueSize)
 	}
+	if c.Framing > FramingClose {
+		return bad("Framing", "unknown mode %d", c.Framing)
+	}
 	if c.Keepalive > KeepaliveNone {
 		return bad("Keepalive", "unknown mechanism %d", c.Keepalive)
 	}
@@ -285,6 +306,7 @@ type Server struct {
 	ka     *keepalive
 	obs    Observer // nil when none
 
+	flows    atomic.Pointer[FlowTokens]
 	nextID   atomic.Uint64
 	disabled atomic.Bool
 
@@ -304,6 +326,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: c, log: c.Logger, clock: c.Clock, obs: c.Observer}
 	s.reg.init(s)
+	if c.FlowTokens != nil {
+		s.flows.Store(c.FlowTokens)
+	}
 	s.limits.init(c.MaxConns, c.MaxConnsPerIP)
 	s.ka = newKeepalive(s)
 	return s, nil
@@ -360,7 +385,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
-		s.reg.each(func(c *Conn) { c.abort(InitiatorShutdown, CloseGoingAway, "Going away", err) })
+		aerr := fmt.Errorf("sipws: shutdown deadline passed before the close handshake completed: %w", err)
+		s.reg.each(func(c *Conn) { c.abort(InitiatorShutdown, CloseGoingAway, "Going away", aerr) })
 		<-done
 	}
 	s.ka.stop()
