@@ -1,0 +1,858 @@
+package sipws_test
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sipws/sipws"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The RPC tests drive NewRPCHandler over real HTTP against a server with
+// real WebSocket clients (rawclient_test.go) connected.
+
+// rpcClock is a manual sipws.Clock: time moves only when a test advances it,
+// and its tickers never tick, so keepalive never runs.
+type rpcClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newRPCClock() *rpcClock {
+	return &rpcClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func (c *rpcClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *rpcClock) NewTicker(time.Duration) sipws.Ticker { return rpcTicker{} }
+
+func (c *rpcClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// rpcTicker never ticks: receiving from its nil channel blocks forever.
+type rpcTicker struct{}
+
+func (rpcTicker) C() <-chan time.Time { return nil }
+func (rpcTicker) Stop()               {}
+
+// rpcEnv is a sipws server with its RPC handler on a second loopback server.
+type rpcEnv struct {
+	*testServer
+	URL string
+}
+
+func rpcStart(t *testing.T, cfg sipws.Config) *rpcEnv {
+	t.Helper()
+	ts := startServer(t, cfg)
+	hs := httptest.NewServer(sipws.NewRPCHandler(ts.Server))
+	t.Cleanup(hs.Close)
+	return &rpcEnv{testServer: ts, URL: hs.URL + "/RPC"}
+}
+
+// rpcErrObj is a JSON-RPC error object.
+type rpcErrObj struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	Data    string `json:"data,omitempty"`
+}
+
+// rpcResp is a JSON-RPC response, decoded strictly.
+type rpcResp struct {
+	JSONRPC string          `json:"jsonrpc"`
+	Result  json.RawMessage `json:"result"`
+	Error   *rpcErrObj      `json:"error"`
+	ID      json.RawMessage `json:"id"`
+}
+
+// rpcHTTP is a raw HTTP exchange with the handler.
+type rpcHTTP struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+var rpcClient = &http.Client{Timeout: ioTimeout}
+
+// rpcDo sends an HTTP request with the given method and body.
+func rpcDo(t *testing.T, method, url, body string, hdr ...string) rpcHTTP {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := rpcClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	if resp.StatusCode != http.StatusNoContent && method != http.MethodHead {
+		assert.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+		assert.Equal(t, strconv.Itoa(len(b)), resp.Header.Get("Content-Length"))
+		assert.True(t, json.Valid(b), "response is not JSON: %q", b)
+	}
+	return rpcHTTP{resp.StatusCode, resp.Header, b}
+}
+
+// rpcPost posts body and decodes a single response.
+func rpcPost(t *testing.T, url, body string) rpcResp {
+	t.Helper()
+	h := rpcDo(t, http.MethodPost, url, body)
+	require.Equal(t, http.StatusOK, h.Status, "body %s", h.Body)
+	return rpcDecode(t, h.Body)
+}
+
+// rpcDecode decodes one response object and checks its shape.
+func rpcDecode(t *testing.T, b []byte) rpcResp {
+	t.Helper()
+	var keys map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal(b, &keys), "%s", b)
+	var r rpcResp
+	require.NoError(t, json.Unmarshal(b, &r))
+	assert.Equal(t, "2.0", r.JSONRPC)
+	_, hasID := keys["id"]
+	assert.True(t, hasID, "a response always has an id: %s", b)
+	_, hasResult := keys["result"]
+	_, hasError := keys["error"]
+	assert.True(t, hasResult != hasError, "exactly one of result and error: %s", b)
+	return r
+}
+
+// rpcCall calls method with params (nil: none) and id 7; it returns the
+// result or the error.
+func rpcCall(t *testing.T, url, method string, params any) (json.RawMessage, *rpcErrObj) {
+	t.Helper()
+	req := map[string]any{"jsonrpc": "2.0", "method": method, "id": 7}
+	if params != nil {
+		req["params"] = params
+	}
+	b, err := json.Marshal(req)
+	require.NoError(t, err)
+	r := rpcPost(t, url, string(b))
+	assert.JSONEq(t, "7", string(r.ID))
+	return r.Result, r.Error
+}
+
+// rpcOK calls method and fails the test on an error.
+func rpcOK(t *testing.T, url, method string, params any) json.RawMessage {
+	t.Helper()
+	res, e := rpcCall(t, url, method, params)
+	require.Nil(t, e, "%s %v: unexpected error", method, params)
+	return res
+}
+
+// rpcExpectErr calls method and checks the error code and message.
+func rpcExpectErr(t *testing.T, url, method string, params any, code int, msg string) *rpcErrObj {
+	t.Helper()
+	res, e := rpcCall(t, url, method, params)
+	require.NotNil(t, e, "%s %v: expected an error, got %s", method, params, res)
+	assert.Equal(t, code, e.Code, "%s %v: %+v", method, params, e)
+	assert.Equal(t, msg, e.Message, "%s %v", method, params)
+	return e
+}
+
+// rpcDumpConn and rpcDump mirror the ws.dump result.
+type rpcDumpConn struct {
+	ID           uint64  `json:"id"`
+	Src          string  `json:"src"`
+	Dst          string  `json:"dst"`
+	State        string  `json:"state"`
+	AwaitingPong bool    `json:"awaiting_pong"`
+	LastUsedS    int64   `json:"last_used_s"`
+	Subprotocol  string  `json:"subprotocol"`
+	Secure       bool    `json:"secure"`
+	RTTms        float64 `json:"rtt_ms"`
+}
+
+type rpcDump struct {
+	Connections []rpcDumpConn `json:"connections"`
+	Info        struct {
+		WSCounter int  `json:"wscounter"`
+		Total     int  `json:"total"`
+		Truncated bool `json:"truncated"`
+	} `json:"info"`
+}
+
+func rpcDumpCall(t *testing.T, url string, params any) rpcDump {
+	t.Helper()
+	res := rpcOK(t, url, "ws.dump", params)
+	var d rpcDump
+	dec := json.NewDecoder(bytes.NewReader(res))
+	dec.DisallowUnknownFields()
+	require.NoError(t, dec.Decode(&d), "%s", res)
+	require.NotNil(t, d.Connections, "connections is an array, never null: %s", res)
+	assert.Equal(t, len(d.Connections), d.Info.WSCounter, "wscounter is the number listed")
+	return d
+}
+
+func rpcIDs(d rpcDump) []uint64 {
+	ids := make([]uint64, len(d.Connections))
+	for i, c := range d.Connections {
+		ids[i] = c.ID
+	}
+	return ids
+}
+
+// rpcOpen opens a connection and waits until the server has it.
+func rpcOpen(t *testing.T, ts *testServer, proto string) (*rawClient, *sipws.Conn) {
+	t.Helper()
+	c := dialWS(t, ts.Addr, proto)
+	return c, ts.nextOpened(t)
+}
+
+func TestRPCDumpFormat(t *testing.T) {
+	env := rpcStart(t, sipws.Config{})
+	sipC, sipConn := rpcOpen(t, env.testServer, "sip")
+	_, msrpConn := rpcOpen(t, env.testServer, "msrp")
+
+	// The exact keys of the result, not only the ones the test knows.
+	res := rpcOK(t, env.URL, "ws.dump", nil)
+	var raw struct {
+		Connections []map[string]json.RawMessage `json:"connections"`
+		Info        map[string]json.RawMessage   `json:"info"`
+	}
+	require.NoError(t, json.Unmarshal(res, &raw))
+	require.Len(t, raw.Connections, 2)
+	for _, c := range raw.Connections {
+		assert.ElementsMatch(t, []string{"id", "src", "dst", "state", "awaiting_pong", "last_used_s", "subprotocol", "secure", "rtt_ms"}, slices.Collect(maps.Keys(c)))
+	}
+	assert.ElementsMatch(t, []string{"wscounter", "total", "truncated"}, slices.Collect(maps.Keys(raw.Info)))
+
+	d := rpcDumpCall(t, env.URL, nil)
+	require.Len(t, d.Connections, 2)
+	assert.Equal(t, 2, d.Info.Total)
+	assert.False(t, d.Info.Truncated)
+	want := []rpcDumpConn{
+		{ID: uint64(sipConn.ID()), Src: "ws:" + sipC.conn.LocalAddr().String(), Dst: "ws:" + env.Addr, State: "OPEN", Subprotocol: "sip"},
+		{ID: uint64(msrpConn.ID()), Src: "ws:" + msrpConn.RemoteAddr().String(), Dst: "ws:" + env.Addr, State: "OPEN", Subprotocol: "msrp"},
+	}
+	for i := range want {
+		got := d.Connections[i]
+		assert.LessOrEqual(t, got.LastUsedS, int64(5))
+		got.LastUsedS = 0
+		assert.Equal(t, want[i], got)
+	}
+}
+
+func TestRPCDumpSecureAndIPv6(t *testing.T) {
+	env := rpcStart(t, sipws.Config{})
+
+	// wss: the same server behind a TLS listener.
+	tlsHS := httptest.NewTLSServer(env.Server)
+	t.Cleanup(tlsHS.Close)
+	addr := strings.TrimPrefix(tlsHS.URL, "https://")
+	pool := x509.NewCertPool()
+	pool.AddCert(tlsHS.Certificate())
+	tc, err := tls.DialWithDialer(&net.Dialer{Timeout: ioTimeout}, "tcp", addr, &tls.Config{RootCAs: pool})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tc.Close() })
+	require.NoError(t, tc.SetDeadline(time.Now().Add(ioTimeout)))
+	_, err = io.WriteString(tc, handshakeRequest(addr, "sip"))
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	secure := env.nextOpened(t)
+
+	// IPv6: the same server on [::1].
+	var v6 *sipws.Conn
+	if l, err := net.Listen("tcp", "[::1]:0"); err == nil {
+		hs6 := httptest.NewUnstartedServer(env.Server)
+		hs6.Listener = l
+		hs6.Start()
+		t.Cleanup(hs6.Close)
+		dialWS(t, l.Addr().String(), "msrp")
+		v6 = env.nextOpened(t)
+	} else {
+		t.Logf("no IPv6 loopback (%v): IPv6 part skipped", err)
+	}
+
+	d := rpcDumpCall(t, env.URL, nil)
+	byID := map[uint64]rpcDumpConn{}
+	for _, c := range d.Connections {
+		byID[c.ID] = c
+	}
+	s := byID[uint64(secure.ID())]
+	assert.True(t, s.Secure)
+	assert.Equal(t, "wss:"+tc.LocalAddr().String(), s.Src)
+	assert.Equal(t, "wss:"+addr, s.Dst)
+	if v6 != nil {
+		c := byID[uint64(v6.ID())]
+		assert.False(t, c.Secure)
+		assert.True(t, strings.HasPrefix(c.Src, "ws:[::1]:"), c.Src)
+		assert.True(t, strings.HasPrefix(c.Dst, "ws:[::1]:"), c.Dst)
+		for _, ip := range []string{"::1", "[::1]"} {
+			f := rpcDumpCall(t, env.URL, map[string]any{"remote_ip": ip})
+			assert.Equal(t, []uint64{uint64(v6.ID())}, rpcIDs(f), ip)
+		}
+		f := rpcDumpCall(t, env.URL, map[string]any{"remote_ip": "127.0.0.1"})
+		assert.Equal(t, []uint64{uint64(secure.ID())}, rpcIDs(f))
+	}
+}
+
+// TestRPCDumpOrder checks Kamailio's orders with a manual clock:
+// used_desc lists the least recently used first, used_asc the most recently
+// used first.
+func TestRPCDumpOrder(t *testing.T) {
+	clock := newRPCClock()
+	env := rpcStart(t, sipws.Config{Clock: clock})
+	a, ca := rpcOpen(t, env.testServer, "sip")
+	_, cb := rpcOpen(t, env.testServer, "sip")
+	c, cc := rpcOpen(t, env.testServer, "msrp")
+	require.True(t, ca.ID() < cb.ID() && cb.ID() < cc.ID())
+
+	clock.Advance(10 * time.Second)
+	c.sendText("from c")
+	env.nextMsg(t)
+	clock.Advance(10 * time.Second)
+	a.sendText("from a")
+	env.nextMsg(t)
+	clock.Advance(10 * time.Second)
+	// Now: a used 10 s ago, c 20 s ago, b (never) 30 s ago.
+
+	idA, idB, idC := uint64(ca.ID()), uint64(cb.ID()), uint64(cc.ID())
+	ages := map[uint64]int64{idA: 10, idB: 30, idC: 20}
+	for _, tc := range []struct {
+		params any
+		want   []uint64
+		trunc  bool
+	}{
+		{nil, []uint64{idA, idB, idC}, false},
+		{[]any{"id_hash"}, []uint64{idA, idB, idC}, false},
+		{[]any{"used_desc"}, []uint64{idB, idC, idA}, false},
+		{[]any{"used_asc"}, []uint64{idA, idC, idB}, false},
+		{[]any{"USED_DESC"}, []uint64{idB, idC, idA}, false}, // Kamailio ignores case
+		{map[string]any{"order": "used_asc"}, []uint64{idA, idC, idB}, false},
+		{[]any{"used_desc", 2}, []uint64{idB, idC}, true},
+		{[]any{"used_desc", 2, 1}, []uint64{idC, idA}, false},
+		{[]any{"used_asc", 1, 1}, []uint64{idC}, true},
+		{map[string]any{"order": "used_desc", "offset": 2}, []uint64{idA}, false},
+		{[]any{nil, "2"}, []uint64{idA, idB}, true}, // null order is the default; limit as a string
+	} {
+		d := rpcDumpCall(t, env.URL, tc.params)
+		assert.Equal(t, tc.want, rpcIDs(d), "%v", tc.params)
+		assert.Equal(t, tc.trunc, d.Info.Truncated, "%v", tc.params)
+		assert.Equal(t, 3, d.Info.Total)
+		for _, c := range d.Connections {
+			assert.Equal(t, ages[c.ID], c.LastUsedS, "last_used_s of %d", c.ID)
+		}
+	}
+
+	rpcExpectErr(t, env.URL, "ws.dump", []any{"bogus"}, 400, "Bad display order parameter")
+	rpcExpectErr(t, env.URL, "ws.dump", []any{1}, 400, "Bad display order parameter")
+	rpcExpectErr(t, env.URL, "ws.dump", []any{true}, 400, "Bad display order parameter")
+	rpcExpectErr(t, env.URL, "ws.dump", map[string]any{"order": "used"}, 400, "Bad display order parameter")
+}
+
+func TestRPCDumpPaging(t *testing.T) {
+	env := rpcStart(t, sipws.Config{})
+	const n = 120
+	var all, msrp []uint64
+	for i := range n {
+		proto := "sip"
+		if i%3 == 0 {
+			proto = "msrp"
+		}
+		_, c := rpcOpen(t, env.testServer, proto)
+		all = append(all, uint64(c.ID()))
+		if proto == "msrp" {
+			msrp = append(msrp, uint64(c.ID()))
+		}
+	}
+	slices.Sort(all)
+	slices.Sort(msrp)
+
+	// Default: the first 50 by ID, as Kamailio.
+	d := rpcDumpCall(t, env.URL, nil)
+	assert.Equal(t, all[:50], rpcIDs(d))
+	assert.True(t, d.Info.Truncated)
+	assert.Equal(t, n, d.Info.Total)
+	assert.Equal(t, all[:50], rpcIDs(rpcDumpCall(t, env.URL, []any{"id_hash", 0})), "limit 0 is the default")
+
+	// Pages of 50 cover every ID exactly once.
+	var seen []uint64
+	for i, off := range []int{0, 50, 100} {
+		d := rpcDumpCall(t, env.URL, map[string]any{"limit": 50, "offset": off})
+		assert.Equal(t, []int{50, 50, 20}[i], d.Info.WSCounter)
+		assert.Equal(t, i < 2, d.Info.Truncated, "page %d", i)
+		assert.Equal(t, n, d.Info.Total)
+		seen = append(seen, rpcIDs(d)...)
+	}
+	assert.Equal(t, all, seen)
+
+	// Any order, any page size: each ID exactly once.
+	for _, order := range []string{"id_hash", "used_desc", "used_asc"} {
+		count := map[uint64]int{}
+		for off := 0; off < n; off += 7 {
+			d := rpcDumpCall(t, env.URL, []any{order, 7, off})
+			assert.Equal(t, off+7 < n, d.Info.Truncated)
+			for _, id := range rpcIDs(d) {
+				count[id]++
+			}
+		}
+		assert.Len(t, count, n, order)
+		for id, k := range count {
+			assert.Equal(t, 1, k, "%s: id %d listed %d times", order, id, k)
+		}
+	}
+
+	// All at once, past the end, filters.
+	d = rpcDumpCall(t, env.URL, []any{"id_hash", -1})
+	assert.Equal(t, all, rpcIDs(d))
+	assert.False(t, d.Info.Truncated)
+	d = rpcDumpCall(t, env.URL, []any{"id_hash", 10, 500})
+	assert.Empty(t, d.Connections)
+	assert.Equal(t, n, d.Info.Total)
+	assert.False(t, d.Info.Truncated)
+
+	d = rpcDumpCall(t, env.URL, map[string]any{"subprotocol": "msrp", "limit": -1})
+	assert.Equal(t, msrp, rpcIDs(d))
+	assert.Equal(t, len(msrp), d.Info.Total)
+	for _, c := range d.Connections {
+		assert.Equal(t, "msrp", c.Subprotocol)
+	}
+	d = rpcDumpCall(t, env.URL, []any{"id_hash", -1, 0, "SIP"})
+	assert.Equal(t, n-len(msrp), d.Info.Total)
+	d = rpcDumpCall(t, env.URL, []any{"id_hash", 5, 0, "", "127.0.0.1"})
+	assert.Equal(t, n, d.Info.Total)
+	assert.Len(t, d.Connections, 5)
+	d = rpcDumpCall(t, env.URL, map[string]any{"remote_ip": "127.0.0.2"})
+	assert.Equal(t, 0, d.Info.Total)
+
+	for _, p := range []any{
+		map[string]any{"subprotocol": "xmpp"},
+		map[string]any{"remote_ip": "localhost"},
+		map[string]any{"limit": "ten"},
+		map[string]any{"limit": 1.5},
+		map[string]any{"offset": -1},
+		map[string]any{"lmit": 5},
+		[]any{"id_hash", 1, 0, "sip", "127.0.0.1", "extra"},
+		"id_hash",
+		42,
+	} {
+		rpcExpectErr(t, env.URL, "ws.dump", p, 500, "Invalid Parameters")
+	}
+}
+
+func TestRPCPingPong(t *testing.T) {
+	clock := newRPCClock()
+	env := rpcStart(t, sipws.Config{Clock: clock, PingData: []byte("rpc-ping")})
+	c, conn := rpcOpen(t, env.testServer, "sip")
+	id := uint64(conn.ID())
+
+	res := rpcOK(t, env.URL, "ws.ping", []any{id})
+	assert.JSONEq(t, `{}`, string(res), "a void command returns an empty object, as Kamailio's jsonrpcs")
+	f := c.mustReadFrame()
+	assert.Equal(t, byte(0x9), f.Op)
+	assert.Equal(t, "rpc-ping", string(f.Payload))
+	assert.True(t, f.Fin)
+	assert.False(t, f.Masked)
+
+	d := rpcDumpCall(t, env.URL, nil)
+	require.Len(t, d.Connections, 1)
+	assert.True(t, d.Connections[0].AwaitingPong)
+	assert.Zero(t, d.Connections[0].RTTms)
+
+	clock.Advance(250 * time.Millisecond)
+	c.writeFrame(true, 0, 0xA, f.Payload, true)
+	require.Eventually(t, func() bool {
+		d := rpcDumpCall(t, env.URL, nil)
+		return len(d.Connections) == 1 && !d.Connections[0].AwaitingPong
+	}, ioTimeout, 10*time.Millisecond)
+	d = rpcDumpCall(t, env.URL, nil)
+	assert.Equal(t, 250.0, d.Connections[0].RTTms)
+	assert.Zero(t, d.Connections[0].LastUsedS)
+
+	// The ID as a string (kamcmd-like tools), named, and ws.pong.
+	rpcOK(t, env.URL, "ws.ping", []any{strconv.FormatUint(id, 10)})
+	assert.Equal(t, byte(0x9), c.mustReadFrame().Op)
+	rpcOK(t, env.URL, "ws.ping", map[string]any{"id": id})
+	assert.Equal(t, byte(0x9), c.mustReadFrame().Op)
+	res = rpcOK(t, env.URL, "ws.pong", []any{id})
+	assert.JSONEq(t, `{}`, string(res))
+	f = c.mustReadFrame()
+	assert.Equal(t, byte(0xA), f.Op)
+	assert.Equal(t, "rpc-ping", string(f.Payload))
+
+	for _, m := range []string{"ws.ping", "ws.pong"} {
+		rpcExpectErr(t, env.URL, m, []any{99999}, 500, "Unknown connection ID")
+		rpcExpectErr(t, env.URL, m, []any{0}, 500, "Unknown connection ID")
+		rpcExpectErr(t, env.URL, m, []any{"99999"}, 500, "Unknown connection ID")
+		rpcExpectErr(t, env.URL, m, nil, 500, "Invalid Parameters")
+		rpcExpectErr(t, env.URL, m, []any{}, 500, "Invalid Parameters")
+		rpcExpectErr(t, env.URL, m, []any{"abc"}, 500, "Invalid Parameters")
+		rpcExpectErr(t, env.URL, m, []any{-1}, 500, "Invalid Parameters")
+		rpcExpectErr(t, env.URL, m, []any{1.5}, 500, "Invalid Parameters")
+		rpcExpectErr(t, env.URL, m, []any{id, id}, 500, "Invalid Parameters")
+		rpcExpectErr(t, env.URL, m, map[string]any{"conn": id}, 500, "Invalid Parameters")
+	}
+}
+
+func TestRPCClose(t *testing.T) {
+	env := rpcStart(t, sipws.Config{CloseTimeout: ioTimeout})
+
+	// Code and reason reach the client; OnClosed fires with them.
+	c, conn := rpcOpen(t, env.testServer, "sip")
+	id := uint64(conn.ID())
+	res := rpcOK(t, env.URL, "ws.close", []any{id, 4000, "Because I say so"})
+	assert.JSONEq(t, `{}`, string(res))
+	f := c.mustReadFrame()
+	require.Equal(t, byte(0x8), f.Op)
+	code, reason := f.closeCode()
+	assert.Equal(t, uint16(4000), code)
+	assert.Equal(t, "Because I say so", reason)
+
+	// While the close handshake is pending the connection is CLOSING and
+	// takes no second close and no ping.
+	d := rpcDumpCall(t, env.URL, nil)
+	require.Len(t, d.Connections, 1)
+	assert.Equal(t, "CLOSING", d.Connections[0].State)
+	rpcExpectErr(t, env.URL, "ws.close", []any{id}, 500, "Error closing connection")
+	rpcExpectErr(t, env.URL, "ws.ping", []any{id}, 500, "Error sending frame")
+
+	c.sendClose(4000, "Because I say so")
+	ev := env.nextClosed(t)
+	assert.Equal(t, conn.ID(), ev.ConnID)
+	assert.Equal(t, sipws.CloseCode(4000), ev.Code)
+	assert.Equal(t, "Because I say so", ev.Reason)
+	assert.Equal(t, sipws.InitiatorHost, ev.Initiator)
+	c.expectEOF(ioTimeout)
+	assert.Empty(t, rpcDumpCall(t, env.URL, nil).Connections)
+	rpcExpectErr(t, env.URL, "ws.close", []any{id}, 500, "Unknown connection ID")
+
+	// Default: 1000 "Normal closure"; named params; code as a string.
+	for _, tc := range []struct {
+		params func(id uint64) any
+		code   uint16
+		reason string
+	}{
+		{func(id uint64) any { return []any{id} }, 1000, "Normal closure"},
+		{func(id uint64) any { return map[string]any{"id": id, "code": 4001, "reason": "named"} }, 4001, "named"},
+		{func(id uint64) any { return []any{strconv.FormatUint(id, 10), "1001", "going"} }, 1001, "going"},
+		{func(id uint64) any { return []any{id, 0, "bye"} }, 1000, "bye"},
+		{func(id uint64) any { return []any{id, 3000} }, 3000, ""},
+	} {
+		c, conn := rpcOpen(t, env.testServer, "msrp")
+		id := uint64(conn.ID())
+		rpcOK(t, env.URL, "ws.close", tc.params(id))
+		f := c.mustReadFrame()
+		require.Equal(t, byte(0x8), f.Op)
+		code, reason := f.closeCode()
+		assert.Equal(t, tc.code, code)
+		assert.Equal(t, tc.reason, reason)
+		c.sendClose(code, reason)
+		ev := env.nextClosed(t)
+		assert.Equal(t, conn.ID(), ev.ConnID)
+		assert.Equal(t, sipws.CloseCode(tc.code), ev.Code)
+		assert.Equal(t, sipws.InitiatorHost, ev.Initiator)
+	}
+
+	// Invalid codes and reasons send nothing: the next frame is a ping.
+	c, conn = rpcOpen(t, env.testServer, "sip")
+	id = uint64(conn.ID())
+	for _, code := range []any{1005, 1006, 1015, 999, 2000, 5000, 70000, -1} {
+		rpcExpectErr(t, env.URL, "ws.close", []any{id, code}, 500, "Invalid close code")
+	}
+	rpcExpectErr(t, env.URL, "ws.close", []any{id, 1000, strings.Repeat("x", 124)}, 500, "Invalid close reason")
+	rpcExpectErr(t, env.URL, "ws.close", []any{id, "abc"}, 500, "Invalid Parameters")
+	rpcExpectErr(t, env.URL, "ws.close", []any{id, 1000, true}, 500, "Invalid Parameters")
+	rpcExpectErr(t, env.URL, "ws.close", []any{id, 1000, "a", "b"}, 500, "Invalid Parameters")
+	rpcExpectErr(t, env.URL, "ws.close", nil, 500, "Invalid Parameters")
+	rpcExpectErr(t, env.URL, "ws.close", map[string]any{"code": 1000}, 500, "Invalid Parameters")
+	rpcExpectErr(t, env.URL, "ws.close", []any{99999}, 500, "Unknown connection ID")
+	rpcOK(t, env.URL, "ws.ping", []any{id})
+	assert.Equal(t, byte(0x9), c.mustReadFrame().Op, "nothing was sent before the ping")
+	// A reason of exactly 123 bytes fits.
+	rpcOK(t, env.URL, "ws.close", []any{id, 1000, strings.Repeat("x", 123)})
+	f = c.mustReadFrame()
+	_, reason = f.closeCode()
+	assert.Len(t, reason, 123)
+}
+
+func TestRPCDisableEnable(t *testing.T) {
+	env := rpcStart(t, sipws.Config{})
+	c, _ := rpcOpen(t, env.testServer, "sip")
+
+	res := rpcOK(t, env.URL, "ws.disable", nil)
+	assert.JSONEq(t, `{}`, string(res))
+	assert.False(t, env.Enabled())
+	_, resp := rawDial(t, env.Addr, handshakeRequest(env.Addr, "sip"))
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	// Open connections keep working.
+	c.sendText("still here")
+	assert.Equal(t, "still here", string(env.nextMsg(t).Msg.Data))
+	rpcOK(t, env.URL, "ws.disable", []any{}) // twice is fine
+
+	res = rpcOK(t, env.URL, "ws.enable", nil)
+	assert.JSONEq(t, `{}`, string(res))
+	assert.True(t, env.Enabled())
+	rpcOpen(t, env.testServer, "sip")
+
+	rpcExpectErr(t, env.URL, "ws.disable", []any{1}, 500, "Invalid Parameters")
+	rpcExpectErr(t, env.URL, "ws.enable", map[string]any{"now": true}, 500, "Invalid Parameters")
+	assert.True(t, env.Enabled())
+}
+
+func TestRPCListMethods(t *testing.T) {
+	env := rpcStart(t, sipws.Config{})
+	res := rpcOK(t, env.URL, "system.listMethods", nil)
+	assert.JSONEq(t, `["stats.get_statistics","system.listMethods","ws.close","ws.disable","ws.dump","ws.enable","ws.ping","ws.pong"]`, string(res))
+}
+
+// rpcStatLines formats Stats the way stats.get_statistics does.
+func rpcStatLines(st sipws.Stats, names ...string) []string {
+	lines := []string{}
+	for _, s := range st.List() {
+		if len(names) == 0 || slices.Contains(names, s.Name) {
+			lines = append(lines, fmt.Sprintf("websocket:%s = %d", s.Name, s.Value))
+		}
+	}
+	return lines
+}
+
+func rpcStats(t *testing.T, url string, params any) []string {
+	t.Helper()
+	res := rpcOK(t, url, "stats.get_statistics", params)
+	var lines []string
+	require.NoError(t, json.Unmarshal(res, &lines), "%s", res)
+	require.NotNil(t, lines, "an array, never null")
+	return lines
+}
+
+// TestRPCStatistics churns connections in every way they can end and
+// checks that the statistics the RPC reports are the server's and agree
+// with the registry.
+func TestRPCStatistics(t *testing.T) {
+	env := rpcStart(t, sipws.Config{CloseTimeout: ioTimeout})
+	type open struct {
+		c    *rawClient
+		conn *sipws.Conn
+	}
+	var conns []open
+	for i := range 12 {
+		proto := []string{"sip", "msrp"}[i%2]
+		c, conn := rpcOpen(t, env.testServer, proto)
+		conns = append(conns, open{c, conn})
+		c.sendText(fmt.Sprintf("hello %d", i))
+		env.nextMsg(t)
+	}
+	_, resp := rawDial(t, env.Addr, handshakeRequest(env.Addr, "xmpp")) // a failed handshake
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+
+	// Ends: peer close (0, 1), host close over RPC (2, 3), TCP lost (4, 5),
+	// protocol error (6).
+	for _, o := range conns[0:2] {
+		o.c.sendClose(1000, "bye")
+	}
+	for _, o := range conns[2:4] {
+		rpcOK(t, env.URL, "ws.close", []any{uint64(o.conn.ID())})
+		f := o.c.mustReadFrame()
+		require.Equal(t, byte(0x8), f.Op)
+		o.c.sendClose(1000, "")
+	}
+	for _, o := range conns[4:6] {
+		_ = o.c.conn.Close()
+	}
+	conns[6].c.writeFrame(true, 0, 0x1, []byte("unmasked"), false)
+	for range 7 {
+		env.nextClosed(t)
+	}
+	for _, o := range conns[7:] {
+		rpcOK(t, env.URL, "ws.ping", []any{uint64(o.conn.ID())})
+		assert.Equal(t, byte(0x9), o.c.mustReadFrame().Op)
+	}
+
+	// A frame is counted once its write returns, which may be just after
+	// the client has read it: wait for the 10 frames sent (2 close echoes,
+	// 2 closes over RPC, one 1002, 5 pings), then for a quiet moment.
+	require.Eventually(t, func() bool { return env.Stats().TransmittedFrames == 10 }, ioTimeout, time.Millisecond)
+	var all []string
+	var after sipws.Stats
+	require.Eventually(t, func() bool {
+		before := env.Stats()
+		all = rpcStats(t, env.URL, []any{"all"})
+		after = env.Stats()
+		return before == after
+	}, ioTimeout, 10*time.Millisecond, "the server is quiet")
+	assert.Equal(t, rpcStatLines(after), all)
+	assert.Len(t, all, 25)
+	assert.Equal(t, uint64(env.Registry().Len()), after.CurrentConnections)
+	assert.Equal(t, uint64(5), after.CurrentConnections)
+	assert.Equal(t, after.SuccessfulHandshakes-after.LocalClosedConnections-after.RemoteClosedConnections, after.CurrentConnections)
+	assert.Equal(t, uint64(12), after.SuccessfulHandshakes)
+	assert.Equal(t, uint64(1), after.FailedHandshakes)
+	assert.Equal(t, uint64(3), after.FailedConnections, "TCP lost twice, one protocol error")
+	assert.Equal(t, 5, rpcDumpCall(t, env.URL, nil).Info.Total)
+	assert.Contains(t, all, "websocket:ws_current_connections = 5")
+
+	// Every way to ask: group, names with and without the group, several
+	// (listed in Stats.List order, once each), none (all), named.
+	assert.Equal(t, all, rpcStats(t, env.URL, []any{"websocket:"}))
+	assert.Equal(t, all, rpcStats(t, env.URL, nil))
+	assert.Equal(t, all, rpcStats(t, env.URL, []any{}))
+	assert.Equal(t, all, rpcStats(t, env.URL, map[string]any{"names": "all"}))
+	assert.Equal(t, rpcStatLines(after, "ws_current_connections"), rpcStats(t, env.URL, []any{"ws_current_connections"}))
+	assert.Equal(t, rpcStatLines(after, "ws_current_connections"), rpcStats(t, env.URL, []any{"websocket:ws_current_connections"}))
+	assert.Equal(t, []string{"websocket:ws_current_connections = 5", "websocket:ws_sip_failed_connections = " + strconv.FormatUint(after.SIP.FailedConnections, 10)},
+		rpcStats(t, env.URL, []any{"ws_sip_failed_connections", "websocket:ws_current_connections", "ws_current_connections"}))
+	assert.Equal(t, rpcStatLines(after, "ws_failed_handshakes", "ws_msrp_received_frames"),
+		rpcStats(t, env.URL, map[string]any{"names": []string{"ws_msrp_received_frames", "websocket:ws_failed_handshakes"}}))
+	assert.Empty(t, rpcStats(t, env.URL, []any{"ws_nonexistent"}))
+	assert.Empty(t, rpcStats(t, env.URL, []any{"core:"}))
+	assert.Empty(t, rpcStats(t, env.URL, []any{"core:ws_current_connections"}))
+	assert.Empty(t, rpcStats(t, env.URL, []any{"websocket"}))
+
+	assert.Empty(t, rpcStats(t, env.URL, []any{1}), "a number is a name like any other")
+	rpcExpectErr(t, env.URL, "stats.get_statistics", []any{true}, 500, "Invalid Parameters")
+	rpcExpectErr(t, env.URL, "stats.get_statistics", []any{[]string{"all"}}, 500, "Invalid Parameters")
+	rpcExpectErr(t, env.URL, "stats.get_statistics", map[string]any{"name": "all"}, 500, "Invalid Parameters")
+}
+
+// TestRPCProtocol checks the JSON-RPC 2.0 layer: ids, notifications,
+// batches, malformed requests, HTTP methods and limits.
+func TestRPCProtocol(t *testing.T) {
+	env := rpcStart(t, sipws.Config{})
+	url := env.URL
+	expectErr := func(r rpcResp, code int, msg string) {
+		t.Helper()
+		require.NotNil(t, r.Error, "expected an error")
+		assert.Equal(t, code, r.Error.Code)
+		assert.Equal(t, msg, r.Error.Message)
+	}
+
+	// Parse errors: id null.
+	for _, body := range []string{`{"jsonrpc":"2.0","method":`, ``, `   `, `{"a":1}}`, `[1,]`, "\xff", `{"jsonrpc":"2.0","method":"ws.dump","id":1} {}`} {
+		r := rpcPost(t, url, body)
+		expectErr(r, -32700, "Parse error")
+		assert.Equal(t, "null", string(r.ID), "%q", body)
+	}
+
+	// Not a request object.
+	for _, body := range []string{`1`, `"ws.dump"`, `null`, `true`} {
+		r := rpcPost(t, url, body)
+		expectErr(r, -32600, "Invalid Request")
+		assert.Equal(t, "null", string(r.ID))
+	}
+	for _, tc := range []struct{ body, id string }{
+		{`{"method":"ws.dump","id":3}`, "3"},                          // no jsonrpc
+		{`{"jsonrpc":"1.0","method":"ws.dump","id":"x"}`, `"x"`},      // wrong version
+		{`{"jsonrpc":2.0,"method":"ws.dump","id":4}`, "4"},            // version not a string
+		{`{"jsonrpc":"2.0","method":5,"id":5}`, "5"},                  // method not a string
+		{`{"jsonrpc":"2.0","id":6}`, "6"},                             // no method
+		{`{"jsonrpc":"2.0","method":"ws.dump","id":{"a":1}}`, "null"}, // bad id
+		{`{"jsonrpc":"2.0","method":"ws.dump","id":[1]}`, "null"},
+		{`{"jsonrpc":"2.0","method":"ws.dump","id":true}`, "null"},
+		{`{"jsonrpc":"2.0","method":1}`, "null"}, // invalid even without an id
+	} {
+		r := rpcPost(t, url, tc.body)
+		expectErr(r, -32600, "Invalid Request")
+		assert.Equal(t, tc.id, string(r.ID), tc.body)
+	}
+
+	// Unknown method; params of the wrong type.
+	r := rpcPost(t, url, `{"jsonrpc":"2.0","method":"ws.nope","id":1}`)
+	expectErr(r, -32601, "Method not found")
+	r = rpcPost(t, url, `{"jsonrpc":"2.0","method":"ws.dump","params":"id_hash","id":1}`)
+	expectErr(r, 500, "Invalid Parameters")
+
+	// Ids come back as they were sent.
+	for _, id := range []string{`"abc"`, `"12"`, `12`, `-3`, `1.5`, `12345678901234567890123`, `null`, `""`, `"\u00e9\"<>"`} {
+		r := rpcPost(t, url, `{"jsonrpc":"2.0","method":"system.listMethods","id":`+id+`}`)
+		require.Nil(t, r.Error)
+		assert.JSONEq(t, id, string(r.ID))
+	}
+
+	// Notifications run but get no response; keys are matched exactly.
+	h := rpcDo(t, http.MethodPost, url, `{"jsonrpc":"2.0","method":"ws.disable"}`)
+	assert.Equal(t, http.StatusNoContent, h.Status)
+	assert.Empty(t, h.Body)
+	assert.False(t, env.Enabled())
+	h = rpcDo(t, http.MethodPost, url, `{"jsonrpc":"2.0","method":"ws.enable","ID":1}`)
+	assert.Equal(t, http.StatusNoContent, h.Status)
+	assert.True(t, env.Enabled())
+	h = rpcDo(t, http.MethodPost, url, `{"jsonrpc":"2.0","method":"ws.nope"}`)
+	assert.Equal(t, http.StatusNoContent, h.Status, "no response even for an unknown method")
+
+	// Batches: responses in order, notifications left out.
+	h = rpcDo(t, http.MethodPost, url, `[
+		{"jsonrpc":"2.0","method":"system.listMethods","id":1},
+		{"jsonrpc":"2.0","method":"ws.disable"},
+		{"jsonrpc":"2.0","method":"stats.get_statistics","params":["ws_current_connections"],"id":"two"},
+		1,
+		{"jsonrpc":"2.0","method":"ws.ping","params":[424242],"id":3},
+		{"jsonrpc":"2.0","method":"ws.nope","id":4},
+		{"jsonrpc":"2.0","method":"ws.enable"}
+	]`)
+	require.Equal(t, http.StatusOK, h.Status)
+	var batch []json.RawMessage
+	require.NoError(t, json.Unmarshal(h.Body, &batch))
+	require.Len(t, batch, 5)
+	rs := make([]rpcResp, len(batch))
+	for i, b := range batch {
+		rs[i] = rpcDecode(t, b)
+	}
+	assert.Equal(t, "1", string(rs[0].ID))
+	assert.Nil(t, rs[0].Error)
+	assert.Equal(t, `"two"`, string(rs[1].ID))
+	assert.JSONEq(t, `["websocket:ws_current_connections = 0"]`, string(rs[1].Result))
+	expectErr(rs[2], -32600, "Invalid Request")
+	assert.Equal(t, "null", string(rs[2].ID))
+	expectErr(rs[3], 500, "Unknown connection ID")
+	assert.Equal(t, "3", string(rs[3].ID))
+	expectErr(rs[4], -32601, "Method not found")
+	assert.True(t, env.Enabled(), "disable then enable ran in order")
+
+	h = rpcDo(t, http.MethodPost, url, `[{"jsonrpc":"2.0","method":"ws.disable"},{"jsonrpc":"2.0","method":"ws.enable"}]`)
+	assert.Equal(t, http.StatusNoContent, h.Status, "a batch of notifications")
+	assert.Empty(t, h.Body)
+	r = rpcPost(t, url, `[]`)
+	expectErr(r, -32600, "Invalid Request")
+
+	// POST only.
+	for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodHead, http.MethodOptions} {
+		h := rpcDo(t, m, url, "")
+		assert.Equal(t, http.StatusMethodNotAllowed, h.Status, m)
+		assert.Equal(t, http.MethodPost, h.Header.Get("Allow"), m)
+	}
+
+	// Body limit: 1 MiB of padding around a valid request still passes;
+	// over 1 MiB is refused whole.
+	req := `{"jsonrpc":"2.0","method":"system.listMethods","id":1}`
+	ok := req + strings.Repeat(" ", sipws.MaxRPCRequestSize-len(req))
+	assert.Nil(t, rpcPost(t, url, ok).Error)
+	h = rpcDo(t, http.MethodPost, url, ok+" ")
+	assert.Equal(t, http.StatusRequestEntityTooLarge, h.Status)
+	expectErr(rpcDecode(t, h.Body), -32600, "Invalid Request")
+
+	// A browser's cross-site request is refused and does nothing.
+	h = rpcDo(t, http.MethodPost, url, `{"jsonrpc":"2.0","method":"ws.disable","id":1}`, "Sec-Fetch-Site", "cross-site")
+	assert.Equal(t, http.StatusForbidden, h.Status)
+	assert.True(t, env.Enabled())
+	h = rpcDo(t, http.MethodPost, url, `{"jsonrpc":"2.0","method":"ws.disable","id":1}`, "Origin", "https://evil.example")
+	assert.Equal(t, http.StatusForbidden, h.Status)
+	assert.True(t, env.Enabled())
+}
