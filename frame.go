@@ -478,7 +478,7 @@ func (c *Conn) finish(readErr error) {
 	// After a close handshake our FIN goes out now and the socket is closed
 	// once the peer's FIN is in (or CloseTimeout passed), after OnClosed;
 	// otherwise it is closed at once.
-	if !graceful || !c.closeWrite() {
+	if !graceful || c.srv.shutdown.Load() || !c.closeWrite() {
 		graceful = false
 		_ = c.nc.Close()
 	}

@@ -191,9 +191,9 @@ func (o DumpOrder) String() string {
 }
 
 // ParseDumpOrder parses Kamailio's names "id_hash", "used_desc" and
-// "used_asc" ("" is id_hash).
+// "used_asc", in any case ("" is id_hash).
 func ParseDumpOrder(s string) (DumpOrder, error) {
-	switch strings.TrimSpace(s) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "", "id_hash":
 		return DumpByID, nil
 	case "used_desc":

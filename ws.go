@@ -308,6 +308,7 @@ type Server struct {
 
 	flows    atomic.Pointer[FlowTokens]
 	nextID   atomic.Uint64
+	shutdown atomic.Bool // Shutdown has begun: no lingering for FINs
 	disabled atomic.Bool
 
 	// mu orders handshakes against Shutdown: a connection is added to wg
@@ -361,7 +362,10 @@ func (s *Server) Enabled() bool { return !s.disabled.Load() }
 
 // Shutdown stops accepting handshakes (503 from then on), closes every
 // connection with 1001 "Going away", and waits until each has ended and its
-// OnClosed has returned, or until ctx is done. When ctx ends first, the
+// OnClosed has returned, or until ctx is done. A peer gets Config.CloseTimeout
+// to answer the close; once it has, its socket is closed at once (no waiting
+// for its FIN as in normal operation), so a ctx that allows CloseTimeout and a
+// little more lets every connection close cleanly. When ctx ends first, the
 // remaining connections are dropped at once (their OnClosed still fires) and
 // ctx's error is returned once they are gone. The keepalive workers end too.
 // http.Server.Shutdown does not touch hijacked connections: call both.
@@ -369,6 +373,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	first := !s.closed
 	s.closed = true
+	s.shutdown.Store(true)
 	s.mu.Unlock()
 	if first {
 		s.log.Info("shutting down", "connections", s.reg.Len())

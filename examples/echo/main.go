@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -31,7 +32,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sipws/sipws"
+	"github.com/sipws/sipws/sipwsprom"
 )
 
 // shutdownBound bounds the graceful shutdown after SIGINT/SIGTERM.
@@ -51,6 +55,7 @@ func main() {
 // options are the parsed command line.
 type options struct {
 	addr             string
+	admin            string
 	handshakeTimeout time.Duration
 	logLevel         slog.Level
 	cfg              sipws.Config
@@ -79,6 +84,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8080", "TCP `address` to listen on (port 0 picks a free port)")
+	fs.StringVar(&o.admin, "admin", "", "`address` of the admin listener serving /RPC (JSON-RPC: ws.dump, ws.close, stats.get_statistics, …) and /metrics (Prometheus); empty: off. It has no authentication: keep it on loopback")
+	fs.IntVar(&o.cfg.MaxConns, "max-conns", 0, "cap on connections open at once; past it handshakes get 503 + Retry-After (0: no cap)")
+	fs.IntVar(&o.cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "cap on connections open at once from one client IP (0: no cap)")
+	trusted := fs.String("trusted-proxies", "", "comma-separated `CIDRs` of reverse proxies whose Forwarded / X-Forwarded-For / X-Forwarded-Proto are believed")
+	sipFraming := fs.Bool("sip-framing", false, "check that each message holds exactly one SIP message (sip) or MSRP chunk (msrp); others are logged and dropped")
 	maxSize := fs.Int64("max", sipws.DefaultMaxMessageSize, "largest message accepted, in `bytes`; a larger one closes the connection with 1009")
 	subprotocols := fs.String("subprotocols", "sip,msrp", "comma-separated `list` of enabled sub-protocols: sip, msrp")
 	cors := fs.String("cors", "none", "Access-Control-Allow-Origin of the 101: none, any or echo")
@@ -120,6 +130,19 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.cfg.Keepalive, err = sipws.ParseKeepaliveMechanism(*keepalive); err != nil {
 		return o, usageError{err: fmt.Errorf("-keepalive: %w", err)}
+	}
+	for cidr := range strings.SplitSeq(*trusted, ",") {
+		if cidr = strings.TrimSpace(cidr); cidr == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(cidr)
+		if err != nil {
+			return o, usageError{err: fmt.Errorf("-trusted-proxies: %w", err)}
+		}
+		o.cfg.TrustedProxies = append(o.cfg.TrustedProxies, p)
+	}
+	if *sipFraming {
+		o.cfg.Framing = sipws.FramingReport
 	}
 	if *pingData != "" {
 		o.cfg.PingData = []byte(*pingData)
@@ -169,10 +192,31 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 			log.Debug("echo not sent", "conn", c.ID(), "err", err)
 		}
 	}
+	metrics := sipwsprom.New()
+	o.cfg.Observer = metrics
 	wsrv, err := sipws.New(o.cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "echo: %v\n", err)
 		return 2
+	}
+	metrics.Watch(wsrv)
+
+	var admin *http.Server
+	if o.admin != "" {
+		aln, err := net.Listen("tcp", o.admin)
+		if err != nil {
+			fmt.Fprintf(stderr, "echo: admin: %v\n", err)
+			return 1
+		}
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(metrics)
+		mux := http.NewServeMux()
+		mux.Handle("/RPC", sipws.NewRPCHandler(wsrv))
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		admin = &http.Server{Handler: mux, ReadHeaderTimeout: o.handshakeTimeout, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		log.Info("admin listening on "+aln.Addr().String(), "admin", aln.Addr().String())
+		go func() { _ = admin.Serve(aln) }()
+		defer admin.Close()
 	}
 
 	ln, err := net.Listen("tcp", o.addr)

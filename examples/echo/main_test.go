@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -135,6 +137,39 @@ func TestEchoBinary(t *testing.T) {
 			t.Fatalf("the server did not exit within %v of SIGTERM; stderr:\n%s", exitTimeout, p.log.String())
 		}
 		assert.Contains(t, p.log.String(), "shut down")
+	})
+
+	t.Run("AdminRPCAndMetrics", func(t *testing.T) {
+		p := startEcho(t, bin, "-admin", "127.0.0.1:0")
+		m := regexp.MustCompile(`msg="admin listening on ([^"\s]+)"`).FindStringSubmatch(p.log.String())
+		require.NotNil(t, m, "admin address in the log:\n%s", p.log.String())
+		admin := m[1]
+		c := dial(t, p.addr, "sip")
+		c.send(ws.OpText, []byte("hello")) // proves the connection is registered
+		c.read()
+
+		body := `{"jsonrpc":"2.0","id":1,"method":"ws.dump"}`
+		resp, err := http.Post("http://"+admin+"/RPC", "application/json", strings.NewReader(body))
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var out struct {
+			Result struct {
+				Connections []struct {
+					ID          uint64 `json:"id"`
+					Subprotocol string `json:"subprotocol"`
+				} `json:"connections"`
+			} `json:"result"`
+		}
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+		require.Len(t, out.Result.Connections, 1)
+		assert.Equal(t, "sip", out.Result.Connections[0].Subprotocol)
+
+		mresp, err := http.Get("http://" + admin + "/metrics")
+		require.NoError(t, err)
+		defer mresp.Body.Close()
+		metrics, err := io.ReadAll(mresp.Body)
+		require.NoError(t, err)
+		assert.Regexp(t, `(?m)^sipws_ws_current_connections 1$`, string(metrics))
 	})
 
 	t.Run("BadFlagsExit2", func(t *testing.T) {
