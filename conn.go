@@ -43,8 +43,9 @@ type Conn struct {
 	identity any
 	opened   time.Time
 
-	nc net.Conn
-	br *bufio.Reader
+	nc  net.Conn
+	raw *rawWriter // non-blocking writes to nc; nil for TLS
+	br  *bufio.Reader
 
 	lastRecv atomic.Int64 // Clock.Now().UnixNano() of the last frame received
 	closeDL  atomic.Int64 // UnixNano read deadline while closing; 0 when none
@@ -98,6 +99,7 @@ func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol
 	for _, k := range []string{"Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Extensions", "Upgrade", "Connection"} {
 		delete(c.header, k)
 	}
+	c.raw = newRawWriter(nc)
 	var rd = readerFrom(nc, pre)
 	c.br = bufio.NewReaderSize(rd, s.cfg.ReadBufferSize)
 	c.lastRecv.Store(c.opened.UnixNano())
@@ -272,9 +274,54 @@ func (c *Conn) enqueue(f outFrame, force bool) error {
 		c.abort(InitiatorSlowConsumer, ClosePolicyViolation, "send queue full", err)
 		return err
 	}
+	if c.raw != nil && !c.writing && len(c.queue) == 0 {
+		c.writeNow(f)
+		return nil
+	}
 	c.pushLocked(f)
 	c.wmu.Unlock()
 	return nil
+}
+
+// writeNow writes f from the caller's goroutine as far as the socket takes it
+// without waiting, and leaves the rest, and whatever was queued meanwhile, to
+// a writer goroutine. c.wmu is held on entry and released on return. Most
+// frames go out this way, with no goroutine and no copy of the queue.
+func (c *Conn) writeNow(f outFrame) {
+	c.writing = true
+	c.wmu.Unlock()
+	c.sockMu.Lock()
+	n, err := c.raw.tryWrite(f.b)
+	c.sockMu.Unlock()
+	if err != nil {
+		c.abort(InitiatorWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
+		c.wmu.Lock()
+		clear(c.queue)
+		c.queue, c.queued, c.writing = c.queue[:0], 0, false
+		c.wmu.Unlock()
+		return
+	}
+	c.wmu.Lock()
+	if n == len(f.b) {
+		var data uint64
+		if f.data {
+			data = 1
+		}
+		c.srv.stats.countTx(c.sp, 1, data)
+	} else {
+		// The rest of the frame goes first.
+		c.queue = append(c.queue, outFrame{})
+		copy(c.queue[1:], c.queue)
+		c.queue[0] = outFrame{b: f.b[n:], data: f.data}
+		c.queued += len(f.b) - n
+	}
+	if len(c.queue) == 0 {
+		c.writing = false
+	} else {
+		c.wwg.Add(1)
+		go c.writeLoop()
+	}
+	c.wmu.Unlock()
 }
 
 // pushLocked appends f and starts a writer when none runs. c.wmu is held.
@@ -336,6 +383,10 @@ func (c *Conn) writeFrames(frames []outFrame) (int, error) {
 	c.sockMu.Lock()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
 	_, err := bufs.WriteTo(c.nc)
+	if err == nil && c.raw != nil {
+		// A deadline left in the past would fail the next direct write.
+		_ = c.nc.SetWriteDeadline(time.Time{})
+	}
 	c.sockMu.Unlock()
 	if err == nil {
 		c.srv.stats.countTx(c.sp, uint64(len(frames)), uint64(data))

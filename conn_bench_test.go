@@ -112,3 +112,22 @@ func BenchmarkSendSIP(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkRequestReply is one request and its reply over one connection,
+// with one request outstanding: the client sends an OPTIONS, OnMessage sends
+// a reply of the same size back, the client reads it.
+func BenchmarkRequestReply(b *testing.B) {
+	conn := benchConn(b, func(c *sipws.Conn, m sipws.Message) { _ = c.Send(m.Data) })
+	frame := encodeFrame(true, 0, 0x1, []byte(benchOptions), true)
+	reply := make([]byte, 2+2+len(benchOptions))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := conn.Write(frame); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(conn, reply); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

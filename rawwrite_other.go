@@ -1,0 +1,13 @@
+//go:build !unix
+
+package sipws
+
+import "net"
+
+// rawWriter is only for Unix sockets; elsewhere every frame goes through the
+// writer goroutine.
+type rawWriter struct{}
+
+func newRawWriter(net.Conn) *rawWriter { return nil }
+
+func (*rawWriter) tryWrite([]byte) (int, error) { return 0, nil }
