@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/textproto"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,9 +39,7 @@ type Conn struct {
 	secure   bool
 	remote   netip.AddrPort
 	local    netip.AddrPort
-	header   http.Header
-	url      *url.URL
-	host     string
+	req      string // the handshake request, compacted: see packRequest
 	identity any
 	opened   time.Time
 
@@ -88,16 +88,11 @@ func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol
 		secure:   cl.secure,
 		remote:   cl.addr,
 		local:    unmap(addrPort(nc.LocalAddr())),
-		header:   r.Header,
-		url:      r.URL,
-		host:     r.Host,
+		req:      packRequest(r),
 		identity: identity,
 		opened:   s.clock.Now(),
 		nc:       nc,
 		done:     make(chan struct{}),
-	}
-	for _, k := range []string{"Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Extensions", "Upgrade", "Connection"} {
-		delete(c.header, k)
 	}
 	c.raw = newRawWriter(nc)
 	var rd = readerFrom(nc, pre)
@@ -123,25 +118,82 @@ func (c *Conn) Secure() bool { return c.secure }
 
 // Header returns the handshake request's headers, less the ones that only
 // served the handshake (Upgrade, Connection, Sec-WebSocket-Key/Version/
-// Extensions). It must not be modified.
-func (c *Conn) Header() http.Header { return c.header }
+// Extensions). The connection keeps them compactly, as text, to stay small
+// while idle: each call parses them into a new map, which the caller owns.
+func (c *Conn) Header() http.Header {
+	_, _, head := unpackRequest(c.req)
+	h, err := textproto.NewReader(bufio.NewReader(strings.NewReader(head))).ReadMIMEHeader()
+	if err != nil && len(h) == 0 {
+		return http.Header{}
+	}
+	return http.Header(h)
+}
 
 // Cookies parses the handshake request's cookies (RFC 7118 §7).
 func (c *Conn) Cookies() []*http.Cookie {
-	return (&http.Request{Header: c.header}).Cookies()
+	return (&http.Request{Header: c.Header()}).Cookies()
 }
 
 // Cookie returns the named cookie of the handshake request, or
 // http.ErrNoCookie.
 func (c *Conn) Cookie(name string) (*http.Cookie, error) {
-	return (&http.Request{Header: c.header}).Cookie(name)
+	return (&http.Request{Header: c.Header()}).Cookie(name)
 }
 
-// URL returns the handshake request's URL (path and query).
-func (c *Conn) URL() *url.URL { return c.url }
+// URL returns the handshake request's URL (path and query), parsed anew on
+// each call.
+func (c *Conn) URL() *url.URL {
+	uri, _, _ := unpackRequest(c.req)
+	u, err := url.ParseRequestURI(uri)
+	if err != nil {
+		return &url.URL{Path: uri}
+	}
+	return u
+}
 
 // Host returns the handshake request's Host header.
-func (c *Conn) Host() string { return c.host }
+func (c *Conn) Host() string {
+	_, host, _ := unpackRequest(c.req)
+	return host
+}
+
+// handshakeOnly are the request headers that served only the handshake; a
+// Conn does not keep them.
+var handshakeOnly = map[string]bool{
+	"Sec-Websocket-Key": true, "Sec-Websocket-Version": true, "Sec-Websocket-Extensions": true,
+	"Upgrade": true, "Connection": true,
+}
+
+// packRequest keeps what a Conn tells of its handshake request in one
+// string: the request URI, the Host, and the header lines, each part ended
+// by a newline, the headers as "Name: value\r\n" lines and a blank line.
+func packRequest(r *http.Request) string {
+	var b strings.Builder
+	b.WriteString(r.RequestURI)
+	b.WriteByte('\n')
+	b.WriteString(r.Host)
+	b.WriteByte('\n')
+	for k, vs := range r.Header {
+		if handshakeOnly[k] {
+			continue
+		}
+		for _, v := range vs {
+			b.WriteString(k)
+			b.WriteString(": ")
+			b.WriteString(v)
+			b.WriteString("\r\n")
+		}
+	}
+	b.WriteString("\r\n")
+	return b.String()
+}
+
+// unpackRequest splits what packRequest made.
+func unpackRequest(s string) (uri, host, head string) {
+	uri, rest, _ := strings.Cut(s, "\n")
+	host, head, _ = strings.Cut(rest, "\n")
+	return uri, host, head
+}
 
 // Identity returns what Config.Authorize returned for this connection.
 func (c *Conn) Identity() any { return c.identity }

@@ -198,7 +198,6 @@ func (c *Conn) readLoop() error {
 		msgType    MessageType // its type
 		fragmented bool        // a message has started and not finished
 		checked    int         // bytes of msg known to be valid UTF-8
-		ctl        [maxControlPayload]byte
 	)
 	maxSize := c.srv.cfg.MaxMessageSize
 	for {
@@ -234,10 +233,13 @@ func (c *Conn) readLoop() error {
 			if h.Length > maxControlPayload {
 				return c.fail(CloseProtocolError, "control frame payload over 125 bytes")
 			}
-			p := ctl[:h.Length]
-			if _, err := io.ReadFull(c.br, p); err != nil {
+			// The payload (at most 125 bytes) is read in place in the
+			// read buffer, valid until the next read.
+			p, err := c.br.Peek(int(h.Length))
+			if err != nil {
 				return c.readError(err)
 			}
+			_, _ = c.br.Discard(len(p))
 			ws.Cipher(p, h.Mask, 0)
 			c.srv.stats.countRx(c.sp, false)
 			switch h.OpCode {

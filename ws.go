@@ -206,8 +206,8 @@ func (c Config) withDefaults() (Config, error) {
 	switch {
 	case c.ReadBufferSize == 0:
 		c.ReadBufferSize = DefaultReadBufferSize
-	case c.ReadBufferSize < 16 || c.ReadBufferSize > 1<<20:
-		return bad("ReadBufferSize", "%d is not between 16 and %d", c.ReadBufferSize, 1<<20)
+	case c.ReadBufferSize < 128 || c.ReadBufferSize > 1<<20:
+		return bad("ReadBufferSize", "%d is not between 128 and %d", c.ReadBufferSize, 1<<20)
 	}
 	durations := []struct {
 		name string
