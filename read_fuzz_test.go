@@ -1,0 +1,164 @@
+package sipws
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fuzzFrame builds a masked client frame.
+func fuzzFrame(fin bool, op byte, p []byte) []byte {
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	b := []byte{b0}
+	switch n := len(p); {
+	case n < 126:
+		b = append(b, 0x80|byte(n))
+	case n <= 0xffff:
+		b = binary.BigEndian.AppendUint16(append(b, 0x80|126), uint16(n))
+	default:
+		b = binary.BigEndian.AppendUint64(append(b, 0x80|127), uint64(n))
+	}
+	mask := [4]byte{1, 2, 3, 4}
+	b = append(b, mask[:]...)
+	for i, c := range p {
+		b = append(b, c^mask[i%4])
+	}
+	return b
+}
+
+// FuzzReadFrames feeds arbitrary bytes to a connection's read loop over a
+// pipe, as a client would after the handshake. Whatever the bytes, the loop
+// must not panic, must end once the input ends, and OnClosed must fire exactly
+// once; every message delivered fits the size limit, and text is UTF-8.
+func FuzzReadFrames(f *testing.F) {
+	f.Add(fuzzFrame(true, 0x1, []byte("OPTIONS sip:a@b SIP/2.0\r\n\r\n")))
+	f.Add(append(fuzzFrame(false, 0x1, []byte("frag")), fuzzFrame(true, 0x0, []byte("ment"))...))
+	f.Add(append(fuzzFrame(false, 0x1, []byte("a")), append(fuzzFrame(true, 0x9, []byte("ping")), fuzzFrame(true, 0x0, []byte("b"))...)...))
+	f.Add(fuzzFrame(true, 0x8, []byte{0x03, 0xe8, 'b', 'y', 'e'}))
+	f.Add(fuzzFrame(true, 0x2, bytes.Repeat([]byte{0xff}, 300)))
+	f.Add([]byte{0x81, 0xff, 0, 0, 1, 0, 0, 0, 0, 0, 1, 2, 3, 4})
+	f.Add(fuzzFrame(true, 0x1, []byte{0xce, 0xba, 0xf4, 0x90}))
+	f.Add(fuzzFrame(true, 0x3, nil))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var closed, msgs atomic.Int32
+		var bad atomic.Value
+		s, err := New(Config{
+			MaxMessageSize: 1024,
+			Keepalive:      KeepaliveNone,
+			CloseTimeout:   50 * time.Millisecond,
+			FrameTimeout:   200 * time.Millisecond,
+			OnMessage: func(c *Conn, m Message) {
+				msgs.Add(1)
+				if len(m.Data) > 1024 {
+					bad.Store("message over the limit")
+				}
+			},
+			OnClosed: func(Closed) { closed.Add(1) },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		server, peer := net.Pipe()
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		c := s.newConn(server, r, client{}, SIP, nil, nil)
+		s.stats.opened(SIP)
+		s.reg.add(c)
+		s.wg.Add(1)
+		go c.serve()
+		go func() { _, _ = io.Copy(io.Discard, peer) }()
+		_ = peer.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = peer.Write(in)
+		_ = peer.Close()
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("the read loop did not end after the input ended")
+		}
+		s.wg.Wait()
+		if n := closed.Load(); n != 1 {
+			t.Fatalf("OnClosed fired %d times", n)
+		}
+		if v := bad.Load(); v != nil {
+			t.Fatal(v)
+		}
+		if s.reg.Len() != 0 || s.Stats().CurrentConnections != 0 {
+			t.Fatalf("registry %d, current %d after the end", s.reg.Len(), s.Stats().CurrentConnections)
+		}
+	})
+}
+
+
+// hijackRecorder is a ResponseWriter that records refusals and can be
+// hijacked, onto a pipe whose other end is read into out.
+type hijackRecorder struct {
+	*httptest.ResponseRecorder
+	peer net.Conn
+	out  chan []byte
+}
+
+func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	server, peer := net.Pipe()
+	h.peer = peer
+	h.out = make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(peer)
+		h.out <- b
+	}()
+	return server, bufio.NewReadWriter(bufio.NewReader(server), bufio.NewWriter(server)), nil
+}
+
+// FuzzHandshake parses arbitrary bytes as an HTTP request and hands it to
+// HandleHandshake. It must never panic; a refusal is an error status with a
+// body; a 101 carries the right accept key for the request's key.
+func FuzzHandshake(f *testing.F) {
+	f.Add("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n")
+	f.Add("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Protocol: msrp, sip\r\n\r\n")
+	f.Add("POST /x HTTP/1.0\r\n\r\n")
+	f.Add("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: foo\r\nX-Forwarded-For: 1.2.3.4, ::1\r\nForwarded: for=\"[::1]:9\";proto=https\r\n\r\n")
+	f.Fuzz(func(t *testing.T, raw string) {
+		r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
+		if err != nil {
+			return
+		}
+		r.RemoteAddr = "127.0.0.1:5555"
+		s, err := New(Config{Keepalive: KeepaliveNone, CloseTimeout: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := &hijackRecorder{ResponseRecorder: httptest.NewRecorder()}
+		s.HandleHandshake(w, r)
+		if w.peer == nil {
+			if w.Code < 400 || w.Code > 599 {
+				t.Fatalf("refusal with status %d", w.Code)
+			}
+			if w.Body.Len() == 0 && r.Method != http.MethodHead {
+				t.Fatalf("refusal %d without a body", w.Code)
+			}
+			return
+		}
+		// Upgraded: end the connection, then read what the server wrote.
+		_ = w.peer.Close()
+		resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(<-w.out)), r)
+		if err != nil {
+			t.Fatalf("reading the 101: %v", err)
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("hijacked, then status %d", resp.StatusCode)
+		}
+		if got, want := resp.Header.Get("Sec-WebSocket-Accept"), acceptKey(strings.TrimSpace(r.Header.Get("Sec-WebSocket-Key"))); got != want {
+			t.Fatalf("accept %q, want %q", got, want)
+		}
+		s.wg.Wait()
+	})
+}
