@@ -63,7 +63,8 @@ type Conn struct {
 	sockMu  sync.Mutex    // held while writing to nc
 	done    chan struct{} // closed when the connection has ended
 
-	hbuf [12]byte // frame header read buffer
+	hbuf   [12]byte // frame header read buffer
+	graced bool     // the current frame had its grace read (read goroutine only)
 }
 
 // outFrame is a complete frame waiting to be written.

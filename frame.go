@@ -209,6 +209,10 @@ func (c *Conn) readLoop() error {
 		if timed {
 			c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
 		}
+		c.graced = false
+		if err := c.peekHeader(); err != nil {
+			return c.readError(err)
+		}
 		h, err := ws.ReadHeaderBuffer(c.br, c.hbuf[:])
 		if err != nil {
 			if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
@@ -236,6 +240,9 @@ func (c *Conn) readLoop() error {
 			// The payload (at most 125 bytes) is read in place in the
 			// read buffer, valid until the next read.
 			p, err := c.br.Peek(int(h.Length))
+			for err != nil && c.grace(err) {
+				p, err = c.br.Peek(int(h.Length))
+			}
 			if err != nil {
 				return c.readError(err)
 			}
@@ -302,6 +309,53 @@ func (c *Conn) readLoop() error {
 	}
 }
 
+// frameGrace is how long a frame whose FrameTimeout has passed gets to
+// deliver what is already on its way: a deadline checked late (a busy
+// machine did not run the goroutine in time) must not fail a healthy peer
+// whose bytes are already in the socket.
+const frameGrace = 100 * time.Millisecond
+
+// grace reports whether a read that failed with err may be tried again: once
+// per frame, after its FrameTimeout, with a short deadline that only lets
+// bytes already there be read.
+func (c *Conn) grace(err error) bool {
+	if !isTimeout(err) || c.closeDL.Load() != 0 || c.graced {
+		return false
+	}
+	c.graced = true
+	c.setReadDeadline(time.Now().Add(frameGrace))
+	return true
+}
+
+// peekHeader waits until the next frame's whole header is in the read
+// buffer, so that reading it cannot stop half-way.
+func (c *Conn) peekHeader() error {
+	need := 2
+	for {
+		b, err := c.br.Peek(need)
+		if err != nil {
+			if c.grace(err) {
+				continue
+			}
+			return err
+		}
+		hl := 2
+		if b[1]&0x80 != 0 {
+			hl += 4
+		}
+		switch b[1] & 0x7f {
+		case 126:
+			hl += 2
+		case 127:
+			hl += 8
+		}
+		if need >= hl {
+			return nil
+		}
+		need = hl
+	}
+}
+
 // readError turns a read error into the end of the loop; a frame deadline
 // that passed fails the connection.
 func (c *Conn) readError(err error) error {
@@ -339,6 +393,9 @@ func (c *Conn) readPayload(msg []byte, n int, mask [4]byte, checked *int) ([]byt
 		k, err := c.br.Read(msg[len(msg):min(cap(msg), end)])
 		ws.Cipher(msg[len(msg):len(msg)+k], mask, len(msg)-start)
 		msg = msg[:len(msg)+k]
+		if err != nil && len(msg) < end && c.grace(err) {
+			continue
+		}
 		if err != nil && len(msg) < end {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,6 +66,7 @@ func TestSoak(t *testing.T) {
 		opened    atomic.Int64
 		closedEvs atomic.Int64
 		closedBy  sync.Map // ConnID → sipws.Initiator
+		reasons   sync.Map // protocol error reason → *atomic.Int64
 	)
 	cfg := sipws.Config{
 		MaxMessageSize:   64 << 10,
@@ -88,6 +90,10 @@ func TestSoak(t *testing.T) {
 		},
 		OnClosed: func(ev sipws.Closed) {
 			closedEvs.Add(1)
+			if ev.Initiator == sipws.InitiatorProtocolError {
+				n, _ := reasons.LoadOrStore(ev.Reason, new(atomic.Int64))
+				n.(*atomic.Int64).Add(1)
+			}
 			if _, dup := closedBy.LoadOrStore(ev.ConnID, ev.Initiator); dup {
 				mu.Lock()
 				serverBad = append(serverBad, fmt.Sprintf("conn %d: second OnClosed", ev.ConnID))
@@ -106,7 +112,10 @@ func TestSoak(t *testing.T) {
 	ctx, stop := context.WithTimeout(context.Background(), dur)
 	defer stop()
 
-	// Healthy connections.
+	// Healthy connections, each sending a message every gap on average, so
+	// that all of them together stay near 8,000 messages a second: a load
+	// two cores carry with the clients in the same process.
+	gap := max(25*time.Millisecond, time.Duration(healthy)*125*time.Microsecond)
 	type result struct {
 		sent, echoed int
 		err          error
@@ -114,7 +123,7 @@ func TestSoak(t *testing.T) {
 	results := make([]result, healthy)
 	var hwg sync.WaitGroup
 	for i := range healthy {
-		hwg.Go(func() { results[i].sent, results[i].echoed, results[i].err = soakHealthy(ctx, addr, i) })
+		hwg.Go(func() { results[i].sent, results[i].echoed, results[i].err = soakHealthy(ctx, addr, i, gap) })
 		if i%50 == 49 {
 			time.Sleep(5 * time.Millisecond) // spread the handshakes
 		}
@@ -139,6 +148,12 @@ func TestSoak(t *testing.T) {
 
 	var sent, echoed int
 	for i, r := range results {
+		if r.err != nil {
+			why := map[string]int{}
+			closedBy.Range(func(_, v any) bool { why[v.(sipws.Initiator).String()]++; return true })
+			reasons.Range(func(k, v any) bool { t.Logf("reason %q: %d", k, v.(*atomic.Int64).Load()); return true })
+			t.Logf("ends so far by initiator: %v; stats %+v", why, srv.Stats())
+		}
 		require.NoError(t, r.err, "healthy connection %d", i)
 		require.Equal(t, r.sent, r.echoed, "healthy connection %d: echoes", i)
 		sent += r.sent
@@ -173,8 +188,16 @@ func TestSoak(t *testing.T) {
 		"goroutines: %d, baseline %d", runtime.NumGoroutine(), baseG)
 	var endMem runtime.MemStats
 	runtime.GC()
+	runtime.GC() // and the sync.Pools' victim caches
 	runtime.ReadMemStats(&endMem)
-	assert.Less(t, endMem.HeapInuse, baseMem.HeapInuse+16<<20, "heap in use back near its baseline")
+	assert.Less(t, endMem.HeapAlloc, baseMem.HeapAlloc+16<<20, "live heap back near its baseline")
+	if p := os.Getenv("SIPWS_SOAK_HEAPPROFILE"); p != "" {
+		f, err := os.Create(p)
+		require.NoError(t, err)
+		require.NoError(t, pprof.WriteHeapProfile(f))
+		require.NoError(t, f.Close())
+	}
+	t.Logf("heap: %d bytes live at the start, %d at the end", baseMem.HeapAlloc, endMem.HeapAlloc)
 
 	t.Logf("soak %v: %d healthy connections, %d messages sent and echoed (%d lost); faults: %d clean closes, %d resets, %d non-readers (%d closed as slow consumers), %d garbage senders; %d connections in all",
 		dur, healthy, sent, sent-echoed, faults[0].Load(), faults[1].Load(), faults[2].Load(), slow, faults[3].Load(), opened.Load())
@@ -225,7 +248,7 @@ func soakRand(n int) int {
 // soakHealthy sends sequence-numbered messages of random sizes until ctx
 // ends, answers pings, checks every echo is the next one, then closes
 // cleanly. It returns how many were sent and echoed in order.
-func soakHealthy(ctx context.Context, addr string, i int) (sent, echoed int, err error) {
+func soakHealthy(ctx context.Context, addr string, i int, gap time.Duration) (sent, echoed int, err error) {
 	conn, br, err := soakDial(ctx, addr)
 	if err != nil {
 		return 0, 0, err
@@ -293,7 +316,7 @@ func soakHealthy(ctx context.Context, addr string, i int) (sent, echoed int, err
 		if err := write(frames); err != nil {
 			return sent, int(echoedN.Load()), err
 		}
-		time.Sleep(time.Duration(5+soakRand(40)) * time.Millisecond)
+		time.Sleep(gap/5 + time.Duration(soakRand(int(gap*8/5))))
 	}
 	// Wait for the last echo, then close cleanly.
 	deadline := time.After(20 * time.Second)
