@@ -3,6 +3,7 @@ package sipws
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -44,8 +45,10 @@ type Conn struct {
 	opened   time.Time
 
 	nc  net.Conn
-	raw *rawWriter // non-blocking writes to nc; nil for TLS
-	br  *bufio.Reader
+	raw *rawWriter    // non-blocking writes to nc; nil for TLS
+	rd  io.Reader     // nc, or the bytes read past the handshake then nc
+	pre bool          // rd starts with bytes read past the handshake
+	br  *bufio.Reader // reads rd; back in the pool while idle (nil)
 
 	lastRecv atomic.Int64 // Clock.Now().UnixNano() of the last frame received
 	closeDL  atomic.Int64 // UnixNano read deadline while closing; 0 when none
@@ -96,8 +99,8 @@ func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol
 		done:     make(chan struct{}),
 	}
 	c.raw = newRawWriter(nc)
-	var rd = readerFrom(nc, pre)
-	c.br = bufio.NewReaderSize(rd, s.cfg.ReadBufferSize)
+	c.rd = readerFrom(nc, pre)
+	c.pre = len(pre) > 0
 	c.lastRecv.Store(c.opened.UnixNano())
 	return c
 }

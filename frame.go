@@ -4,6 +4,7 @@ package sipws
 // know the WebSocket engine (github.com/gobwas/ws).
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -93,6 +94,26 @@ func (p *prefixReader) Read(b []byte) (int, error) {
 	return p.r.Read(b)
 }
 
+// pending reports whether bytes read past the handshake are still unread.
+func (p *prefixReader) pending() bool { return len(p.pre) > 0 }
+
+// acquireReader gives the connection a read buffer from the server's pool.
+func (c *Conn) acquireReader() {
+	if c.br == nil {
+		c.br = c.srv.readers.Get().(*bufio.Reader)
+		c.br.Reset(c.rd)
+	}
+}
+
+// releaseReader puts an empty read buffer back in the pool.
+func (c *Conn) releaseReader() {
+	if c.br != nil && c.br.Buffered() == 0 {
+		c.br.Reset(nil)
+		c.srv.readers.Put(c.br)
+		c.br = nil
+	}
+}
+
 func readerFrom(nc net.Conn, pre []byte) io.Reader {
 	if len(pre) == 0 {
 		return nc
@@ -116,20 +137,33 @@ func (c *Conn) serve() {
 // run calls the hooks and the read loop. A panic in a hook is logged and
 // fails only this connection (1011).
 func (c *Conn) run() (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			c.srv.log.Error("panic in a hook", "conn", c.id, "remote", c.remote, "panic", p, "stack", string(debug.Stack()))
-			perr := fmt.Errorf("sipws: panic in a hook: %v", p)
-			c.finalFrame(endCause{by: InitiatorHost, code: CloseInternalError, reason: "Internal error", err: perr},
-				closeFrame(CloseInternalError, "Internal error"))
-			err = errFailed
-		}
-	}()
-	c.srv.log.Info("connection opened", "conn", c.id, "remote", c.remote, "subprotocol", c.sp, "secure", c.secure)
+	defer c.recoverHook(&err)
+	c.open()
+	return c.readLoop()
+}
+
+// open calls OnOpen. It is a function of its own so that its frame is not
+// on the stack while the connection idles.
+//
+//go:noinline
+func (c *Conn) open() {
 	if h := c.srv.cfg.OnOpen; h != nil {
 		h(c)
 	}
-	return c.readLoop()
+}
+
+// recoverHook, deferred by run, turns a panic in a hook into the failure of
+// this connection alone (1011).
+func (c *Conn) recoverHook(err *error) {
+	p := recover()
+	if p == nil {
+		return
+	}
+	c.srv.log.Error("panic in a hook", "conn", c.id, "remote", c.remote, "panic", p, "stack", string(debug.Stack()))
+	perr := fmt.Errorf("sipws: panic in a hook: %v", p)
+	c.finalFrame(endCause{by: InitiatorHost, code: CloseInternalError, reason: "Internal error", err: perr},
+		closeFrame(CloseInternalError, "Internal error"))
+	*err = errFailed
 }
 
 // fail fails the connection for a protocol violation (RFC 6455 §7.1.7): our
@@ -191,122 +225,147 @@ func (c *Conn) frameBuffered() bool {
 // isTimeout reports a deadline error.
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
+// readState is a message being assembled across frames.
+type readState struct {
+	msg        []byte      // the message being assembled
+	typ        MessageType // its type
+	fragmented bool        // a message has started and not finished
+	checked    int         // bytes of msg known to be valid UTF-8
+}
+
 // readLoop reads frames to the letter of RFC 6455 until the connection ends.
+// It keeps its own frame small: an idle connection waits here, and a short
+// stack lets the runtime keep its goroutine at the smallest stack size.
 func (c *Conn) readLoop() error {
-	var (
-		msg        []byte      // the message being assembled
-		msgType    MessageType // its type
-		fragmented bool        // a message has started and not finished
-		checked    int         // bytes of msg known to be valid UTF-8
-	)
-	maxSize := c.srv.cfg.MaxMessageSize
+	var st readState
+	defer c.releaseReader()
 	for {
 		// Wait, without a deadline, for the first byte of the next frame.
-		if _, err := c.br.Peek(1); err != nil {
+		// On plain TCP an idle connection waits holding no read buffer.
+		if c.raw != nil && !c.pre && (c.br == nil || c.br.Buffered() == 0) {
+			c.releaseReader()
+			if err := c.raw.waitReadable(); err != nil {
+				return err
+			}
+		}
+		c.acquireReader()
+		if err := c.readFrame(&st); err != nil {
 			return err
 		}
-		timed := !c.frameBuffered()
-		if timed {
-			c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
+	}
+}
+
+// readFrame reads and handles one frame.
+func (c *Conn) readFrame(st *readState) error {
+	maxSize := c.srv.cfg.MaxMessageSize
+	if _, err := c.br.Peek(1); err != nil {
+		return err
+	}
+	if c.pre && c.br.Buffered() > 0 {
+		c.pre = c.rd.(*prefixReader).pending()
+	}
+	timed := !c.frameBuffered()
+	if timed {
+		c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
+	}
+	c.graced = false
+	if err := c.peekHeader(); err != nil {
+		return c.readError(err)
+	}
+	h, err := ws.ReadHeaderBuffer(c.br, c.hbuf[:])
+	if err != nil {
+		if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
+			return c.fail(CloseProtocolError, "invalid frame length")
 		}
-		c.graced = false
-		if err := c.peekHeader(); err != nil {
-			return c.readError(err)
+		return c.readError(err)
+	}
+	c.lastRecv.Store(c.srv.clock.Now().UnixNano())
+
+	switch {
+	case h.Rsv != 0:
+		return c.fail(CloseProtocolError, "reserved bits set")
+	case !h.Masked:
+		return c.fail(CloseProtocolError, "unmasked frame")
+	}
+
+	switch h.OpCode {
+	case opPing, opPong, opClose:
+		if !h.Fin {
+			return c.fail(CloseProtocolError, "st.fragmented control frame")
 		}
-		h, err := ws.ReadHeaderBuffer(c.br, c.hbuf[:])
+		if h.Length > maxControlPayload {
+			return c.fail(CloseProtocolError, "control frame payload over 125 bytes")
+		}
+		// The payload (at most 125 bytes) is read in place in the
+		// read buffer, valid until the next read.
+		p, err := c.br.Peek(int(h.Length))
+		for err != nil && c.grace(err) {
+			p, err = c.br.Peek(int(h.Length))
+		}
 		if err != nil {
-			if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
-				return c.fail(CloseProtocolError, "invalid frame length")
-			}
 			return c.readError(err)
 		}
-		c.lastRecv.Store(c.srv.clock.Now().UnixNano())
-
-		switch {
-		case h.Rsv != 0:
-			return c.fail(CloseProtocolError, "reserved bits set")
-		case !h.Masked:
-			return c.fail(CloseProtocolError, "unmasked frame")
+		_, _ = c.br.Discard(len(p))
+		ws.Cipher(p, h.Mask, 0)
+		c.srv.stats.countRx(c.sp, false)
+		switch h.OpCode {
+		case opPing:
+			// Answer with the same payload; nothing once closing.
+			_ = c.enqueue(outFrame{b: controlFrame(opPong, p)}, false)
+		case opPong:
+			c.srv.ka.pongReceived(c)
+		case opClose:
+			return c.peerClose(p)
 		}
 
-		switch h.OpCode {
-		case opPing, opPong, opClose:
-			if !h.Fin {
-				return c.fail(CloseProtocolError, "fragmented control frame")
+	case opText, opBinary, opContinuation:
+		switch {
+		case h.OpCode == opContinuation && !st.fragmented:
+			return c.fail(CloseProtocolError, "continuation frame without a message to continue")
+		case h.OpCode != opContinuation && st.fragmented:
+			return c.fail(CloseProtocolError, "new message inside a st.fragmented message")
+		case h.OpCode != opContinuation:
+			st.typ, st.msg, st.checked = Binary, nil, 0
+			if h.OpCode == opText {
+				st.typ = Text
 			}
-			if h.Length > maxControlPayload {
-				return c.fail(CloseProtocolError, "control frame payload over 125 bytes")
-			}
-			// The payload (at most 125 bytes) is read in place in the
-			// read buffer, valid until the next read.
-			p, err := c.br.Peek(int(h.Length))
-			for err != nil && c.grace(err) {
-				p, err = c.br.Peek(int(h.Length))
-			}
-			if err != nil {
-				return c.readError(err)
-			}
-			_, _ = c.br.Discard(len(p))
-			ws.Cipher(p, h.Mask, 0)
-			c.srv.stats.countRx(c.sp, false)
-			switch h.OpCode {
-			case opPing:
-				// Answer with the same payload; nothing once closing.
-				_ = c.enqueue(outFrame{b: controlFrame(opPong, p)}, false)
-			case opPong:
-				c.srv.ka.pongReceived(c)
-			case opClose:
-				return c.peerClose(p)
-			}
-
-		case opText, opBinary, opContinuation:
-			switch {
-			case h.OpCode == opContinuation && !fragmented:
-				return c.fail(CloseProtocolError, "continuation frame without a message to continue")
-			case h.OpCode != opContinuation && fragmented:
-				return c.fail(CloseProtocolError, "new message inside a fragmented message")
-			case h.OpCode != opContinuation:
-				msgType, msg, checked = Binary, nil, 0
-				if h.OpCode == opText {
-					msgType = Text
-				}
-			}
-			if h.Length > maxSize-int64(len(msg)) {
-				return c.fail(CloseMessageTooBig, fmt.Sprintf("message over %d bytes", maxSize))
-			}
-			var check *int
-			if msgType == Text {
-				check = &checked
-			}
-			msg, err = c.readPayload(msg, int(h.Length), h.Mask, check)
-			if err == errBadUTF8 {
+		}
+		if h.Length > maxSize-int64(len(st.msg)) {
+			return c.fail(CloseMessageTooBig, fmt.Sprintf("message over %d bytes", maxSize))
+		}
+		var check *int
+		if st.typ == Text {
+			check = &st.checked
+		}
+		st.msg, err = c.readPayload(st.msg, int(h.Length), h.Mask, check)
+		if err == errBadUTF8 {
+			return c.fail(CloseInvalidPayload, "invalid UTF-8 in a text message")
+		}
+		if err != nil {
+			return c.readError(err)
+		}
+		c.srv.stats.countRx(c.sp, true)
+		if st.typ == Text {
+			n, ok := validUTF8Prefix(st.msg[st.checked:], h.Fin)
+			if !ok {
 				return c.fail(CloseInvalidPayload, "invalid UTF-8 in a text message")
 			}
-			if err != nil {
-				return c.readError(err)
-			}
-			c.srv.stats.countRx(c.sp, true)
-			if msgType == Text {
-				n, ok := validUTF8Prefix(msg[checked:], h.Fin)
-				if !ok {
-					return c.fail(CloseInvalidPayload, "invalid UTF-8 in a text message")
-				}
-				checked += n
-			}
-			fragmented = !h.Fin
-			if h.Fin {
-				m := Message{Type: msgType, Data: msg}
-				msg = nil
-				c.deliver(m)
-			}
+			st.checked += n
+		}
+		st.fragmented = !h.Fin
+		if h.Fin {
+			m := Message{Type: st.typ, Data: st.msg}
+			st.msg = nil
+			c.deliver(m)
+		}
 
-		default:
-			return c.fail(CloseProtocolError, fmt.Sprintf("reserved opcode %#x", byte(h.OpCode)))
-		}
-		if timed {
-			c.setReadDeadline(time.Time{})
-		}
+	default:
+		return c.fail(CloseProtocolError, fmt.Sprintf("reserved opcode %#x", byte(h.OpCode)))
 	}
+	if timed {
+		c.setReadDeadline(time.Time{})
+	}
+	return nil
 }
 
 // frameGrace is how long a frame whose FrameTimeout has passed gets to
@@ -603,5 +662,8 @@ func (c *Conn) closeWrite() bool {
 // before the socket is gone (closing a socket with unread input resets it).
 func (c *Conn) linger() {
 	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
-	_, _ = io.CopyN(io.Discard, c.br, 1<<16)
+	if c.br != nil {
+		_, _ = c.br.Discard(c.br.Buffered())
+	}
+	_, _ = io.CopyN(io.Discard, c.rd, 1<<16)
 }

@@ -253,6 +253,9 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	s.stats.opened(sp)
 	s.reg.add(c)
 	s.ka.add(c)
+	// Logged here, on the handshake's goroutine: a log call on the
+	// connection's own goroutine would double its stack for good.
+	s.log.Info("connection opened", "conn", c.id, "remote", c.remote, "subprotocol", sp, "secure", c.secure)
 	s.wg.Add(1)
 	go c.serve()
 	return http.StatusSwitchingProtocols

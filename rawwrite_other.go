@@ -1,4 +1,4 @@
-//go:build !unix
+//go:build !linux
 
 package sipws
 
@@ -11,3 +11,5 @@ type rawWriter struct{}
 func newRawWriter(net.Conn) *rawWriter { return nil }
 
 func (*rawWriter) tryWrite([]byte) (int, error) { return 0, nil }
+
+func (*rawWriter) waitReadable() error { return nil }

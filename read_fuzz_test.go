@@ -98,7 +98,6 @@ func FuzzReadFrames(f *testing.F) {
 	})
 }
 
-
 // hijackRecorder is a ResponseWriter that records refusals and can be
 // hijacked, onto a pipe whose other end is read into out.
 type hijackRecorder struct {

@@ -1,6 +1,7 @@
 package sipws
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -307,6 +308,7 @@ type Server struct {
 	obs    Observer // nil when none
 
 	flows    atomic.Pointer[FlowTokens]
+	readers  sync.Pool // *bufio.Reader of ReadBufferSize, lent to busy connections
 	nextID   atomic.Uint64
 	shutdown atomic.Bool // Shutdown has begun: no lingering for FINs
 	disabled atomic.Bool
@@ -331,6 +333,8 @@ func New(cfg Config) (*Server, error) {
 		s.flows.Store(c.FlowTokens)
 	}
 	s.limits.init(c.MaxConns, c.MaxConnsPerIP)
+	size := c.ReadBufferSize
+	s.readers.New = func() any { return bufio.NewReaderSize(nil, size) }
 	s.ka = newKeepalive(s)
 	return s, nil
 }
