@@ -74,6 +74,7 @@ type Conn struct {
 type outFrame struct {
 	b    []byte
 	data bool // a data frame (for the per-sub-protocol counters)
+	pong bool // a Pong answering a Ping: a later one may replace it
 }
 
 // endCause records how a connection ends.
@@ -313,6 +314,33 @@ func (c *Conn) Close(code CloseCode, reason string) error {
 		return err
 	}
 	return c.startClose(InitiatorHost, code, reason, nil)
+}
+
+// pongReply queues the answer to a Ping (RFC 6455 §5.5.2): also while our
+// own close handshake is under way — only data frames stop after a close
+// frame (§5.5.1) — but not after the peer's close. When an earlier answer is
+// still waiting at the end of the queue, it is replaced rather than joined
+// (§5.5.3 lets the last Ping alone be answered), so that a peer that floods
+// Pings and reads nothing holds one Pong, not a pile of them.
+func (c *Conn) pongReply(p []byte) {
+	f := outFrame{b: controlFrame(opPong, p), pong: true}
+	c.wmu.Lock()
+	switch {
+	case c.state == stateClosed:
+		c.wmu.Unlock()
+		return
+	case len(c.queue) > 0 && c.queue[len(c.queue)-1].pong:
+		last := &c.queue[len(c.queue)-1]
+		c.queued += len(f.b) - len(last.b)
+		*last = f
+		c.wmu.Unlock()
+		return
+	case c.raw != nil && !c.writing && len(c.queue) == 0:
+		c.writeNow(f)
+		return
+	}
+	c.pushLocked(f)
+	c.wmu.Unlock()
 }
 
 // enqueue adds a frame to the send queue and makes sure a writer runs. A

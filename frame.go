@@ -310,8 +310,8 @@ func (c *Conn) readFrame(st *readState) error {
 		c.srv.stats.countRx(c.sp, false)
 		switch h.OpCode {
 		case opPing:
-			// Answer with the same payload; nothing once closing.
-			_ = c.enqueue(outFrame{b: controlFrame(opPong, p)}, false)
+			// Answer with the same payload.
+			c.pongReply(p)
 		case opPong:
 			c.srv.ka.pongReceived(c)
 		case opClose:
