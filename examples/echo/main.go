@@ -17,6 +17,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -56,6 +57,7 @@ func main() {
 type options struct {
 	addr             string
 	admin            string
+	tlsCert, tlsKey  string
 	handshakeTimeout time.Duration
 	logLevel         slog.Level
 	cfg              sipws.Config
@@ -84,6 +86,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8080", "TCP `address` to listen on (port 0 picks a free port)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate `file` (with -tls-key): serve wss (TLS 1.2+) instead of ws")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of -tls-cert")
 	fs.StringVar(&o.admin, "admin", "", "`address` of the admin listener serving /RPC (JSON-RPC: ws.dump, ws.close, stats.get_statistics, …) and /metrics (Prometheus); empty: off. It has no authentication: keep it on loopback")
 	fs.IntVar(&o.cfg.MaxConns, "max-conns", 0, "cap on connections open at once; past it handshakes get 503 + Retry-After (0: no cap)")
 	fs.IntVar(&o.cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "cap on connections open at once from one client IP (0: no cap)")
@@ -156,6 +160,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.logLevel = slog.LevelWarn
 	default:
 		return o, usageError{err: fmt.Errorf("-log-level %q: want debug, info or warn", *logLevel)}
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return o, usageError{err: errors.New("-tls-cert and -tls-key go together")}
 	}
 	if o.handshakeTimeout <= 0 {
 		return o, usageError{err: fmt.Errorf("-handshake-timeout %v: must be positive", o.handshakeTimeout)}
@@ -241,8 +248,25 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 		MaxHeaderBytes: maxHeaderBytes,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			fmt.Fprintf(stderr, "echo: %v\n", err)
+			return 2
+		}
+		// A safe configuration for wss: TLS 1.2 or later with Go's default
+		// cipher suites, and ALPN limited to HTTP/1.1 — WebSocket (RFC 6455)
+		// upgrades an HTTP/1.1 request; a browser that negotiated h2 could
+		// not open one here.
+		hsrv.TLSConfig = &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{cert},
+			NextProtos:   []string{"http/1.1"},
+		}
+		ln = tls.NewListener(ln, hsrv.TLSConfig)
+	}
 	addr := ln.Addr().String()
-	log.Info("listening on "+addr, "addr", addr,
+	log.Info("listening on "+addr, "addr", addr, "tls", o.tlsCert != "",
 		"subprotocols", o.cfg.Subprotocols, "max_message_size", o.cfg.MaxMessageSize, "keepalive", o.cfg.Keepalive)
 
 	served := make(chan error, 1)

@@ -3,11 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -172,6 +181,45 @@ func TestEchoBinary(t *testing.T) {
 		assert.Regexp(t, `(?m)^sipws_ws_current_connections 1$`, string(metrics))
 	})
 
+	t.Run("WSS", func(t *testing.T) {
+		certFile, keyFile, pool := selfSigned(t)
+		p := startEcho(t, bin, "-tls-cert", certFile, "-tls-key", keyFile)
+		d := ws.Dialer{
+			Protocols: []string{"sip"},
+			Timeout:   ioTimeout,
+			TLSConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", NextProtos: []string{"h2", "http/1.1"}},
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+		defer cancel()
+		conn, br, hs, err := d.Dial(ctx, "wss://"+p.addr)
+		require.NoError(t, err)
+		defer conn.Close()
+		assert.Equal(t, "sip", hs.Protocol)
+		tc, ok := conn.(*tls.Conn)
+		require.True(t, ok)
+		st := tc.ConnectionState()
+		assert.GreaterOrEqual(t, st.Version, uint16(tls.VersionTLS12))
+		assert.Equal(t, "http/1.1", st.NegotiatedProtocol, "only HTTP/1.1 is offered by the server")
+		var r io.Reader = conn
+		if br != nil {
+			r = br
+		}
+		require.NoError(t, wsutil.WriteClientMessage(conn, ws.OpText, []byte("over TLS")))
+		_ = conn.SetReadDeadline(time.Now().Add(ioTimeout))
+		data, op, err := wsutil.ReadServerData(struct {
+			io.Reader
+			io.Writer
+		}{r, conn})
+		require.NoError(t, err)
+		assert.Equal(t, ws.OpText, op)
+		assert.Equal(t, "over TLS", string(data))
+
+		// TLS 1.1 is refused.
+		old := tls.Config{RootCAs: pool, MaxVersion: tls.VersionTLS11}
+		_, err = tls.Dial("tcp", p.addr, &old)
+		assert.Error(t, err)
+	})
+
 	t.Run("BadFlagsExit2", func(t *testing.T) {
 		for _, args := range [][]string{
 			{"-subprotocols", "xmpp"},
@@ -180,6 +228,7 @@ func TestEchoBinary(t *testing.T) {
 			{"-log-level", "loud"},
 			{"-keepalive-timeout", "10s", "-pong-wait", "1m"},
 			{"-max", "0"},
+			{"-tls-cert", "only-the-cert.pem"},
 			{"-no-such-flag"},
 			{"extra-argument"},
 		} {
@@ -422,4 +471,34 @@ func (c *client) closeNormally() {
 	_, err := c.rw.Read(b[:])
 	assert.ErrorIs(c.t, err, io.EOF, "the server should close TCP after the close handshake")
 	_ = c.conn.Close()
+}
+
+// selfSigned writes a fresh self-signed certificate for 127.0.0.1 and its key
+// into the test's temporary directory.
+func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	kb, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
+	return certFile, keyFile, pool
 }
