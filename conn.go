@@ -209,6 +209,13 @@ func (c *Conn) Opened() time.Time { return c.opened }
 // LastUsed returns when the last frame was received from the peer.
 func (c *Conn) LastUsed() time.Time { return time.Unix(0, c.lastRecv.Load()) }
 
+// isOpen reports whether messages may still be sent on c.
+func (c *Conn) isOpen() bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.state == stateOpen
+}
+
 // Buffered returns the bytes queued for the peer and not yet written to the
 // socket. A host that sends in bulk can watch it to stay under
 // Config.SendQueueSize, past which the connection is closed as a slow

@@ -27,7 +27,7 @@ func (c *Conn) FlowToken() string {
 
 // ResolveFlow returns the live connection a flow token names. It fails with
 // an error wrapping ErrFlowGone when the token is valid but its connection
-// has ended (answer 430 Flow Failed); ErrFlowInvalid for a tampered or forged
+// has ended or is closing (answer 430 Flow Failed); ErrFlowInvalid for a tampered or forged
 // token; ErrFlowForeign for a token of another edge node (a *ForeignFlowError
 // naming it, so a host may forward there); ErrFlowStale for a token of this
 // node from before a restart (430 too); ErrNoFlowTokens without
@@ -42,7 +42,7 @@ func (s *Server) ResolveFlow(token string) (*Conn, error) {
 		return nil, err
 	}
 	c, ok := s.reg.Get(id)
-	if !ok {
+	if !ok || !c.isOpen() {
 		return nil, fmt.Errorf("%w (connection %d)", ErrFlowGone, id)
 	}
 	return c, nil

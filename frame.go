@@ -480,10 +480,7 @@ const crlfcrlf = "\r\n\r\n"
 // §3.5.1, §4.4.1): it is answered with CRLF in the same frame type and not
 // delivered; like any frame it counted as activity.
 func (c *Conn) deliver(m Message) {
-	c.wmu.Lock()
-	open := c.state == stateOpen
-	c.wmu.Unlock()
-	if !open {
+	if !c.isOpen() {
 		return
 	}
 	if c.sp == SIP && string(m.Data) == crlfcrlf {

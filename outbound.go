@@ -90,7 +90,7 @@ func (r *Registry) ByInstance(instance string, regID int) (*Conn, bool) {
 }
 
 // MapMSRPSession records that the MSRP session id (the session part of an
-// MSRP URI the relay created for c, see Conn.MSRPURI) belongs to c, so that
+// MSRP URI the relay created for c with MSRPURI) belongs to c, so that
 // ByMSRPSession finds c from the To-Path of a chunk (RFC 7977, RFC 4976). The
 // mapping ends with the connection. Mapping a session already mapped to
 // another live connection fails with ErrMSRPSessionTaken.
