@@ -379,7 +379,11 @@ func (c *Conn) enqueue(f outFrame, force bool) error {
 // a writer goroutine. c.wmu is held on entry and released on return. Most
 // frames go out this way, with no goroutine and no copy of the queue.
 func (c *Conn) writeNow(f outFrame) {
+	// The caller is the writer for now: counted like a writer goroutine, so
+	// that the end of the connection waits for it.
 	c.writing = true
+	c.wwg.Add(1)
+	defer c.wwg.Done()
 	c.wmu.Unlock()
 	c.sockMu.Lock()
 	n, err := c.raw.tryWrite(f.b)
