@@ -38,12 +38,25 @@ step "go mod download"
 run go mod download
 
 # --- Browser tests: setup goes here --------------------------------------
-# The interop tests against real browser phones (JsSIP/SIP.js in headless
-# Chromium) will be installed at this point, before the Go tests that use
-# them, e.g.:
-#   step "npm ci (interop/)";   run npm ci --prefix interop
-#   step "chromium";            run apt-get install -y -qq chromium
-# Keep every install here, so that a fresh machine needs nothing by hand.
+# The interop tests (interop/, run last) drive examples/webphone with real
+# SIP clients: JsSIP and SIP.js in Node, and the web page in Debian's
+# headless Chromium through playwright-core (which downloads no browser).
+# Everything they need is installed here, so that a fresh machine needs
+# nothing by hand: Chromium from apt, and the locked npm packages of the
+# tests and of the page (JsSIP; examples/webphone's Go tests use it too).
+if [ ! -x /usr/bin/chromium ]; then
+	step "installing Debian's chromium for the browser tests"
+	if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+		run apt-get update -qq
+		run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	else
+		echo "the browser tests need /usr/bin/chromium: install Debian's chromium" >&2
+		exit 1
+	fi
+fi
+step "npm ci (interop/, examples/webphone/web/)"
+run npm ci --prefix interop --no-audit --no-fund
+run npm ci --prefix examples/webphone/web --no-audit --no-fund
 # --------------------------------------------------------------------------
 
 step "gofmt -l"
@@ -60,3 +73,26 @@ run go vet ./...
 
 step "go test"
 run go test -race -count=1 -timeout 15m ./...
+
+# Every fuzz target for a bounded time (FUZZTIME, 15s by default); a crash
+# fails the run and leaves its input in testdata/fuzz/.
+step "fuzzing (scripts/fuzz.sh, ${FUZZTIME:-15s} per target)"
+run bash scripts/fuzz.sh
+
+# Interop: the webphone binary against JsSIP and SIP.js (Node) and headless
+# Chromium, with node's own test runner. The tests start and stop the
+# binary themselves, on 127.0.0.1. Where this machine allows it they run in
+# a network namespace of their own that has nothing but loopback, so that
+# even WebRTC's ICE between the two browser pages stays on 127.0.0.1.
+step "interop tests (node --test interop/)"
+interop_tmp=$(mktemp -d)
+trap 'rm -rf "$interop_tmp"' EXIT
+run go build -o "$interop_tmp/webphone" ./examples/webphone
+export WEBPHONE_BIN="$interop_tmp/webphone"
+if command -v unshare >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 &&
+	unshare -n true 2>/dev/null; then
+	run unshare -n sh -c 'ip link set lo up && exec node --test interop/'
+else
+	echo "(no network namespace here: running on the host's loopback)"
+	run node --test interop/
+fi

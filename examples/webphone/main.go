@@ -1,0 +1,313 @@
+// Command webphone is the sipws demo: a SIP registrar and proxy for browser
+// phones, over WebSocket, with the web page of a phone. Open it in two
+// browser tabs, register as two users, and call or chat from one to the
+// other.
+//
+//	make demo                                   # npm ci (when needed) and the line below
+//	go run ./examples/webphone -addr 127.0.0.1:8080
+//	go run ./examples/webphone -self-signed     # https and wss
+//
+// It serves the page at / (from -web, with JsSIP from its node_modules,
+// bundled at start), SIP over WebSocket at /ws, and JSON at
+// /api/connections (every connection, from Registry.Dump) and /api/online
+// (the registered users). -admin serves the operations RPC (ws.dump,
+// ws.close, …) and Prometheus metrics on another, private, listener. SIP messages are parsed and
+// built with github.com/emiago/sipgo/sip; everything else of SIP here — the
+// location service, the routing by flow token, the transactions — is in
+// proxy.go, in a few hundred lines. It authenticates no one: it is a demo for
+// a trusted network.
+//
+// Its first log line is "listening on URL" with the address actually bound
+// (useful with port 0). SIGINT or SIGTERM stops it: every phone gets a close
+// frame with 1001 "Going away" (JsSIP and SIP.js reconnect and register
+// again when it is back), and it exits 0 once they are gone or 10 s have
+// passed. Invalid flags exit 2.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sipws/sipws"
+	"github.com/sipws/sipws/sipwsprom"
+)
+
+const (
+	shutdownBound    = 10 * time.Second
+	handshakeTimeout = 10 * time.Second
+	maxHeaderBytes   = 16 << 10
+	sweepInterval    = time.Second
+	flowNode         = "webphone"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, stop, os.Args[1:], os.Stderr))
+}
+
+// options are the parsed command line.
+type options struct {
+	addr       string
+	domain     string
+	tlsCert    string
+	tlsKey     string
+	selfSigned bool
+	admin      string
+	web        string
+	webSet     bool
+	flowKey    []byte
+	logLevel   slog.Level
+}
+
+// usageError is a bad command line: exit status 2.
+type usageError struct {
+	err      error
+	reported bool
+}
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+const defaultWeb = "examples/webphone/web"
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("webphone", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: webphone [flags]\n\n"+
+			"The sipws demo: a SIP registrar and proxy for browser phones over\n"+
+			"WebSocket, and the page of a web phone at /.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.addr, "addr", "127.0.0.1:8080", "TCP `address` to listen on (port 0 picks a free port)")
+	fs.StringVar(&o.domain, "domain", "sipws.test", "SIP `domain` of the users (sip:USER@DOMAIN)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate `file`: serve https and wss (with -tls-key)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of -tls-cert")
+	fs.BoolVar(&o.selfSigned, "self-signed", false, "serve https and wss with a certificate for 127.0.0.1/localhost made at start")
+	fs.StringVar(&o.admin, "admin", "", "`address` of a private listener for the operations RPC (/RPC: ws.dump, ws.close, …) and Prometheus metrics (/metrics); no authentication: keep it on loopback (empty: none)")
+	fs.StringVar(&o.web, "web", defaultWeb, "`directory` of the page (index.html, app.js, style.css, node_modules)")
+	flowKey := fs.String("flow-key", "", "`hex` key (16+ bytes) of the flow tokens in Record-Route; keep it across restarts so that old dialogs get 430 (empty: random)")
+	logLevel := fs.String("log-level", "info", "log `level`: debug (every SIP message), info or warn")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return o, err
+		}
+		return o, usageError{err: err, reported: true}
+	}
+	fs.Visit(func(f *flag.Flag) { o.webSet = o.webSet || f.Name == "web" })
+	if fs.NArg() > 0 {
+		return o, usageError{err: fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return o, usageError{err: errors.New("-tls-cert and -tls-key go together")}
+	}
+	if o.selfSigned && o.tlsCert != "" {
+		return o, usageError{err: errors.New("-self-signed and -tls-cert exclude each other")}
+	}
+	if o.domain == "" || strings.ContainsAny(o.domain, " \t;:@<>/") {
+		return o, usageError{err: fmt.Errorf("-domain %q: want a host name", o.domain)}
+	}
+	if *flowKey != "" {
+		k, err := hex.DecodeString(*flowKey)
+		if err != nil || len(k) < 16 {
+			return o, usageError{err: errors.New("-flow-key: want at least 16 bytes in hex")}
+		}
+		o.flowKey = k
+	}
+	switch strings.ToLower(*logLevel) {
+	case "debug":
+		o.logLevel = slog.LevelDebug
+	case "info":
+		o.logLevel = slog.LevelInfo
+	case "warn", "warning":
+		o.logLevel = slog.LevelWarn
+	default:
+		return o, usageError{err: fmt.Errorf("-log-level %q: want debug, info or warn", *logLevel)}
+	}
+	return o, nil
+}
+
+// app is the wired-up program: the proxy, the sipws Server, its metrics
+// and the site.
+type app struct {
+	proxy   *proxy
+	ws      *sipws.Server
+	metrics *sipwsprom.Metrics
+	site    *site
+}
+
+// newApp builds the proxy and the sipws Server around it.
+func newApp(domain, webDir string, flowKey []byte, log *slog.Logger) (*app, error) {
+	if flowKey == nil {
+		flowKey = make([]byte, 32)
+		_, _ = rand.Read(flowKey)
+	}
+	ft, err := sipws.NewFlowTokens(flowNode, flowKey)
+	if err != nil {
+		return nil, err
+	}
+	p := newProxy(domain, log.With("component", "sip"))
+	metrics := sipwsprom.New()
+	ws, err := sipws.New(sipws.Config{
+		Observer:     metrics,
+		Subprotocols: sipws.SIP,
+		FlowTokens:   ft,
+		CheckOrigin:  sameOrigin,
+		Logger:       log.With("component", "sipws"),
+		OnMessage:    p.onMessage,
+		OnClosed:     p.onClosed,
+		OnOpen: func(c *sipws.Conn) {
+			log.Info("connection open", "conn", c.ID(), "remote", c.RemoteAddr(), "secure", c.Secure(), "origin", c.Header().Get("Origin"))
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.ws = ws
+	metrics.Watch(ws)
+	s := &site{dir: webDir, ws: ws, proxy: p, log: log.With("component", "web")}
+	return &app{proxy: p, ws: ws, metrics: metrics, site: s}, nil
+}
+
+func run(ctx context.Context, stopSignals func(), args []string, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		if ue, ok := err.(usageError); !ok || !ue.reported {
+			fmt.Fprintf(stderr, "webphone: %v\n", err)
+		}
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+
+	if !o.webSet && !webDirOK(o.web) && webDirOK("web") {
+		o.web = "web" // started from examples/webphone
+	}
+	if !webDirOK(o.web) {
+		log.Warn("no index.html in the web directory: the page will not be served (set -web)", "web", o.web)
+	}
+	a, err := newApp(o.domain, o.web, o.flowKey, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "webphone: %v\n", err)
+		return 2
+	}
+	if _, err := a.site.buildJsSIP(); err != nil {
+		log.Warn("JsSIP not bundled: the page cannot register until it is installed", "hint", npmHint, "err", err)
+	}
+
+	var tlsConf *tls.Config
+	host, _, _ := net.SplitHostPort(o.addr)
+	switch {
+	case o.selfSigned:
+		cert, fp, err := selfSigned(host)
+		if err != nil {
+			fmt.Fprintf(stderr, "webphone: %v\n", err)
+			return 1
+		}
+		log.Info("self-signed certificate made", "sha256", fp)
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}}
+	case o.tlsCert != "":
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			fmt.Fprintf(stderr, "webphone: %v\n", err)
+			return 1
+		}
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
+
+	ln, err := net.Listen("tcp", o.addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "webphone: %v\n", err)
+		return 1
+	}
+	scheme := "http"
+	if tlsConf != nil {
+		tlsConf.MinVersion = tls.VersionTLS12
+		tlsConf.NextProtos = []string{"http/1.1"} // WebSocket needs HTTP/1.1
+		ln = tls.NewListener(ln, tlsConf)
+		scheme = "https"
+	}
+	errorLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	hsrv := &http.Server{
+		Handler:           a.site.handler(),
+		ReadHeaderTimeout: handshakeTimeout,
+		ReadTimeout:       handshakeTimeout,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          errorLog,
+	}
+	var admin *http.Server
+	if o.admin != "" {
+		aln, err := net.Listen("tcp", o.admin)
+		if err != nil {
+			_ = ln.Close()
+			fmt.Fprintf(stderr, "webphone: -admin: %v\n", err)
+			return 1
+		}
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(a.metrics)
+		mux := http.NewServeMux()
+		mux.Handle("/RPC", sipws.NewRPCHandler(a.ws))
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		admin = &http.Server{Handler: mux, ReadHeaderTimeout: handshakeTimeout, ReadTimeout: handshakeTimeout, ErrorLog: errorLog}
+		log.Info("admin: operations RPC on http://"+aln.Addr().String()+"/RPC, metrics on /metrics", "addr", aln.Addr().String())
+		go func() { _ = admin.Serve(aln) }()
+	}
+
+	url := scheme + "://" + ln.Addr().String() + "/"
+	log.Info("listening on "+url, "addr", ln.Addr().String(), "domain", o.domain, "web", o.web)
+	go a.proxy.run(sweepInterval)
+	served := make(chan error, 1)
+	go func() { served <- hsrv.Serve(ln) }()
+
+	status := 0
+	select {
+	case err := <-served:
+		log.Error("serve", "err", err)
+		status = 1
+	case <-ctx.Done():
+		stopSignals()
+		log.Info("signal received, shutting down", "bound", shutdownBound)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownBound)
+	defer cancel()
+	var wg sync.WaitGroup
+	var herr, werr error
+	wg.Go(func() { herr = hsrv.Shutdown(sctx) })
+	wg.Go(func() { werr = a.ws.Shutdown(sctx) })
+	if admin != nil {
+		wg.Go(func() { _ = admin.Shutdown(sctx) })
+	}
+	wg.Wait()
+	a.proxy.close()
+	if herr != nil {
+		_ = hsrv.Close()
+	}
+	if herr != nil || werr != nil {
+		log.Warn("shutdown bound reached, connections dropped", "http", herr, "websocket", werr)
+	} else {
+		log.Info("shut down")
+	}
+	return status
+}

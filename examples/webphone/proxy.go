@@ -1,0 +1,850 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipws/sipws"
+)
+
+// The SIP side of the web phone: a registrar and a proxy for browser phones
+// that are reachable only over the WebSocket connection they opened.
+//
+// Routing, in short:
+//
+//   - REGISTER binds sip:USER@DOMAIN to the Contact and to the connection the
+//     REGISTER came on (with RFC 5626 Outbound, to the +sip.instance/reg-id
+//     flow, so that a reconnect replaces the old connection). Bindings end
+//     with Expires: 0, on expiry, and when their connection closes.
+//   - A request for sip:USER@DOMAIN goes to the connection of USER's
+//     binding, with the Request-URI set to the registered Contact. MESSAGE
+//     (and any other non-INVITE) forks to every connection of the user;
+//     INVITE goes to the most recent registration only.
+//   - The proxy adds a Via of its own whose branch keys a small transaction
+//     table: a response is routed back by that branch to the connection the
+//     request came from, after the Via is removed.
+//   - A dialog-creating INVITE gets two Record-Route headers, each a flow
+//     URI (sip:TOKEN@DOMAIN;transport=ws;lr) naming one side's connection.
+//     An in-dialog request (ACK, BYE, re-INVITE) comes back with both as
+//     Route headers: the proxy removes the Routes that are its own and sends
+//     the request to the connection of the token that is not the sender's;
+//     when that connection is gone the answer is 430 Flow Failed.
+//   - CANCEL is answered 200 at once and sent on to the callee (after its
+//     first provisional response); the callee's 487 goes back to the caller.
+//     The proxy ACKs non-2xx final responses to INVITE itself and absorbs
+//     the caller's ACK for them (RFC 3261 §16.7, §17.1.1.3).
+
+// Status codes and reason phrases of the responses the proxy makes itself.
+const (
+	reasonFlowFailed = "Flow Failed" // RFC 5626 §11.6
+)
+
+// maxForwardsDefault is put in a forwarded request that had no Max-Forwards.
+const maxForwardsDefault = 70
+
+// proxy is the registrar and proxy. Its methods are called from the sipws
+// hooks, one goroutine per connection, and are safe for concurrent use.
+type proxy struct {
+	domain string
+	server string // the Server header of our responses
+	log    *slog.Logger
+	ws     *sipws.Server // with Config.FlowTokens set
+	reg    *registrar
+	txns   *txnTable
+	now    func() time.Time
+
+	parser *sip.Parser
+	stop   chan struct{}
+	once   sync.Once
+}
+
+// flowGone reports a ResolveFlow error for a token of ours whose connection
+// has ended, in this run (ErrFlowGone) or before a restart (ErrFlowStale):
+// RFC 5626 §5.3's 430 Flow Failed, after which the UA registers a new flow.
+func flowGone(err error) bool {
+	return errors.Is(err, sipws.ErrFlowGone) || errors.Is(err, sipws.ErrFlowStale)
+}
+
+func newProxy(domain string, log *slog.Logger) *proxy {
+	p := &proxy{
+		domain: domain,
+		server: "sipws-webphone (sipws/" + sipws.Version + ")",
+		log:    log,
+		reg:    newRegistrar(),
+		txns:   newTxnTable(),
+		now:    time.Now,
+		parser: sip.NewParser(),
+		stop:   make(chan struct{}),
+	}
+	p.parser.MaxMessageLength = sipws.MaxMaxMessageSize
+	return p
+}
+
+// onMessage is the sipws OnMessage hook.
+func (p *proxy) onMessage(c *sipws.Conn, m sipws.Message) {
+	msg, err := p.parser.ParseSIP(m.Data)
+	if err != nil {
+		p.log.Warn("unparsable SIP message dropped", "conn", c.ID(), "err", err, "size", len(m.Data))
+		return
+	}
+	switch msg := msg.(type) {
+	case *sip.Request:
+		p.log.Debug("SIP in", "conn", c.ID(), "request", string(msg.Method)+" "+msg.Recipient.String())
+		p.onRequest(c, msg)
+	case *sip.Response:
+		p.log.Debug("SIP in", "conn", c.ID(), "response", msg.StatusCode, "cseq", msg.CSeq())
+		p.onResponse(c, msg)
+	}
+}
+
+// onClosed is the sipws OnClosed hook: the connection's bindings go, its
+// pending downstream branches fail with 480, and INVITEs it was the caller
+// of are cancelled downstream.
+func (p *proxy) onClosed(ev sipws.Closed) {
+	if n := p.reg.dropConn(ev.ConnID); n > 0 {
+		p.log.Info("bindings removed with their connection", "conn", ev.ConnID, "bindings", n)
+	}
+	var out []outbound
+	p.txns.mu.Lock()
+	for _, t := range p.txns.byKey {
+		if t.key.src == ev.ConnID {
+			if t.invite() && t.final == 0 {
+				out = append(out, p.cancelBranchesLocked(t)...)
+			}
+			continue
+		}
+		for _, b := range t.branches {
+			if b.dst == ev.ConnID && b.status == 0 {
+				res := p.newResponse(t.orig, 480, "Temporarily Unavailable")
+				out = append(out, p.branchFinalLocked(b, res)...)
+			}
+		}
+	}
+	p.txns.mu.Unlock()
+	p.sendAll(out)
+}
+
+// outbound is a message to send once the transaction lock is released.
+type outbound struct {
+	to  sipws.ConnID
+	msg sip.Message
+}
+
+func (p *proxy) sendAll(out []outbound) {
+	for _, o := range out {
+		_ = p.send(o.to, o.msg)
+	}
+}
+
+// send sends msg on connection id.
+func (p *proxy) send(id sipws.ConnID, msg sip.Message) error {
+	c, ok := p.ws.Registry().Get(id)
+	if !ok {
+		p.log.Debug("SIP not sent: connection gone", "conn", id, "msg", firstLine(msg))
+		return fmt.Errorf("connection %d is gone", id)
+	}
+	return p.sendOn(c, msg)
+}
+
+func (p *proxy) sendOn(c *sipws.Conn, msg sip.Message) error {
+	if err := c.Send([]byte(msg.String())); err != nil {
+		p.log.Debug("SIP not sent", "conn", c.ID(), "msg", firstLine(msg), "err", err)
+		return err
+	}
+	p.log.Debug("SIP out", "conn", c.ID(), "msg", firstLine(msg))
+	return nil
+}
+
+func firstLine(m sip.Message) string {
+	switch m := m.(type) {
+	case *sip.Request:
+		return m.StartLine()
+	case *sip.Response:
+		return m.StartLine()
+	}
+	return ""
+}
+
+// newResponse builds a response of ours to req.
+func (p *proxy) newResponse(req *sip.Request, code int, reason string) *sip.Response {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	res.AppendHeader(sip.NewHeader("Server", p.server))
+	return res
+}
+
+// reply answers req on c.
+func (p *proxy) reply(c *sipws.Conn, req *sip.Request, code int, reason string, extra ...sip.Header) {
+	res := p.newResponse(req, code, reason)
+	for _, h := range extra {
+		res.AppendHeader(h)
+	}
+	_ = p.sendOn(c, res)
+}
+
+// isOurHost reports whether host names this proxy (the SIP domain).
+func (p *proxy) isOurHost(host string) bool {
+	return strings.EqualFold(strings.TrimSuffix(host, "."), p.domain)
+}
+
+// onRequest handles a request from c.
+func (p *proxy) onRequest(c *sipws.Conn, req *sip.Request) {
+	req.SetSource(c.RemoteAddr().String())
+	via := req.Via()
+	if via == nil {
+		p.log.Warn("request without Via dropped", "conn", c.ID(), "method", req.Method)
+		return
+	}
+	if req.From() == nil || req.To() == nil || req.CallID() == nil || req.CSeq() == nil || req.CSeq().MethodName != req.Method {
+		if req.Method != sip.ACK {
+			p.reply(c, req, 400, "Bad Request (missing or inconsistent From, To, Call-ID or CSeq)")
+		}
+		return
+	}
+	branch, _ := via.Params.Get("branch")
+	switch req.Method {
+	case sip.ACK:
+		p.onAck(c, req, branch)
+		return
+	case sip.CANCEL:
+		p.onCancel(c, req, branch)
+		return
+	}
+	key := txnKey{src: c.ID(), branch: branch, method: string(req.Method)}
+	p.txns.mu.Lock()
+	_, retransmission := p.txns.byKey[key]
+	p.txns.mu.Unlock()
+	if retransmission {
+		p.log.Debug("retransmission absorbed", "conn", c.ID(), "method", req.Method, "branch", branch)
+		return
+	}
+
+	orig := req.Clone()
+	rt := p.route(c, req)
+	switch {
+	case rt.local:
+		p.local(c, req)
+	case rt.code != 0:
+		p.refuse(c, orig, key, rt.code, rt.reason)
+	default:
+		p.forward(c, req, orig, key, rt.targets)
+	}
+}
+
+// refuse answers a request we cannot route. For an INVITE it also records a
+// finished transaction, so that the caller's ACK for our answer is absorbed.
+func (p *proxy) refuse(c *sipws.Conn, orig *sip.Request, key txnKey, code int, reason string) {
+	if orig.Method == sip.INVITE {
+		p.txns.add(&proxyTxn{key: key, orig: orig, final: code, deadline: p.now().Add(afterFinal)})
+	}
+	p.reply(c, orig, code, reason)
+}
+
+// target is one destination of a request: a connection and, when the
+// request is retargeted by the location service, the new Request-URI.
+type target struct {
+	conn *sipws.Conn
+	ruri *sip.Uri
+}
+
+// routing is the outcome of route: a local request, a refusal, or targets.
+type routing struct {
+	local   bool
+	code    int
+	reason  string
+	targets []target
+}
+
+// route decides where req goes. It removes the Route headers that are ours.
+func (p *proxy) route(c *sipws.Conn, req *sip.Request) routing {
+	if tokens := p.popRoutes(req); len(tokens) > 0 {
+		return p.routeByFlow(c, tokens)
+	}
+	if req.Method == sip.REGISTER {
+		return routing{local: true}
+	}
+	ruri := &req.Recipient
+	switch {
+	case p.isOurHost(ruri.Host) && ruri.User == "":
+		return routing{local: true}
+	case p.isOurHost(ruri.Host):
+		bs := p.reg.lookup(ruri.User, p.now())
+		if len(bs) == 0 {
+			// sip:TOKEN@DOMAIN reaches a flow directly, as a GRUU would.
+			if _, err := p.ws.ResolveFlow(ruri.User); err == nil || flowGone(err) {
+				return p.routeByFlow(c, []string{ruri.User})
+			}
+			return routing{code: 404, reason: "Not Found"}
+		}
+		var rt routing
+		seen := make(map[sipws.ConnID]bool)
+		for _, b := range bs {
+			if seen[b.conn] {
+				continue
+			}
+			seen[b.conn] = true
+			dst, ok := p.ws.Registry().Get(b.conn)
+			if !ok {
+				continue
+			}
+			rt.targets = append(rt.targets, target{conn: dst, ruri: b.contact.Address.Clone()})
+			if req.Method == sip.INVITE {
+				break // no forking of calls: the most recent registration rings
+			}
+		}
+		if len(rt.targets) == 0 {
+			return routing{code: 480, reason: "Temporarily Unavailable"}
+		}
+		return rt
+	case strings.HasSuffix(strings.ToLower(ruri.Host), ".invalid"):
+		// A browser's Contact: an in-dialog request of a client that
+		// ignored our Record-Route.
+		b, ok := p.reg.byContactHost(ruri.Host, p.now())
+		if !ok {
+			return routing{code: 404, reason: "Not Found"}
+		}
+		dst, ok := p.ws.Registry().Get(b.conn)
+		if !ok {
+			return routing{code: 480, reason: "Temporarily Unavailable"}
+		}
+		return routing{targets: []target{{conn: dst}}}
+	}
+	return routing{code: 404, reason: "Not Found (domain not served here)"}
+}
+
+// popRoutes removes the Route headers at the top of req that name this
+// proxy and returns the flow tokens in them, in order.
+func (p *proxy) popRoutes(req *sip.Request) []string {
+	var tokens []string
+	for {
+		rh := req.Route()
+		if rh == nil || !p.isOurHost(rh.Address.Host) {
+			return tokens
+		}
+		req.RemoveHeader("Route")
+		if tok, ok := sipws.TokenFromURI(rh.Address.String()); ok {
+			tokens = append(tokens, tok)
+		}
+	}
+}
+
+// routeByFlow picks the destination of an in-dialog request from the flow
+// tokens of its Route headers: the last one that names a live connection
+// other than the sender's. The other side's token is the last of ours in
+// either direction, because the caller's route set is the reverse of the
+// callee's.
+func (p *proxy) routeByFlow(c *sipws.Conn, tokens []string) routing {
+	var gone, invalid, self bool
+	for i := len(tokens) - 1; i >= 0; i-- {
+		dst, err := p.ws.ResolveFlow(tokens[i])
+		switch {
+		case err == nil && dst.ID() != c.ID():
+			return routing{targets: []target{{conn: dst}}}
+		case err == nil:
+			self = true
+		case flowGone(err):
+			gone = true
+		default:
+			p.log.Info("invalid flow token", "conn", c.ID(), "err", err)
+			invalid = true
+		}
+	}
+	switch {
+	case gone:
+		return routing{code: 430, reason: reasonFlowFailed}
+	case invalid:
+		return routing{code: 403, reason: "Forbidden (invalid flow token)"}
+	case self:
+		return routing{code: 482, reason: "Loop Detected"}
+	}
+	return routing{code: 404, reason: "Not Found"}
+}
+
+// local handles a request addressed to the proxy itself.
+func (p *proxy) local(c *sipws.Conn, req *sip.Request) {
+	switch req.Method {
+	case sip.REGISTER:
+		p.register(c, req)
+	case sip.OPTIONS:
+		p.reply(c, req, 200, "OK",
+			sip.NewHeader("Allow", "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, MESSAGE, INFO, UPDATE"),
+			sip.NewHeader("Accept", "application/sdp, text/plain"),
+			sip.NewHeader("Supported", "outbound, path"))
+	default:
+		p.reply(c, req, 405, "Method Not Allowed", sip.NewHeader("Allow", "REGISTER, OPTIONS"))
+	}
+}
+
+// dialogCreating reports an out-of-dialog request that creates a dialog, to
+// be record-routed.
+func dialogCreating(req *sip.Request) bool {
+	switch req.Method {
+	case sip.INVITE, sip.SUBSCRIBE, sip.REFER:
+		_, hasTag := req.To().Params.Get("tag")
+		return !hasTag
+	}
+	return false
+}
+
+// flowRoute returns a Record-Route header naming connection c.
+func (p *proxy) flowRoute(c *sipws.Conn) *sip.RecordRouteHeader {
+	rr := &sip.RecordRouteHeader{}
+	if err := sip.ParseUri(sipws.FlowURI(c.FlowToken(), p.domain, 0, false), &rr.Address); err != nil {
+		panic(fmt.Sprintf("flow URI does not parse: %v", err)) // tokens are base64url and the domain a host
+	}
+	return rr
+}
+
+// via returns a Via of ours with a new branch, for a request sent on dst.
+func (p *proxy) via(dst *sipws.Conn) *sip.ViaHeader {
+	transport := "WS"
+	if dst.Secure() {
+		transport = "WSS"
+	}
+	v := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: transport, Host: p.domain, Params: sip.NewParams()}
+	v.Params.Add("branch", newBranch())
+	return v
+}
+
+// forward sends req to its targets, statefully unless it is an ACK.
+func (p *proxy) forward(c *sipws.Conn, req, orig *sip.Request, key txnKey, targets []target) {
+	if mf := req.MaxForwards(); mf == nil {
+		h := sip.MaxForwardsHeader(maxForwardsDefault)
+		req.AppendHeader(&h)
+	} else if *mf == 0 {
+		p.refuse(c, orig, key, 483, "Too Many Hops")
+		return
+	} else {
+		*mf--
+	}
+	var rrSrc *sip.RecordRouteHeader
+	if dialogCreating(req) {
+		rrSrc = p.flowRoute(c)
+	}
+	t := &proxyTxn{key: key, orig: orig, deadline: p.now().Add(nonInviteLifetime)}
+	if t.invite() {
+		t.deadline = p.now().Add(inviteTimerC)
+		p.reply(c, orig, 100, "Trying")
+	}
+	for i, tg := range targets {
+		r := req
+		if i < len(targets)-1 {
+			r = req.Clone()
+		}
+		if tg.ruri != nil {
+			r.Recipient = *tg.ruri
+		}
+		if rrSrc != nil {
+			// The callee's side on top: the callee's route set is the
+			// Record-Route list in order, the caller's is its reverse.
+			r.PrependHeader(p.flowRoute(tg.conn), rrSrc.Clone())
+		}
+		v := p.via(tg.conn)
+		r.PrependHeader(v)
+		b := &proxyBranch{txn: t, id: v.Params.GetOr("branch", ""), dst: tg.conn.ID(), req: r}
+		t.branches = append(t.branches, b)
+	}
+	p.txns.add(t)
+	var out []outbound
+	for i, b := range t.branches {
+		if err := p.sendOn(targets[i].conn, b.req); err != nil {
+			p.txns.mu.Lock()
+			if b.status == 0 {
+				out = append(out, p.branchFinalLocked(b, p.newResponse(orig, 480, "Temporarily Unavailable"))...)
+			}
+			p.txns.mu.Unlock()
+		}
+	}
+	p.sendAll(out)
+}
+
+// onAck handles an ACK: the one for a non-2xx final response we forwarded
+// was already sent downstream by us and is absorbed; the one for a 2xx is
+// routed like any in-dialog request. An ACK is never answered.
+func (p *proxy) onAck(c *sipws.Conn, req *sip.Request, branch string) {
+	p.txns.mu.Lock()
+	t := p.txns.byKey[txnKey{src: c.ID(), branch: branch, method: string(sip.INVITE)}]
+	absorbed := t != nil && t.final >= 300
+	p.txns.mu.Unlock()
+	if absorbed {
+		return
+	}
+	rt := p.route(c, req)
+	if rt.local || rt.code != 0 || len(rt.targets) == 0 {
+		p.log.Debug("ACK dropped", "conn", c.ID(), "code", rt.code, "reason", rt.reason)
+		return
+	}
+	if mf := req.MaxForwards(); mf != nil {
+		if *mf == 0 {
+			return
+		}
+		*mf--
+	}
+	dst := rt.targets[0]
+	if dst.ruri != nil {
+		req.Recipient = *dst.ruri
+	}
+	req.PrependHeader(p.via(dst.conn))
+	_ = p.sendOn(dst.conn, req)
+}
+
+// onCancel answers a CANCEL with 200 and cancels the INVITE's branches.
+func (p *proxy) onCancel(c *sipws.Conn, req *sip.Request, branch string) {
+	p.txns.mu.Lock()
+	t := p.txns.byKey[txnKey{src: c.ID(), branch: branch, method: string(sip.INVITE)}]
+	if t == nil {
+		p.txns.mu.Unlock()
+		p.reply(c, req, 481, "Call/Transaction Does Not Exist")
+		return
+	}
+	var out []outbound
+	if t.final == 0 {
+		t.canceled = true
+		out = p.cancelBranchesLocked(t)
+	}
+	p.txns.mu.Unlock()
+	p.reply(c, req, 200, "OK")
+	p.sendAll(out)
+}
+
+// cancelBranchesLocked returns the CANCELs for t's pending branches that
+// have had a provisional response and marks the others to be cancelled when
+// one arrives (RFC 3261 §9.1). The table lock is held.
+func (p *proxy) cancelBranchesLocked(t *proxyTxn) []outbound {
+	var out []outbound
+	for _, b := range t.branches {
+		if b.status != 0 {
+			continue
+		}
+		if b.provisional {
+			out = append(out, outbound{b.dst, requestFor(b.req, sip.CANCEL, nil)})
+		} else {
+			b.cancelPending = true
+		}
+	}
+	return out
+}
+
+// requestFor builds the CANCEL (RFC 3261 §9.1) or the ACK for a non-2xx
+// (§17.1.1.3) of a request we sent: same Request-URI, top Via (ours, with
+// its branch), Route, From, Call-ID and CSeq number; To from the response
+// for an ACK.
+func requestFor(sent *sip.Request, method sip.RequestMethod, res *sip.Response) *sip.Request {
+	r := sip.NewRequest(method, *sent.Recipient.Clone())
+	r.AppendHeader(sent.Via().Clone())
+	for _, h := range sent.GetHeaders("Route") {
+		r.AppendHeader(sip.HeaderClone(h))
+	}
+	mf := sip.MaxForwardsHeader(maxForwardsDefault)
+	r.AppendHeader(&mf)
+	r.AppendHeader(sip.HeaderClone(sent.From()))
+	if res != nil && res.To() != nil {
+		r.AppendHeader(sip.HeaderClone(res.To()))
+	} else {
+		r.AppendHeader(sip.HeaderClone(sent.To()))
+	}
+	r.AppendHeader(sip.HeaderClone(sent.CallID()))
+	r.AppendHeader(&sip.CSeqHeader{SeqNo: sent.CSeq().SeqNo, MethodName: method})
+	r.SetBody(nil)
+	return r
+}
+
+// onResponse routes a response back by the branch of its top Via, which
+// must be ours and must have come from the connection we sent the request
+// on.
+func (p *proxy) onResponse(c *sipws.Conn, res *sip.Response) {
+	via := res.Via()
+	cseq := res.CSeq()
+	if via == nil || cseq == nil {
+		p.log.Debug("response without Via or CSeq dropped", "conn", c.ID())
+		return
+	}
+	id, _ := via.Params.Get("branch")
+	p.txns.mu.Lock()
+	b := p.txns.byBranch[id]
+	if b == nil || b.dst != c.ID() {
+		p.txns.mu.Unlock()
+		p.log.Debug("stray response dropped", "conn", c.ID(), "status", res.StatusCode, "branch", id)
+		return
+	}
+	if cseq.MethodName == sip.CANCEL || cseq.MethodName == sip.ACK || string(cseq.MethodName) != b.txn.key.method {
+		p.txns.mu.Unlock() // the answer to our own CANCEL: hop by hop
+		return
+	}
+	res.RemoveHeader("Via")
+	t := b.txn
+	var out []outbound
+	switch code := res.StatusCode; {
+	case code < 200:
+		first := !b.provisional
+		b.provisional = true
+		if first && b.cancelPending && b.status == 0 {
+			b.cancelPending = false
+			out = append(out, outbound{b.dst, requestFor(b.req, sip.CANCEL, nil)})
+		}
+		if code > 100 && t.final == 0 && b.status == 0 {
+			out = append(out, outbound{t.key.src, res})
+		}
+	case code < 300:
+		if b.status == 0 {
+			b.status = code
+		}
+		switch {
+		case t.final == 0:
+			t.final = code
+			t.deadline = p.now().Add(afterFinal)
+			out = append(out, outbound{t.key.src, res})
+			out = append(out, p.cancelBranchesLocked(t)...)
+		case t.invite() && t.final < 300:
+			// Every 2xx to an INVITE goes upstream (RFC 3261 §16.7
+			// step 5): the callee retransmits it until the ACK.
+			out = append(out, outbound{t.key.src, res})
+		}
+	default:
+		if b.status != 0 {
+			break
+		}
+		if t.invite() {
+			out = append(out, outbound{b.dst, requestFor(b.req, sip.ACK, res)})
+		}
+		out = append(out, p.branchFinalLocked(b, res)...)
+	}
+	p.txns.mu.Unlock()
+	p.sendAll(out)
+}
+
+// branchFinalLocked records a non-2xx final response (received, or made up
+// for a branch whose connection failed) and, when it was the last branch
+// pending, returns the best final response for upstream (RFC 3261 §16.7
+// step 6: a 6xx, else the lowest status). The table lock is held.
+func (p *proxy) branchFinalLocked(b *proxyBranch, res *sip.Response) []outbound {
+	t := b.txn
+	b.status = res.StatusCode
+	if t.best == nil || better(res.StatusCode, t.best.StatusCode) {
+		t.best = res
+	}
+	if t.final != 0 || t.pending() {
+		return nil
+	}
+	t.final = t.best.StatusCode
+	t.deadline = p.now().Add(afterFinal)
+	return []outbound{{t.key.src, t.best}}
+}
+
+func better(a, b int) bool {
+	if (a >= 600) != (b >= 600) {
+		return a >= 600
+	}
+	return a < b
+}
+
+// sweep ends expired transactions and bindings. A transaction that expires
+// without a final response is answered 408 upstream (Timer C or F) and its
+// pending INVITE branches are cancelled.
+func (p *proxy) sweep() {
+	now := p.now()
+	if n := p.reg.expire(now); n > 0 {
+		p.log.Info("bindings expired", "count", n)
+	}
+	var out []outbound
+	p.txns.mu.Lock()
+	for _, t := range p.txns.byKey {
+		if now.Before(t.deadline) {
+			continue
+		}
+		if t.final == 0 {
+			if t.invite() {
+				out = append(out, p.cancelBranchesLocked(t)...)
+			}
+			t.final = 408
+			out = append(out, outbound{t.key.src, p.newResponse(t.orig, 408, "Request Timeout")})
+		}
+		p.txns.removeLocked(t)
+	}
+	p.txns.mu.Unlock()
+	p.sendAll(out)
+}
+
+// run sweeps every interval until close.
+func (p *proxy) run(interval time.Duration) {
+	tk := time.NewTicker(interval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-tk.C:
+			p.sweep()
+		}
+	}
+}
+
+func (p *proxy) close() { p.once.Do(func() { close(p.stop) }) }
+
+// register is the registrar (RFC 3261 §10.3, RFC 5626 §6).
+func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
+	to := req.To()
+	if !p.isOurHost(to.Address.Host) {
+		p.reply(c, req, 403, "Forbidden (domain not served here)")
+		return
+	}
+	user := to.Address.User
+	if user == "" {
+		p.reply(c, req, 400, "Bad Request (no user in To)")
+		return
+	}
+	now := p.now()
+	headerExpires := -1
+	if h := req.GetHeader("Expires"); h != nil {
+		v, err := strconv.ParseUint(strings.TrimSpace(h.Value()), 10, 32)
+		if err != nil {
+			p.reply(c, req, 400, "Bad Request (Expires)")
+			return
+		}
+		headerExpires = int(min(v, 1<<31))
+	}
+	var contacts []*sip.ContactHeader
+	for _, h := range req.GetHeaders("Contact") {
+		if ch, ok := h.(*sip.ContactHeader); ok {
+			contacts = append(contacts, ch)
+		}
+	}
+	outboundOffered := hasOptionTag(req, "Supported", "outbound")
+	usedOutbound := false
+	for _, ch := range contacts {
+		if ch.Address.Wildcard {
+			if len(contacts) != 1 || headerExpires != 0 {
+				p.reply(c, req, 400, "Bad Request (Contact: * needs Expires: 0 and no other Contact)")
+				return
+			}
+			p.reg.removeAll(user)
+			p.log.Info("unregistered", "user", user, "conn", c.ID(), "contacts", "*")
+			p.registered(c, req, user, now, false)
+			return
+		}
+	}
+	// Check every Contact first: a bad one fails the request before any
+	// binding changes.
+	type update struct {
+		ch       *sip.ContactHeader
+		exp      int
+		instance string
+		regID    int
+		key      string
+	}
+	var updates []update
+	for _, ch := range contacts {
+		u := update{ch: ch, exp: headerExpires}
+		if u.exp < 0 {
+			u.exp = defaultExpires
+		}
+		if v, ok := paramGet(ch.Params, "expires"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+			if err != nil {
+				p.reply(c, req, 400, "Bad Request (expires parameter)")
+				return
+			}
+			u.exp = int(min(n, 1<<31))
+		}
+		u.exp = min(u.exp, maxExpires)
+		if v, ok := paramGet(ch.Params, "+sip.instance"); ok {
+			u.instance = strings.Trim(strings.TrimSpace(v), `"<>`)
+		}
+		if v, ok := paramGet(ch.Params, "reg-id"); ok && u.instance != "" {
+			// reg-id without +sip.instance means nothing (RFC 5626 §5.2).
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil || n < 1 {
+				p.reply(c, req, 400, "Bad Request (reg-id)")
+				return
+			}
+			u.regID = n
+		}
+		u.key = bindingKey(u.instance, u.regID, ch.Address.String())
+		if p.reg.stale(user, u.key, req.CallID().Value(), req.CSeq().SeqNo) {
+			p.reply(c, req, 500, "Server Internal Error (out-of-order REGISTER)")
+			return
+		}
+		updates = append(updates, u)
+	}
+	agent := ""
+	if h := req.GetHeader("User-Agent"); h != nil {
+		agent = h.Value()
+	}
+	for _, u := range updates {
+		if u.exp == 0 {
+			p.reg.remove(user, u.key)
+			p.log.Info("unregistered", "user", user, "conn", c.ID(), "contact", u.ch.Address.String())
+			continue
+		}
+		ob := outboundOffered && u.regID > 0
+		if ob {
+			// The flow of this instance is now c: a connection the phone
+			// had before (it reconnected) is closed by the library.
+			replaced, err := p.ws.BindInstance(c, u.instance, u.regID)
+			if err != nil {
+				p.reply(c, req, 500, "Server Internal Error (connection closing)")
+				return
+			}
+			if replaced != nil {
+				p.log.Info("flow replaced", "user", user, "old_conn", replaced.ID(), "conn", c.ID())
+			}
+			usedOutbound = true
+		}
+		stored := u.ch.Clone()
+		stored.Params.Remove("expires")
+		p.reg.put(&binding{
+			user: user, key: u.key, contact: *stored, conn: c.ID(),
+			instance: u.instance, regID: u.regID, outbound: ob,
+			callID: req.CallID().Value(), cseq: req.CSeq().SeqNo,
+			agent: agent, expires: now.Add(time.Duration(u.exp) * time.Second), updated: now,
+		})
+		p.log.Info("registered", "user", user, "conn", c.ID(), "contact", u.ch.Address.String(), "expires", u.exp, "outbound", ob)
+	}
+	p.registered(c, req, user, now, usedOutbound)
+}
+
+// registered sends the 200 OK to a REGISTER: every current binding of the
+// user with its remaining time (RFC 3261 §10.3 step 8).
+func (p *proxy) registered(c *sipws.Conn, req *sip.Request, user string, now time.Time, outbound bool) {
+	res := p.newResponse(req, 200, "OK")
+	for _, b := range p.reg.lookup(user, now) {
+		ch := b.contact.Clone()
+		ch.Params.Add("expires", strconv.Itoa(int((b.expires.Sub(now)+time.Second/2)/time.Second)))
+		res.AppendHeader(ch)
+	}
+	if outbound {
+		res.AppendHeader(sip.NewHeader("Require", "outbound"))
+	}
+	res.AppendHeader(sip.NewHeader("Supported", "outbound, path"))
+	_ = p.sendOn(c, res)
+}
+
+// paramGet returns a parameter by case-insensitive name.
+func paramGet(ps sip.HeaderParams, name string) (string, bool) {
+	for _, kv := range ps {
+		if strings.EqualFold(kv.K, name) {
+			return kv.V, true
+		}
+	}
+	return "", false
+}
+
+// hasOptionTag reports whether a Supported or Require header of req lists
+// tag.
+func hasOptionTag(req *sip.Request, header, tag string) bool {
+	for _, h := range req.GetHeaders(header) {
+		for _, t := range strings.Split(h.Value(), ",") {
+			if strings.EqualFold(strings.TrimSpace(t), tag) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

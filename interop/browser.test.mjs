@@ -1,0 +1,212 @@
+// The web page in headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core, which downloads nothing): two pages register as alice and
+// bob, chat, and call each other with audio from Chromium's fake devices.
+// What each page sent and received is read from its SIP trace, the list of
+// every message its WebSocket carried; the call's media from JsSIP's
+// RTCPeerConnection.
+import { describe, test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { createRequire } from "node:module";
+import { chromium } from "playwright-core";
+
+const require = createRequire(import.meta.url);
+const { start, online, getJSON, repo } = require("./lib/server.js");
+
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const SCREENSHOT = process.env.WEBPHONE_SCREENSHOT || path.join(repo, "docs", "webphone.png");
+const T = 15000; // bound of every wait on a page
+
+// trace returns a page's SIP trace: [{dir, first, method}], oldest first.
+function trace(page) {
+  return page.$$eval("#sip-trace li", (lis) => lis.map((li) => ({ dir: li.dataset.dir, first: li.dataset.first, method: li.dataset.method })));
+}
+
+// assertSequence checks that the trace holds the steps in this order (other
+// messages may come between them), each step "dir first-line-prefix method".
+function assertSequence(tr, steps, who) {
+  let i = 0;
+  for (const [dir, prefix, method] of steps) {
+    while (i < tr.length && !(tr[i].dir === dir && tr[i].first.startsWith(prefix) && tr[i].method === method)) i++;
+    assert.ok(i < tr.length, `${who}: ${dir} "${prefix}" (${method}) not found in order in the SIP trace:\n` +
+      tr.map((t) => `  ${t.dir} ${t.first} [${t.method}]`).join("\n"));
+    i++;
+  }
+}
+
+async function callState(page) {
+  return page.$eval("#call-state", (e) => e.dataset.state);
+}
+
+describe("web page in headless Chromium", { timeout: 120000 }, () => {
+  let srv, browser, alice, bob;
+  const errors = [];
+
+  before(async () => {
+    assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium)`);
+    srv = await start();
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        "--no-sandbox",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        // ICE candidates on 127.0.0.1 too: the test may run in a network
+        // namespace that has nothing but loopback.
+        "--allow-loopback-in-peer-connection",
+      ],
+    });
+    const open = async (name) => {
+      const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+      const page = await ctx.newPage();
+      page.on("pageerror", (err) => errors.push(`${name}: ${err.message}`));
+      page.on("console", (msg) => {
+        if (msg.type() === "error") errors.push(`${name} console: ${msg.text()}`);
+      });
+      await page.goto(srv.url, { timeout: T });
+      return page;
+    };
+    alice = await open("alice");
+    bob = await open("bob");
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    if (srv) await srv.stop();
+  });
+
+  test("both pages register; the server has them online", async () => {
+    for (const [page, name] of [[alice, "alice"], [bob, "bob"]]) {
+      await page.fill("#name", name);
+      await page.click("#register");
+      await page.waitForSelector('body[data-reg="registered"][data-ws="connected"]', { timeout: T });
+      assert.equal(await page.textContent("#reg-status"), `registered as ${name}`);
+    }
+    assert.deepEqual(await online(srv), { alice: 1, bob: 1 });
+    // And each page lists the other as online, with a Call button.
+    await alice.waitForSelector('#online li[data-user="bob"] button.call:not([disabled])', { timeout: T });
+    await bob.waitForSelector('#online li[data-user="alice"] button.call:not([disabled])', { timeout: T });
+    const users = await getJSON(srv, "/api/online");
+    for (const u of users.users) assert.equal(u.bindings[0].outbound, true, `${u.user} registered with Outbound (JsSIP's reg-id)`);
+  });
+
+  test("MESSAGE between the pages, both ways", async () => {
+    const say = async (from, to, toName, fromName, text) => {
+      await from.fill("#chat-to", toName);
+      await from.fill("#chat-text", text);
+      await from.click("#chat-send");
+      const got = to.locator(`#chat-log li[data-dir="in"][data-peer="${fromName}"] .text`, { hasText: text });
+      await got.waitFor({ timeout: T });
+      assert.equal(await got.count(), 1, "delivered exactly once");
+      assert.equal(await got.textContent(), text);
+      await from.waitForSelector(`#chat-log li[data-dir="out"][data-peer="${toName}"][data-status="delivered"]`, { timeout: T });
+    };
+    await say(alice, bob, "bob", "alice", "Hi Bob! Grüße aus Köln — ça va? ✓");
+    await say(bob, alice, "alice", "bob", "Hello Alice, ready for a call?");
+  });
+
+  test("the connections table shows both users", async () => {
+    for (const page of [alice, bob]) {
+      await page.waitForSelector('#connections tbody tr[data-users="alice"]', { timeout: T });
+      await page.waitForSelector('#connections tbody tr[data-users="bob"]', { timeout: T });
+      assert.equal(await page.locator("#connections tbody tr").count(), 2);
+    }
+    const conns = await getJSON(srv, "/api/connections");
+    assert.deepEqual(conns.connections.map((c) => c.users.join()).sort(), ["alice", "bob"]);
+  });
+
+  test("alice calls bob: INVITE → 180 → 200 → ACK on both sides, the call holds, alice hangs up", async () => {
+    await alice.click('#online li[data-user="bob"] button.call');
+    await bob.waitForSelector('#call-state[data-state="incoming"]', { timeout: T });
+    await alice.waitForSelector('#call-state[data-state="ringing"]', { timeout: T });
+    await bob.click("#answer");
+    await alice.waitForSelector('#call-state[data-state="established"]', { timeout: T });
+    await bob.waitForSelector('#call-state[data-state="established"]', { timeout: T });
+
+    assertSequence(await trace(alice), [
+      ["out", "INVITE sip:bob@sipws.test ", "INVITE"],
+      ["in", "SIP/2.0 180", "INVITE"],
+      ["in", "SIP/2.0 200", "INVITE"],
+      ["out", "ACK ", "ACK"],
+    ], "alice");
+    assertSequence(await trace(bob), [
+      ["in", "INVITE ", "INVITE"],
+      ["out", "SIP/2.0 180", "INVITE"],
+      ["out", "SIP/2.0 200", "INVITE"],
+      ["in", "ACK ", "ACK"],
+    ], "bob");
+
+    // Media: each side's RTCPeerConnection connects (ICE on loopback) and
+    // plays the other's audio track.
+    for (const [page, who] of [[alice, "alice"], [bob, "bob"]]) {
+      await page.waitForFunction(() => window.webphone.session?.connection?.connectionState === "connected", null, { timeout: T })
+        .catch(async () => assert.fail(`${who}: RTCPeerConnection is ${await page.evaluate(() => window.webphone.session?.connection?.connectionState)}`));
+      const tracks = await page.evaluate(() => {
+        const s = document.querySelector("#remote-audio").srcObject;
+        return s ? s.getAudioTracks().map((t) => t.readyState) : [];
+      });
+      assert.deepEqual(tracks, ["live"], `${who}: remote audio`);
+    }
+
+    // The call holds.
+    await new Promise((r) => setTimeout(r, 4000));
+    for (const [page, who] of [[alice, "alice"], [bob, "bob"]]) {
+      assert.equal(await callState(page), "established", `${who} after 4 s`);
+      assert.equal(await page.evaluate(() => window.webphone.session.isEstablished()), true, `${who}: JsSIP session established`);
+      assert.equal(await page.evaluate(() => window.webphone.session.connection.connectionState), "connected", `${who}: media after 4 s`);
+    }
+
+    // The README's picture: alice's page during the call.
+    fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
+    await alice.screenshot({ path: SCREENSHOT, fullPage: true });
+
+    await alice.click("#hangup");
+    await alice.waitForSelector('#call-state[data-state="ended"]', { timeout: T });
+    await bob.waitForSelector('#call-state[data-state="ended"]', { timeout: T });
+    assert.match(await bob.textContent("#call-peer"), /Terminated|BYE/i);
+    assertSequence(await trace(alice), [["out", "BYE ", "BYE"], ["in", "SIP/2.0 200", "BYE"]], "alice");
+    assertSequence(await trace(bob), [["in", "BYE ", "BYE"], ["out", "SIP/2.0 200", "BYE"]], "bob");
+  });
+
+  test("alice cancels a ringing call: CANCEL reaches bob, alice gets 487", async () => {
+    await alice.click('#online li[data-user="bob"] button.call');
+    await bob.waitForSelector('#call-state[data-state="incoming"]', { timeout: T });
+    await alice.waitForSelector('#call-state[data-state="ringing"]', { timeout: T });
+    await alice.click("#hangup");
+    await alice.waitForSelector('#call-state[data-state="ended"]', { timeout: T });
+    await bob.waitForSelector('#call-state[data-state="ended"]', { timeout: T });
+    const a = await trace(alice);
+    const lastInvite = a.findLastIndex((t) => t.dir === "out" && t.first.startsWith("INVITE "));
+    assertSequence(a.slice(lastInvite), [
+      ["out", "INVITE ", "INVITE"],
+      ["in", "SIP/2.0 180", "INVITE"],
+      ["out", "CANCEL ", "CANCEL"],
+      ["in", "SIP/2.0 200", "CANCEL"],
+      ["in", "SIP/2.0 487", "INVITE"],
+    ], "alice");
+    const b = await trace(bob);
+    const lastIn = b.findLastIndex((t) => t.dir === "in" && t.first.startsWith("INVITE "));
+    assertSequence(b.slice(lastIn), [["in", "INVITE ", "INVITE"], ["in", "CANCEL ", "CANCEL"], ["out", "SIP/2.0 487", "INVITE"]], "bob");
+  });
+
+  test("sign out: both un-REGISTER", async () => {
+    for (const page of [alice, bob]) {
+      await page.click("#unregister");
+      await page.waitForSelector('body[data-reg="unregistered"]', { timeout: T });
+    }
+    const deadline = Date.now() + T;
+    while (Object.keys(await online(srv)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(await online(srv), {});
+  });
+
+  test("no errors on the pages", () => {
+    assert.deepEqual(errors, []);
+  });
+});

@@ -1,0 +1,150 @@
+// Starts and stops the webphone binary for a test, and small helpers that
+// every test file shares. Everything here talks to 127.0.0.1 only.
+"use strict";
+
+const { spawn, execFileSync } = require("node:child_process");
+const fs = require("node:fs");
+const net = require("node:net");
+const os = require("node:os");
+const path = require("node:path");
+
+const repo = path.resolve(__dirname, "..", "..");
+const webDir = path.join(repo, "examples", "webphone", "web");
+
+let builtBinary;
+
+// binary returns the webphone binary: $WEBPHONE_BIN (scripts/test.sh builds
+// it), or one built here once per test process.
+function binary() {
+  if (process.env.WEBPHONE_BIN) return process.env.WEBPHONE_BIN;
+  if (!builtBinary) {
+    const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "webphone-")), "webphone");
+    execFileSync("go", ["build", "-o", out, "./examples/webphone"], { cwd: repo, stdio: "inherit" });
+    builtBinary = out;
+  }
+  return builtBinary;
+}
+
+// freePort returns a TCP port that was free on 127.0.0.1 a moment ago.
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+// Server is one run of the webphone binary.
+class Server {
+  constructor(proc, url) {
+    this.proc = proc;
+    this.url = url; // http(s)://127.0.0.1:PORT/
+    const u = new URL(url);
+    this.port = Number(u.port);
+    this.wsURL = `${u.protocol === "https:" ? "wss" : "ws"}://${u.host}/ws`;
+    this.exited = new Promise((resolve) => proc.once("exit", (code, signal) => resolve({ code, signal })));
+  }
+
+  // stop sends SIGTERM (the graceful shutdown: 1001 to every client) and
+  // waits for the exit, at most 15 s, then kills.
+  async stop(signal = "SIGTERM") {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return this.exited;
+    this.proc.kill(signal);
+    const t = setTimeout(() => this.proc.kill("SIGKILL"), 15000);
+    const res = await this.exited;
+    clearTimeout(t);
+    return res;
+  }
+}
+
+// start runs the binary on 127.0.0.1:port (0: any free port) with extra
+// flags and resolves once it logs "listening on URL". Its log goes to
+// logs (an array of lines) and, with WEBPHONE_LOG=1, to stderr.
+async function start({ port = 0, args = [], logs = [] } = {}) {
+  const proc = spawn(binary(), ["-addr", `127.0.0.1:${port}`, "-web", webDir, ...args], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let buf = "";
+  const url = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      proc.kill("SIGKILL");
+      reject(new Error("the webphone did not start in 15 s:\n" + logs.join("\n")));
+    }, 15000);
+    proc.stderr.setEncoding("utf8");
+    proc.stderr.on("data", (chunk) => {
+      buf += chunk;
+      let i;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        logs.push(line);
+        if (process.env.WEBPHONE_LOG) process.stderr.write("  [webphone] " + line + "\n");
+        const m = /listening on (https?:\/\/[^\s"]+)/.exec(line);
+        if (m) {
+          clearTimeout(timer);
+          resolve(m[1]);
+        }
+      }
+    });
+    proc.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`the webphone exited with ${code}:\n` + logs.join("\n")));
+    });
+  });
+  const srv = new Server(proc, url);
+  srv.logs = logs;
+  return srv;
+}
+
+// getJSON fetches a JSON API of the server (over https trusting srv.ca,
+// when the test set it).
+function getJSON(srv, p) {
+  const u = new URL(p, srv.url);
+  const mod = u.protocol === "https:" ? require("node:https") : require("node:http");
+  return new Promise((resolve, reject) => {
+    const req = mod.get(u, { ca: srv.ca, timeout: 5000 }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (c) => (body += c));
+      res.on("end", () => {
+        if (res.statusCode !== 200) return reject(new Error(`GET ${p}: ${res.statusCode}`));
+        try {
+          resolve(JSON.parse(body));
+        } catch (err) {
+          reject(err);
+        }
+      });
+    });
+    req.on("timeout", () => req.destroy(new Error(`GET ${p}: timed out`)));
+    req.on("error", reject);
+  });
+}
+
+// online returns the registered users, from the server's side: user -> number
+// of bindings.
+async function online(srv) {
+  const data = await getJSON(srv, "/api/online");
+  return Object.fromEntries(data.users.map((u) => [u.user, u.bindings.length]));
+}
+
+// waitFor polls cond (sync or async) until it is truthy or ms pass.
+async function waitFor(cond, what, ms = 10000) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      last = await cond();
+      if (last) return last;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}` + (last instanceof Error ? `: ${last.message}` : ""));
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+module.exports = { start, freePort, getJSON, online, waitFor, webDir, repo };

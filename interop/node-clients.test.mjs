@@ -1,0 +1,134 @@
+// JsSIP and SIP.js in Node against the webphone: registration seen from the
+// server's side, MESSAGE both ways delivered byte-exact and exactly once,
+// OPTIONS answered by the server, and reconnection after a restart.
+import { describe, test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+import { JsSIPPhone, SipJsPhone, installWebSocket, closes } from "./lib/clients.mjs";
+
+const require = createRequire(import.meta.url);
+const { start, freePort, online, waitFor } = require("./lib/server.js");
+
+installWebSocket();
+
+// The bodies: ASCII, multi-byte UTF-8 (2-, 3- and 4-byte sequences) and
+// 20 KB of lines with some UTF-8 in them.
+function bigBody() {
+  const line = "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ ä€𝄞\n";
+  let s = "";
+  for (let i = 0; s.length < 20480; i++) s += `${String(i).padStart(4, "0")} ${line}`;
+  return s;
+}
+const BODIES = {
+  ascii: "Hello, this is plain ASCII: ~!@#$%^&*()_+{}|:<>?",
+  utf8: "Grüße aus Köln — ünïcødé ✓ 你好，世界 👋🏽 𝄞",
+  big: bigBody(),
+};
+
+const KINDS = {
+  JsSIP: [JsSIPPhone, JsSIPPhone],
+  "SIP.js": [SipJsPhone, SipJsPhone],
+  "JsSIP to SIP.js": [JsSIPPhone, SipJsPhone],
+};
+
+for (const [kind, [A, B]] of Object.entries(KINDS)) {
+  describe(`Node ${kind}`, { timeout: 90000 }, () => {
+    let srv, port, alice, bob;
+    const logs = [];
+
+    before(async () => {
+      port = await freePort();
+      srv = await start({ port, logs });
+      alice = new A(srv.wsURL, "alice");
+      bob = new B(srv.wsURL, "bob");
+      await alice.start();
+      await bob.start();
+    });
+
+    after(async () => {
+      await Promise.allSettled([alice && alice.stop(), bob && bob.stop()]);
+      if (srv) await srv.stop();
+    });
+
+    test("REGISTER: both users online on the server", async () => {
+      assert.deepEqual(await online(srv), {}, "nobody is registered before");
+      await alice.register();
+      assert.deepEqual(await online(srv), { alice: 1 });
+      await bob.register();
+      assert.deepEqual(await online(srv), { alice: 1, bob: 1 });
+    });
+
+    test("OPTIONS to the server: 200 from the server", async () => {
+      for (const p of [alice, bob]) {
+        const res = await p.options("sip:sipws.test");
+        assert.equal(res.status, 200, `${p.kind} ${p.user}: status`);
+        assert.match(res.server || "", /^sipws-webphone/, `${p.kind} ${p.user}: Server header of the 200`);
+      }
+    });
+
+    for (const [name, body] of Object.entries(BODIES)) {
+      test(`MESSAGE both ways, ${name} body (${Buffer.byteLength(body)} bytes): byte-exact, exactly once`, async () => {
+        for (const [from, to] of [[alice, bob], [bob, alice]]) {
+          const before = to.received.length;
+          const res = await from.message(to.user, body);
+          assert.equal(res.status, 200, `${from.user} → ${to.user}: status`);
+          assert.ok(res.fromNetwork, `${from.user} → ${to.user}: the 200 came from the network`);
+          await waitFor(() => to.received.length > before, `${to.user} to receive the MESSAGE`, 5000);
+          await new Promise((r) => setTimeout(r, 300)); // room for a duplicate to show
+          const got = to.received.slice(before);
+          assert.equal(got.length, 1, `${to.user} received ${got.length} copies`);
+          assert.equal(got[0].from, from.user);
+          assert.equal(Buffer.byteLength(got[0].body), Buffer.byteLength(body), "length in bytes");
+          assert.ok(Buffer.from(got[0].body).equals(Buffer.from(body)), "same bytes");
+        }
+      });
+    }
+
+    test("MESSAGE to an unknown user: 404 from the server", async () => {
+      const res = await alice.message("nobody", "hello?");
+      assert.equal(res.status, 404);
+      assert.ok(res.fromNetwork);
+    });
+
+    test("un-REGISTER and REGISTER again", async () => {
+      assert.equal(await alice.unregister(), 200);
+      assert.deepEqual(await online(srv), { bob: 1 });
+      const res = await bob.message("alice", "are you there?");
+      assert.equal(res.status, 404, "no binding left for alice");
+      await alice.register();
+      assert.deepEqual(await online(srv), { alice: 1, bob: 1 });
+    });
+
+    test("server restart: clean close 1001, then the clients reconnect and register again", async () => {
+      const regs = [alice.registrations, bob.registrations];
+      const t0 = Date.now();
+      const exit = await srv.stop("SIGTERM");
+      assert.equal(exit.code, 0, "the webphone exits 0 on SIGTERM");
+      for (const p of [alice, bob]) {
+        // The first close after the signal is the server's; reconnection
+        // attempts while it is down may fail (1006) after it. The client's
+        // close event may come a moment after the process's exit.
+        const since = () => (closes.get(p.url) || []).filter((c) => c.at >= t0);
+        await waitFor(() => since().length > 0, `${p.kind} ${p.user} to see its WebSocket closed`, 5000);
+        const seen = since();
+        assert.equal(seen[0].code, 1001, `${p.kind} ${p.user}: close code`);
+        assert.ok(seen[0].wasClean, `${p.kind} ${p.user}: clean close handshake`);
+      }
+      srv = await start({ port, logs });
+      await waitFor(async () => {
+        const o = await online(srv);
+        return o.alice === 1 && o.bob === 1;
+      }, "both clients to register again on the new server", 30000);
+      assert.ok(alice.registrations > regs[0] && bob.registrations > regs[1], "the clients saw their new registrations");
+      const res = await alice.message("bob", "back again");
+      assert.equal(res.status, 200);
+      await waitFor(() => bob.received.at(-1)?.body === "back again", "bob to get the MESSAGE after the restart", 5000);
+    });
+
+    test("un-REGISTER both", async () => {
+      await alice.unregister();
+      await bob.unregister();
+      assert.deepEqual(await online(srv), {});
+    });
+  });
+}
