@@ -269,7 +269,7 @@ func (c *Conn) SendMessage(typ MessageType, data []byte) error {
 	if int64(len(data)) > c.srv.cfg.MaxMessageSize {
 		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrMessageTooBig, len(data), c.srv.cfg.MaxMessageSize)
 	}
-	if err := c.enqueue(outFrame{b: dataFrame(typ, data), data: true}, false); err != nil {
+	if err := c.enqueue(outFrame{b: dataFrame(typ, data), data: true}); err != nil {
 		return err
 	}
 	if o := c.srv.obs; o != nil {
@@ -286,7 +286,7 @@ func (c *Conn) Ping(data []byte) error {
 	}
 	// Note the Ping before it can go out, so that no Pong can come first.
 	c.srv.ka.pingSent(c)
-	if err := c.enqueue(outFrame{b: controlFrame(opPing, data)}, false); err != nil {
+	if err := c.enqueue(outFrame{b: controlFrame(opPing, data)}); err != nil {
 		c.ka.awaiting.Store(false)
 		return err
 	}
@@ -299,7 +299,7 @@ func (c *Conn) Pong(data []byte) error {
 	if len(data) > maxControlPayload {
 		return ErrControlTooLong
 	}
-	return c.enqueue(outFrame{b: controlFrame(opPong, data)}, false)
+	return c.enqueue(outFrame{b: controlFrame(opPong, data)})
 }
 
 // Close starts the close handshake with code and reason, as Kamailio's
@@ -352,9 +352,9 @@ func (c *Conn) pongReply(p []byte) {
 
 // enqueue adds a frame to the send queue and makes sure a writer runs. A
 // control frame is not held to the queue bound.
-func (c *Conn) enqueue(f outFrame, force bool) error {
+func (c *Conn) enqueue(f outFrame) error {
 	c.wmu.Lock()
-	if c.state != stateOpen && !force {
+	if c.state != stateOpen {
 		c.wmu.Unlock()
 		return fmt.Errorf("%w (connection %d)", ErrClosed, c.id)
 	}

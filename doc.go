@@ -29,11 +29,13 @@
 // one; a host that does slow work per message should hand it off. Hooks are
 // never called with a lock of this package held, so they may call any method,
 // including on their own connection. A panic in OnOpen or OnMessage is
-// recovered, logged, and fails only that connection (1011).
+// recovered, logged, and fails only that connection (1011); one in OnClosed
+// is recovered and logged.
 //
-// Sending never waits for the peer: Send, Ping, Pong and Close queue the frame
-// and return; a goroutine owned by the connection, started when the queue
-// fills and ended when it empties, writes it with Config.WriteTimeout. A peer
+// Sending never waits for the peer: Send, Ping, Pong and Close write what the
+// socket takes at once (without blocking) and queue the rest; a goroutine
+// owned by the connection, started when the queue fills and ended when it
+// empties, writes it with Config.WriteTimeout. A peer
 // that does not read is closed once its queue passes Config.SendQueueSize
 // (ErrSendQueueFull), without slowing anyone else.
 //

@@ -484,7 +484,7 @@ func (c *Conn) deliver(m Message) {
 		return
 	}
 	if c.sp == SIP && string(m.Data) == crlfcrlf {
-		_ = c.enqueue(outFrame{b: dataFrame(m.Type, m.Data[:2]), data: true}, false)
+		_ = c.enqueue(outFrame{b: dataFrame(m.Type, m.Data[:2]), data: true})
 		return
 	}
 	if c.srv.cfg.Framing != FramingOff {
