@@ -25,6 +25,7 @@ type rawWriter struct {
 	readyFn func(fd uintptr) bool
 	peek    [1]byte
 	peekErr syscall.Errno // an error the peek consumed (the socket reports it once)
+	waited  bool          // the runtime waited for readability since the peek
 }
 
 // newRawWriter returns a rawWriter for nc when it is plain TCP, else nil.
@@ -48,7 +49,7 @@ func newRawWriter(nc net.Conn) *rawWriter {
 // with its read buffer back in the pool and a short stack. A spurious wake is
 // harmless: the read that follows blocks as usual.
 func (w *rawWriter) waitReadable() error {
-	w.peekErr = 0
+	w.peekErr, w.waited = 0, false
 	if err := w.rc.Read(w.readyFn); err != nil {
 		return err
 	}
@@ -64,6 +65,12 @@ func (w *rawWriter) waitReadable() error {
 // arrived before the wait raise no new readiness event: they must be looked
 // for.)
 func (w *rawWriter) ready(fd uintptr) bool {
+	if w.waited {
+		// Woken by a readiness event: input is there (or the end of the
+		// stream, or an error). The read that follows finds out, so no
+		// second peek is spent; a spurious wake only makes that read block.
+		return true
+	}
 	for {
 		_, _, e := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&w.peek[0])), 1,
 			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
@@ -71,6 +78,7 @@ func (w *rawWriter) ready(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			w.waited = true
 			return false
 		case 0:
 		default:
