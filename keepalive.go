@@ -345,7 +345,5 @@ func (w *kaWorker) pass(now int64) passStats {
 // (1001 "keepalive timeout"), then the socket after Config.CloseTimeout at
 // most — a dead peer does not answer.
 func (ka *keepalive) closeDead(c *Conn, err error) {
-	if c.startClose(InitiatorKeepalive, CloseGoingAway, "keepalive timeout", err) != nil {
-		return // already closing
-	}
+	_ = c.startClose(InitiatorKeepalive, CloseGoingAway, "keepalive timeout", err) // ErrClosed: already closing
 }

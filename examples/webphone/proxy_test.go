@@ -179,11 +179,6 @@ func (p *phone) silent(d time.Duration) {
 	}
 }
 
-func (p *phone) branch() string {
-	p.seq++
-	return fmt.Sprintf("z9hG4bK%s%d", p.name, p.seq)
-}
-
 func (p *phone) contact() string { return "sip:" + p.name + "x@" + p.host + ";transport=ws" }
 
 func (p *phone) register(expires int, outbound bool) *sip.Response {
