@@ -66,8 +66,7 @@ type Conn struct {
 	sockMu  sync.Mutex    // held while writing to nc
 	done    chan struct{} // closed when the connection has ended
 
-	hbuf   [12]byte // frame header read buffer
-	graced bool     // the current frame had its grace read (read goroutine only)
+	graced bool // the current frame had its grace read (read goroutine only)
 }
 
 // outFrame is a complete frame waiting to be written.
@@ -251,7 +250,7 @@ func (c *Conn) Send(data []byte) error {
 	if utf8.Valid(data) {
 		typ = Text
 	}
-	return c.SendMessage(typ, data)
+	return c.send(typ, data)
 }
 
 // SendMessage sends data as one message of the given type. A Text message
@@ -266,6 +265,11 @@ func (c *Conn) SendMessage(typ MessageType, data []byte) error {
 	default:
 		return fmt.Errorf("sipws: send on %d: unknown message type %d", c.id, typ)
 	}
+	return c.send(typ, data)
+}
+
+// send is SendMessage once the type is known to fit the data.
+func (c *Conn) send(typ MessageType, data []byte) error {
 	if int64(len(data)) > c.srv.cfg.MaxMessageSize {
 		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrMessageTooBig, len(data), c.srv.cfg.MaxMessageSize)
 	}

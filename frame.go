@@ -198,28 +198,12 @@ func (c *Conn) frameBuffered() bool {
 		return false
 	}
 	b, _ := c.br.Peek(n)
-	hl := 2
-	if b[1]&0x80 != 0 {
-		hl += 4
+	hl := headerLen(b[1])
+	if n < hl {
+		return false
 	}
-	var plen uint64
-	switch l := b[1] & 0x7f; l {
-	case 126:
-		if n < 4 {
-			return false
-		}
-		hl += 2
-		plen = uint64(binary.BigEndian.Uint16(b[2:]))
-	case 127:
-		if n < 10 {
-			return false
-		}
-		hl += 8
-		plen = binary.BigEndian.Uint64(b[2:])
-	default:
-		plen = uint64(l)
-	}
-	return n >= hl && uint64(n-hl) >= plen
+	h, ok := parseHeader(b[:hl])
+	return ok && uint64(n-hl) >= uint64(h.Length)
 }
 
 // isTimeout reports a deadline error.
@@ -269,16 +253,15 @@ func (c *Conn) readFrame(st *readState) error {
 		c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
 	}
 	c.graced = false
-	if err := c.peekHeader(); err != nil {
-		return c.readError(err)
-	}
-	h, err := ws.ReadHeaderBuffer(c.br, c.hbuf[:])
+	hb, err := c.peekHeader()
 	if err != nil {
-		if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
-			return c.fail(CloseProtocolError, "invalid frame length")
-		}
 		return c.readError(err)
 	}
+	h, ok := parseHeader(hb)
+	if !ok {
+		return c.fail(CloseProtocolError, "invalid frame length")
+	}
+	_, _ = c.br.Discard(len(hb))
 	c.lastRecv.Store(c.srv.clock.Now().UnixNano())
 
 	switch {
@@ -387,8 +370,9 @@ func (c *Conn) grace(err error) bool {
 }
 
 // peekHeader waits until the next frame's whole header is in the read
-// buffer, so that reading it cannot stop half-way.
-func (c *Conn) peekHeader() error {
+// buffer, so that reading it cannot stop half-way, and returns it, in place
+// in the buffer (valid until the next read).
+func (c *Conn) peekHeader() ([]byte, error) {
 	need := 2
 	for {
 		b, err := c.br.Peek(need)
@@ -396,23 +380,57 @@ func (c *Conn) peekHeader() error {
 			if c.grace(err) {
 				continue
 			}
-			return err
+			return nil, err
 		}
-		hl := 2
-		if b[1]&0x80 != 0 {
-			hl += 4
+		if hl := headerLen(b[1]); need < hl {
+			need = hl
+			continue
 		}
-		switch b[1] & 0x7f {
-		case 126:
-			hl += 2
-		case 127:
-			hl += 8
-		}
-		if need >= hl {
-			return nil
-		}
-		need = hl
+		return b, nil
 	}
+}
+
+// headerLen is the length of a frame header whose second byte is b1.
+func headerLen(b1 byte) int {
+	hl := 2
+	if b1&0x80 != 0 {
+		hl += 4
+	}
+	switch b1 & 0x7f {
+	case 126:
+		hl += 2
+	case 127:
+		hl += 8
+	}
+	return hl
+}
+
+// parseHeader parses a whole frame header (RFC 6455 §5.2), as peekHeader
+// returns it. It reports false for a 64-bit length with its most significant
+// bit set.
+func parseHeader(b []byte) (h ws.Header, ok bool) {
+	h.Fin = b[0]&0x80 != 0
+	h.Rsv = (b[0] & 0x70) >> 4
+	h.OpCode = ws.OpCode(b[0] & 0x0f)
+	h.Masked = b[1]&0x80 != 0
+	rest := b[2:]
+	switch l := b[1] & 0x7f; l {
+	case 126:
+		h.Length = int64(binary.BigEndian.Uint16(rest))
+		rest = rest[2:]
+	case 127:
+		if rest[0]&0x80 != 0 {
+			return h, false
+		}
+		h.Length = int64(binary.BigEndian.Uint64(rest))
+		rest = rest[8:]
+	default:
+		h.Length = int64(l)
+	}
+	if h.Masked {
+		copy(h.Mask[:], rest)
+	}
+	return h, true
 }
 
 // readError turns a read error into the end of the loop; a frame deadline

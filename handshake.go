@@ -32,37 +32,39 @@ type refusal struct {
 }
 
 // checkRequest applies RFC 6455 §4.2.1 to r. It returns the sub-protocol the
-// connection will speak, or the refusal to send.
-func (s *Server) checkRequest(r *http.Request) (Subprotocol, *refusal) {
+// connection will speak, or the refusal to send. The sub-protocol is
+// unnegotiated when the client offered none and Config.NoSubprotocol stood
+// in: the 101 then names none.
+func (s *Server) checkRequest(r *http.Request) (sp Subprotocol, unnegotiated bool, ref *refusal) {
 	if r.Method != http.MethodGet {
-		return 0, &refusal{
+		return 0, false, &refusal{
 			status: http.StatusMethodNotAllowed,
 			msg:    "WebSocket handshake must be a GET, not " + r.Method,
 			header: [][2]string{{"Allow", "GET"}},
 		}
 	}
 	if r.ProtoMajor != 1 || r.ProtoMinor < 1 {
-		return 0, &refusal{status: http.StatusBadRequest, msg: "WebSocket handshake needs HTTP/1.1, not " + r.Proto}
+		return 0, false, &refusal{status: http.StatusBadRequest, msg: "WebSocket handshake needs HTTP/1.1, not " + r.Proto}
 	}
 	if r.Host == "" {
-		return 0, &refusal{status: http.StatusBadRequest, msg: "missing Host header"}
+		return 0, false, &refusal{status: http.StatusBadRequest, msg: "missing Host header"}
 	}
 	if !headerHasToken(r.Header, "Upgrade", "websocket") {
-		return 0, &refusal{status: http.StatusBadRequest, msg: `missing or invalid Upgrade header: want "websocket"`}
+		return 0, false, &refusal{status: http.StatusBadRequest, msg: `missing or invalid Upgrade header: want "websocket"`}
 	}
 	if !headerHasToken(r.Header, "Connection", "upgrade") {
-		return 0, &refusal{status: http.StatusBadRequest, msg: `missing or invalid Connection header: want the "Upgrade" token`}
+		return 0, false, &refusal{status: http.StatusBadRequest, msg: `missing or invalid Connection header: want the "Upgrade" token`}
 	}
 	versions := r.Header.Values("Sec-WebSocket-Version")
 	switch {
 	case len(versions) == 0:
-		return 0, &refusal{
+		return 0, false, &refusal{
 			status: http.StatusBadRequest,
 			msg:    "missing Sec-WebSocket-Version header",
 			header: [][2]string{{"Sec-WebSocket-Version", "13"}},
 		}
 	case len(versions) > 1 || strings.TrimSpace(versions[0]) != "13":
-		return 0, &refusal{
+		return 0, false, &refusal{
 			status: http.StatusUpgradeRequired,
 			msg:    "unsupported Sec-WebSocket-Version " + quote(strings.Join(versions, ", ")) + ": this server speaks 13",
 			header: [][2]string{{"Sec-WebSocket-Version", "13"}},
@@ -70,12 +72,15 @@ func (s *Server) checkRequest(r *http.Request) (Subprotocol, *refusal) {
 	}
 	keys := r.Header.Values("Sec-WebSocket-Key")
 	if len(keys) != 1 {
-		return 0, &refusal{status: http.StatusBadRequest, msg: "missing or repeated Sec-WebSocket-Key header"}
+		return 0, false, &refusal{status: http.StatusBadRequest, msg: "missing or repeated Sec-WebSocket-Key header"}
 	}
 	if raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(raw) != 16 {
-		return 0, &refusal{status: http.StatusBadRequest, msg: "invalid Sec-WebSocket-Key: want the base64 encoding of 16 bytes"}
+		return 0, false, &refusal{status: http.StatusBadRequest, msg: "invalid Sec-WebSocket-Key: want the base64 encoding of 16 bytes"}
 	}
-	sp := negotiateSubprotocol(r.Header, s.cfg.Subprotocols)
+	sp = negotiateSubprotocol(r.Header, s.cfg.Subprotocols)
+	if sp == 0 && s.cfg.NoSubprotocol != 0 && !offersSubprotocol(r.Header) {
+		return s.cfg.NoSubprotocol, true, nil
+	}
 	if sp == 0 {
 		ref := &refusal{status: http.StatusBadRequest}
 		var names []string
@@ -91,9 +96,9 @@ func (s *Server) checkRequest(r *http.Request) (Subprotocol, *refusal) {
 		} else {
 			ref.msg = "no supported sub-protocol in " + quote(offered) + ": this server speaks " + strings.Join(names, ", ")
 		}
-		return 0, ref
+		return 0, false, ref
 	}
-	return sp, nil
+	return sp, false, nil
 }
 
 // headerHasToken reports whether any of the comma-separated values of the
@@ -152,7 +157,7 @@ func (s *Server) HandleHandshake(w http.ResponseWriter, r *http.Request) {
 
 // handshake does HandleHandshake's work and returns the status answered.
 func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
-	sp, ref := s.checkRequest(r)
+	sp, unnegotiated, ref := s.checkRequest(r)
 	if ref != nil {
 		return s.refuse(w, r, ref)
 	}
@@ -184,14 +189,14 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 		}
 		identity = id
 	}
-	status := s.upgrade(w, r, cl, sp, identity)
+	status := s.upgrade(w, r, cl, sp, unnegotiated, identity)
 	upgraded = status == http.StatusSwitchingProtocols
 	return status
 }
 
 // upgrade hijacks the connection, writes the 101 and starts the connection.
 // It returns the status answered (0 when the connection was lost).
-func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp Subprotocol, identity any) int {
+func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp Subprotocol, unnegotiated bool, identity any) int {
 	s.mu.RLock()
 	closed := s.closed
 	s.mu.RUnlock()
@@ -209,8 +214,10 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	var b strings.Builder
 	b.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ")
 	b.WriteString(acceptKey(strings.TrimSpace(r.Header.Get("Sec-WebSocket-Key"))))
-	b.WriteString("\r\nSec-WebSocket-Protocol: ")
-	b.WriteString(sp.Token())
+	if !unnegotiated {
+		b.WriteString("\r\nSec-WebSocket-Protocol: ")
+		b.WriteString(sp.Token())
+	}
 	b.WriteString("\r\n")
 	if v := s.cfg.CORS.allowOrigin(r.Header.Get("Origin")); v != "" {
 		b.WriteString("Access-Control-Allow-Origin: " + v + "\r\n")

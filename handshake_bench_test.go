@@ -114,7 +114,7 @@ func BenchmarkCheckRequest(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if sp, ref := s.checkRequest(r); ref != nil || sp != SIP {
+		if sp, _, ref := s.checkRequest(r); ref != nil || sp != SIP {
 			b.Fatalf("checkRequest = %v, %+v", sp, ref)
 		}
 	}

@@ -962,3 +962,76 @@ func TestHandshakeAfterShutdown(t *testing.T) {
 	res := hsDial(t, ts.Addr, http.MethodGet, req.String())
 	hsExpectRefused(t, ts, res, before, hsRefusal{status: http.StatusServiceUnavailable, body: []string{"shutting down"}})
 }
+
+// TestHandshakeNoSubprotocol checks Config.NoSubprotocol: a client that
+// offers no sub-protocol (a generic WebSocket tool) is served as the
+// configured one with no Sec-WebSocket-Protocol in the 101, while a client
+// that offers only unknown ones is still refused, and one that offers sip
+// still gets it named.
+func TestHandshakeNoSubprotocol(t *testing.T) {
+	for _, sp := range []sipws.Subprotocol{sipws.SIP, sipws.MSRP} {
+		t.Run(sp.String(), func(t *testing.T) {
+			ts := startServer(t, sipws.Config{NoSubprotocol: sp, OnMessage: hsEcho})
+
+			for _, offer := range []string{"", " , "} {
+				req := newHSRequest(ts.Addr, "sip").del("Sec-WebSocket-Protocol")
+				if offer != "" {
+					req.set("Sec-WebSocket-Protocol", offer)
+				}
+				res := hsDial(t, ts.Addr, http.MethodGet, req.String())
+				require.Equal(t, http.StatusSwitchingProtocols, res.resp.StatusCode, "offer %q, head:\n%s", offer, res.head)
+				assert.Equal(t, []string{hsAccept(req.get("Sec-WebSocket-Key"))}, res.resp.Header.Values("Sec-WebSocket-Accept"))
+				assert.NotContains(t, res.head, "Sec-WebSocket-Protocol", "nothing offered, nothing named (RFC 6455 §4.2.2)")
+				conn := ts.nextOpened(t)
+				assert.Equal(t, sp, conn.Subprotocol())
+				hsRoundTrip(t, ts, res.c, conn, "no sub-protocol "+offer)
+			}
+			st := ts.Stats()
+			assert.Equal(t, uint64(2), st.SuccessfulHandshakes)
+			if sp == sipws.SIP {
+				assert.Equal(t, uint64(2), st.SIP.SuccessfulHandshakes)
+			} else {
+				assert.Equal(t, uint64(2), st.MSRP.SuccessfulHandshakes)
+			}
+
+			// Offering only unknown sub-protocols is still refused.
+			before := hsBefore(ts)
+			req := newHSRequest(ts.Addr, "chat")
+			hsExpectRefused(t, ts, hsDial(t, ts.Addr, http.MethodGet, req.String()), before, hsRefusal{
+				status: http.StatusBadRequest,
+				header: map[string][]string{"Sec-WebSocket-Protocol": {"sip", "msrp"}},
+				body:   []string{"chat"},
+			})
+
+			// Offering one is negotiated as before.
+			req = newHSRequest(ts.Addr, "msrp")
+			res := hsDial(t, ts.Addr, http.MethodGet, req.String())
+			hsExpectOpened(t, ts, res, req.get("Sec-WebSocket-Key"), sipws.MSRP)
+		})
+	}
+}
+
+// TestNoSubprotocolConfigErrors checks that NoSubprotocol must name one
+// enabled sub-protocol.
+func TestNoSubprotocolConfigErrors(t *testing.T) {
+	for _, cfg := range []sipws.Config{
+		{NoSubprotocol: sipws.SIP | sipws.MSRP},
+		{NoSubprotocol: 4},
+		{Subprotocols: sipws.SIP, NoSubprotocol: sipws.MSRP},
+		{Subprotocols: sipws.MSRP, NoSubprotocol: sipws.SIP},
+	} {
+		_, err := sipws.New(cfg)
+		var ce *sipws.ConfigError
+		if assert.ErrorAs(t, err, &ce, "%+v", cfg) {
+			assert.Equal(t, "NoSubprotocol", ce.Field)
+		}
+	}
+	for _, cfg := range []sipws.Config{
+		{NoSubprotocol: sipws.SIP},
+		{Subprotocols: sipws.MSRP, NoSubprotocol: sipws.MSRP},
+	} {
+		s, err := sipws.New(cfg)
+		require.NoError(t, err, "%+v", cfg)
+		require.NoError(t, s.Shutdown(context.Background()))
+	}
+}

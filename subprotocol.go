@@ -110,3 +110,16 @@ func negotiateSubprotocol(h http.Header, enabled Subprotocol) Subprotocol {
 	}
 	return 0
 }
+
+// offersSubprotocol reports whether the request offers any sub-protocol
+// token at all, known or not.
+func offersSubprotocol(h http.Header) bool {
+	for _, line := range h.Values("Sec-WebSocket-Protocol") {
+		for tok := range strings.SplitSeq(line, ",") {
+			if strings.TrimSpace(tok) != "" {
+				return true
+			}
+		}
+	}
+	return false
+}

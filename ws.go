@@ -44,6 +44,13 @@ type Config struct {
 	// Subprotocols is the set of enabled sub-protocols (sub_protocols).
 	// 0 means SIP|MSRP.
 	Subprotocols Subprotocol
+	// NoSubprotocol is how a client that offers no Sec-WebSocket-Protocol
+	// at all is served: 0 (the default, as Kamailio) refuses it with 400,
+	// since SIP and MSRP clients always offer one (RFC 7118 §4.1, RFC 7977
+	// §4); SIP or MSRP, an enabled one, serves it as that sub-protocol, with
+	// no Sec-WebSocket-Protocol in the 101 (RFC 6455 §4.2.2). It is for
+	// generic WebSocket tools, such as conformance suites, that offer none.
+	NoSubprotocol Subprotocol
 	// CORS is the cross-origin mode of the 101 response (cors_mode).
 	CORS CORSMode
 
@@ -194,6 +201,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Subprotocols&^allSubprotocols != 0 {
 		return bad("Subprotocols", "unknown bits %#x (SIP=1, MSRP=2)", uint8(c.Subprotocols&^allSubprotocols))
+	}
+	if c.NoSubprotocol != 0 && (c.NoSubprotocol.Token() == "" || c.Subprotocols&c.NoSubprotocol == 0) {
+		return bad("NoSubprotocol", "%s is not one enabled sub-protocol (enabled: %s)", c.NoSubprotocol, c.Subprotocols)
 	}
 	if c.CORS > CORSEcho {
 		return bad("CORS", "unknown mode %d", c.CORS)

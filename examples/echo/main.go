@@ -95,6 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	sipFraming := fs.Bool("sip-framing", false, "check that each message holds exactly one SIP message (sip) or MSRP chunk (msrp); others are logged and dropped")
 	maxSize := fs.Int64("max", sipws.DefaultMaxMessageSize, "largest message accepted, in `bytes`; a larger one closes the connection with 1009")
 	subprotocols := fs.String("subprotocols", "sip,msrp", "comma-separated `list` of enabled sub-protocols: sip, msrp")
+	noSubprotocol := fs.String("no-subprotocol", "", "serve a client that offers no sub-protocol as this `one` (sip or msrp), naming none in the 101: for generic tools such as the Autobahn suite; empty: refuse it with 400")
 	cors := fs.String("cors", "none", "Access-Control-Allow-Origin of the 101: none, any or echo")
 	keepalive := fs.String("keepalive", "ping", "keepalive `mechanism`: none, ping or pong")
 	fs.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", sipws.DefaultKeepaliveTimeout, "idle time after which a keepalive is sent")
@@ -128,6 +129,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.cfg.Subprotocols, err = sipws.ParseSubprotocols(*subprotocols); err != nil {
 		return o, usageError{err: fmt.Errorf("-subprotocols: %w", err)}
+	}
+	if *noSubprotocol != "" {
+		if o.cfg.NoSubprotocol, err = sipws.ParseSubprotocols(*noSubprotocol); err != nil {
+			return o, usageError{err: fmt.Errorf("-no-subprotocol: %w", err)}
+		}
+		if o.cfg.NoSubprotocol.Token() == "" || o.cfg.Subprotocols&o.cfg.NoSubprotocol == 0 {
+			return o, usageError{err: fmt.Errorf("-no-subprotocol %s: want one of -subprotocols %s", *noSubprotocol, o.cfg.Subprotocols)}
+		}
 	}
 	if o.cfg.CORS, err = sipws.ParseCORSMode(*cors); err != nil {
 		return o, usageError{err: fmt.Errorf("-cors: %w", err)}

@@ -126,6 +126,31 @@ func TestEchoBinary(t *testing.T) {
 		m.closeNormally()
 	})
 
+	t.Run("NoSubprotocol", func(t *testing.T) {
+		// By default a client that offers no sub-protocol is refused.
+		p := startEcho(t, bin)
+		d := ws.Dialer{Timeout: ioTimeout}
+		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+		defer cancel()
+		conn, _, _, err := d.Dial(ctx, "ws://"+p.addr+"/")
+		if conn != nil {
+			_ = conn.Close()
+		}
+		var se ws.StatusError
+		require.ErrorAs(t, err, &se, "a handshake offering no sub-protocol")
+		assert.Equal(t, ws.StatusError(400), se)
+
+		// With -no-subprotocol it is served, and the 101 names none.
+		p = startEcho(t, bin, "-no-subprotocol", "sip")
+		c := dial(t, p.addr, "")
+		assert.Empty(t, c.protocol)
+		c.send(ws.OpText, []byte("autobahn"))
+		op, data := c.read()
+		assert.Equal(t, ws.OpText, op)
+		assert.Equal(t, "autobahn", string(data))
+		c.closeNormally()
+	})
+
 	t.Run("SIGTERMClosesWith1001AndExits0", func(t *testing.T) {
 		p := startEcho(t, bin)
 		c := dial(t, p.addr, "sip")
@@ -223,6 +248,9 @@ func TestEchoBinary(t *testing.T) {
 	t.Run("BadFlagsExit2", func(t *testing.T) {
 		for _, args := range [][]string{
 			{"-subprotocols", "xmpp"},
+			{"-no-subprotocol", "xmpp"},
+			{"-no-subprotocol", "sip,msrp"},
+			{"-subprotocols", "sip", "-no-subprotocol", "msrp"},
 			{"-keepalive", "sometimes"},
 			{"-cors", "maybe"},
 			{"-log-level", "loud"},
@@ -385,7 +413,10 @@ type client struct {
 // Every later read and write on it must end within ioTimeout.
 func dial(t *testing.T, hostPath, protocol string) *client {
 	t.Helper()
-	d := ws.Dialer{Protocols: []string{protocol}, Timeout: ioTimeout}
+	d := ws.Dialer{Timeout: ioTimeout}
+	if protocol != "" {
+		d.Protocols = []string{protocol}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
 	defer cancel()
 	conn, br, hs, err := d.Dial(ctx, "ws://"+hostPath)
