@@ -190,20 +190,19 @@ func (c *Conn) setReadDeadline(frame time.Time) {
 	}
 }
 
-// frameBuffered reports whether the next frame is already whole in the read
-// buffer, so that reading it cannot block.
-func (c *Conn) frameBuffered() bool {
+// bufferedHeader returns the next frame's header when it is already whole
+// in the read buffer (in place, valid until the next read), else nil. It
+// does no I/O.
+func (c *Conn) bufferedHeader() []byte {
 	n := c.br.Buffered()
 	if n < 2 {
-		return false
+		return nil
 	}
 	b, _ := c.br.Peek(n)
-	hl := headerLen(b[1])
-	if n < hl {
-		return false
+	if hl := headerLen(b[1]); n >= hl {
+		return b[:hl]
 	}
-	h, ok := parseHeader(b[:hl])
-	return ok && uint64(n-hl) >= uint64(h.Length)
+	return nil
 }
 
 // isTimeout reports a deadline error.
@@ -248,18 +247,26 @@ func (c *Conn) readFrame(st *readState) error {
 	if c.pre && c.br.Buffered() > 0 {
 		c.pre = c.rd.(*prefixReader).pending()
 	}
-	timed := !c.frameBuffered()
-	if timed {
-		c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
-	}
+	// A frame already whole in the buffer is read without a deadline; any
+	// other has FrameTimeout to arrive, from its first byte on.
 	c.graced = false
-	hb, err := c.peekHeader()
-	if err != nil {
-		return c.readError(err)
+	timed := false
+	hb := c.bufferedHeader()
+	var err error
+	if hb == nil {
+		timed = true
+		c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
+		if hb, err = c.peekHeader(); err != nil {
+			return c.readError(err)
+		}
 	}
 	h, ok := parseHeader(hb)
 	if !ok {
 		return c.fail(CloseProtocolError, "invalid frame length")
+	}
+	if !timed && int64(c.br.Buffered()-len(hb)) < h.Length {
+		timed = true
+		c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
 	}
 	_, _ = c.br.Discard(len(hb))
 	c.lastRecv.Store(c.srv.clock.Now().UnixNano())

@@ -89,12 +89,14 @@ func ParseSubprotocols(list string) (Subprotocol, error) {
 // the first, in server preference order, of the enabled ones that the client
 // offered in its Sec-WebSocket-Protocol header(s). Tokens are compared without
 // regard to case, as browsers and Kamailio do; the reply carries the
-// registered lower-case token. It returns 0 when there is none.
-func negotiateSubprotocol(h http.Header, enabled Subprotocol) Subprotocol {
+// registered lower-case token. It returns 0 when there is none, and whether
+// the client offered any token at all, known or not.
+func negotiateSubprotocol(h http.Header, enabled Subprotocol) (sp Subprotocol, anyOffered bool) {
 	var offered Subprotocol
 	for _, line := range h.Values("Sec-WebSocket-Protocol") {
 		for tok := range strings.SplitSeq(line, ",") {
 			tok = strings.TrimSpace(tok)
+			anyOffered = anyOffered || tok != ""
 			switch {
 			case strings.EqualFold(tok, "sip"):
 				offered |= SIP
@@ -105,21 +107,8 @@ func negotiateSubprotocol(h http.Header, enabled Subprotocol) Subprotocol {
 	}
 	for _, p := range subprotocolOrder {
 		if offered&enabled&p != 0 {
-			return p
+			return p, anyOffered
 		}
 	}
-	return 0
-}
-
-// offersSubprotocol reports whether the request offers any sub-protocol
-// token at all, known or not.
-func offersSubprotocol(h http.Header) bool {
-	for _, line := range h.Values("Sec-WebSocket-Protocol") {
-		for tok := range strings.SplitSeq(line, ",") {
-			if strings.TrimSpace(tok) != "" {
-				return true
-			}
-		}
-	}
-	return false
+	return 0, anyOffered
 }

@@ -110,16 +110,7 @@ func TestEchoBinary(t *testing.T) {
 
 	t.Run("SubprotocolsRefused", func(t *testing.T) {
 		p := startEcho(t, bin, "-subprotocols", "msrp")
-		d := ws.Dialer{Protocols: []string{"sip"}, Timeout: ioTimeout}
-		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
-		defer cancel()
-		conn, _, _, err := d.Dial(ctx, "ws://"+p.addr+"/")
-		if conn != nil {
-			_ = conn.Close()
-		}
-		var se ws.StatusError
-		require.ErrorAs(t, err, &se, "a sip-only handshake to an msrp-only server")
-		assert.Equal(t, ws.StatusError(400), se)
+		assert.Equal(t, ws.StatusError(400), dialRefused(t, p.addr, "sip"), "a sip-only handshake to an msrp-only server")
 
 		m := dial(t, p.addr, "msrp")
 		assert.Equal(t, "msrp", m.protocol)
@@ -129,16 +120,7 @@ func TestEchoBinary(t *testing.T) {
 	t.Run("NoSubprotocol", func(t *testing.T) {
 		// By default a client that offers no sub-protocol is refused.
 		p := startEcho(t, bin)
-		d := ws.Dialer{Timeout: ioTimeout}
-		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
-		defer cancel()
-		conn, _, _, err := d.Dial(ctx, "ws://"+p.addr+"/")
-		if conn != nil {
-			_ = conn.Close()
-		}
-		var se ws.StatusError
-		require.ErrorAs(t, err, &se, "a handshake offering no sub-protocol")
-		assert.Equal(t, ws.StatusError(400), se)
+		assert.Equal(t, ws.StatusError(400), dialRefused(t, p.addr, ""), "a handshake offering no sub-protocol")
 
 		// With -no-subprotocol it is served, and the 101 names none.
 		p = startEcho(t, bin, "-no-subprotocol", "sip")
@@ -413,13 +395,9 @@ type client struct {
 // Every later read and write on it must end within ioTimeout.
 func dial(t *testing.T, hostPath, protocol string) *client {
 	t.Helper()
-	d := ws.Dialer{Timeout: ioTimeout}
-	if protocol != "" {
-		d.Protocols = []string{protocol}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
 	defer cancel()
-	conn, br, hs, err := d.Dial(ctx, "ws://"+hostPath)
+	conn, br, hs, err := dialer(protocol).Dial(ctx, "ws://"+hostPath)
 	require.NoError(t, err, "WebSocket handshake with %s offering %q", hostPath, protocol)
 	t.Cleanup(func() { _ = conn.Close() })
 	require.NoError(t, conn.SetDeadline(time.Now().Add(ioTimeout)))
@@ -431,6 +409,30 @@ func dial(t *testing.T, hostPath, protocol string) *client {
 		io.Reader
 		io.Writer
 	}{r, conn}, protocol: hs.Protocol}
+}
+
+// dialer is a client that offers protocol (none when empty).
+func dialer(protocol string) ws.Dialer {
+	d := ws.Dialer{Timeout: ioTimeout}
+	if protocol != "" {
+		d.Protocols = []string{protocol}
+	}
+	return d
+}
+
+// dialRefused runs a handshake to hostPath offering protocol (none when
+// empty) that the server must refuse, and returns the HTTP status it gave.
+func dialRefused(t *testing.T, hostPath, protocol string) ws.StatusError {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	conn, _, _, err := dialer(protocol).Dial(ctx, "ws://"+hostPath+"/")
+	if conn != nil {
+		_ = conn.Close()
+	}
+	var se ws.StatusError
+	require.ErrorAs(t, err, &se, "handshake offering %q should be refused with an HTTP status", protocol)
+	return se
 }
 
 // send writes one masked client message.
