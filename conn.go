@@ -3,7 +3,6 @@ package sipws
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -45,10 +44,9 @@ type Conn struct {
 	opened   time.Time
 
 	nc  net.Conn
-	raw *rawWriter    // non-blocking writes to nc; nil for TLS
-	rd  io.Reader     // nc, or the bytes read past the handshake then nc
-	pre bool          // rd starts with bytes read past the handshake
-	br  *bufio.Reader // reads rd; back in the pool while idle (nil)
+	raw *rawConn // reads and non-blocking writes on nc's descriptor; nil for TLS
+	rb  readBuf  // the read buffer
+	pre []byte   // bytes the HTTP server read past the handshake, not yet read
 
 	lastRecv atomic.Int64 // Clock.Now().UnixNano() of the last frame received
 	closeDL  atomic.Int64 // UnixNano read deadline while closing; 0 when none
@@ -98,9 +96,9 @@ func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol
 		nc:       nc,
 		done:     make(chan struct{}),
 	}
-	c.raw = newRawWriter(nc)
-	c.rd = readerFrom(nc, pre)
-	c.pre = len(pre) > 0
+	c.raw = newRawConn(nc)
+	c.rb.pool = &s.readers
+	c.pre = pre
 	c.lastRecv.Store(c.opened.UnixNano())
 	return c
 }

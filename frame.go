@@ -4,12 +4,10 @@ package sipws
 // know the WebSocket engine (github.com/gobwas/ws).
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"runtime/debug"
 	"slices"
@@ -77,48 +75,6 @@ func closeFrame(code CloseCode, reason string) []byte {
 	b = appendHeader(b, opClose, 2+len(reason))
 	b = binary.BigEndian.AppendUint16(b, uint16(code))
 	return append(b, reason...)
-}
-
-// prefixReader reads the bytes the HTTP server had buffered, then the socket.
-type prefixReader struct {
-	pre []byte
-	r   io.Reader
-}
-
-func (p *prefixReader) Read(b []byte) (int, error) {
-	if len(p.pre) > 0 {
-		n := copy(b, p.pre)
-		p.pre = p.pre[n:]
-		return n, nil
-	}
-	return p.r.Read(b)
-}
-
-// pending reports whether bytes read past the handshake are still unread.
-func (p *prefixReader) pending() bool { return len(p.pre) > 0 }
-
-// acquireReader gives the connection a read buffer from the server's pool.
-func (c *Conn) acquireReader() {
-	if c.br == nil {
-		c.br = c.srv.readers.Get().(*bufio.Reader)
-		c.br.Reset(c.rd)
-	}
-}
-
-// releaseReader puts an empty read buffer back in the pool.
-func (c *Conn) releaseReader() {
-	if c.br != nil && c.br.Buffered() == 0 {
-		c.br.Reset(nil)
-		c.srv.readers.Put(c.br)
-		c.br = nil
-	}
-}
-
-func readerFrom(nc net.Conn, pre []byte) io.Reader {
-	if len(pre) == 0 {
-		return nc
-	}
-	return &prefixReader{pre: pre, r: nc}
 }
 
 // Sentinels the read loop ends with when it ended the connection itself.
@@ -194,12 +150,11 @@ func (c *Conn) setReadDeadline(frame time.Time) {
 // in the read buffer (in place, valid until the next read), else nil. It
 // does no I/O.
 func (c *Conn) bufferedHeader() []byte {
-	n := c.br.Buffered()
-	if n < 2 {
+	b := c.rb.bytes()
+	if len(b) < 2 {
 		return nil
 	}
-	b, _ := c.br.Peek(n)
-	if hl := headerLen(b[1]); n >= hl {
+	if hl := headerLen(b[1]); len(b) >= hl {
 		return b[:hl]
 	}
 	return nil
@@ -221,17 +176,8 @@ type readState struct {
 // stack lets the runtime keep its goroutine at the smallest stack size.
 func (c *Conn) readLoop() error {
 	var st readState
-	defer c.releaseReader()
+	defer c.dropInput()
 	for {
-		// Wait, without a deadline, for the first byte of the next frame.
-		// On plain TCP an idle connection waits holding no read buffer.
-		if c.raw != nil && !c.pre && (c.br == nil || c.br.Buffered() == 0) {
-			c.releaseReader()
-			if err := c.raw.waitReadable(); err != nil {
-				return err
-			}
-		}
-		c.acquireReader()
 		if err := c.readFrame(&st); err != nil {
 			return err
 		}
@@ -241,11 +187,12 @@ func (c *Conn) readLoop() error {
 // readFrame reads and handles one frame.
 func (c *Conn) readFrame(st *readState) error {
 	maxSize := c.srv.cfg.MaxMessageSize
-	if _, err := c.br.Peek(1); err != nil {
-		return err
-	}
-	if c.pre && c.br.Buffered() > 0 {
-		c.pre = c.rd.(*prefixReader).pending()
+	// Wait, without a deadline, for the first byte of the next frame. On
+	// plain TCP an idle connection waits holding no read buffer.
+	if c.rb.buffered() == 0 {
+		if err := c.fill(); err != nil {
+			return err
+		}
 	}
 	// A frame already whole in the buffer is read without a deadline; any
 	// other has FrameTimeout to arrive, from its first byte on.
@@ -264,11 +211,11 @@ func (c *Conn) readFrame(st *readState) error {
 	if !ok {
 		return c.fail(CloseProtocolError, "invalid frame length")
 	}
-	if !timed && int64(c.br.Buffered()-len(hb)) < h.Length {
+	if !timed && int64(c.rb.buffered()-len(hb)) < h.Length {
 		timed = true
 		c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
 	}
-	_, _ = c.br.Discard(len(hb))
+	c.rb.discard(len(hb))
 	c.lastRecv.Store(c.srv.clock.Now().UnixNano())
 
 	switch {
@@ -288,14 +235,14 @@ func (c *Conn) readFrame(st *readState) error {
 		}
 		// The payload (at most 125 bytes) is read in place in the
 		// read buffer, valid until the next read.
-		p, err := c.br.Peek(int(h.Length))
+		p, err := c.peek(int(h.Length))
 		for err != nil && c.grace(err) {
-			p, err = c.br.Peek(int(h.Length))
+			p, err = c.peek(int(h.Length))
 		}
 		if err != nil {
 			return c.readError(err)
 		}
-		_, _ = c.br.Discard(len(p))
+		c.rb.discard(len(p))
 		ws.Cipher(p, h.Mask, 0)
 		c.srv.stats.countRx(c.sp, false)
 		switch h.OpCode {
@@ -382,7 +329,7 @@ func (c *Conn) grace(err error) bool {
 func (c *Conn) peekHeader() ([]byte, error) {
 	need := 2
 	for {
-		b, err := c.br.Peek(need)
+		b, err := c.peek(need)
 		if err != nil {
 			if c.grace(err) {
 				continue
@@ -466,7 +413,7 @@ func (c *Conn) readPayload(msg []byte, n int, mask [4]byte, checked *int) ([]byt
 		}
 		return msg, nil
 	}
-	if cap(msg)-start < n && (n <= preallocLimit || n <= c.br.Buffered()) {
+	if cap(msg)-start < n && (n <= preallocLimit || n <= c.rb.buffered()) {
 		msg = slices.Grow(msg, n)
 	}
 	end := start + n
@@ -474,7 +421,7 @@ func (c *Conn) readPayload(msg []byte, n int, mask [4]byte, checked *int) ([]byt
 		if len(msg) == cap(msg) {
 			msg = slices.Grow(msg, min(max(cap(msg), preallocLimit), end-len(msg)))
 		}
-		k, err := c.br.Read(msg[len(msg):min(cap(msg), end)])
+		k, err := c.read(msg[len(msg):min(cap(msg), end)])
 		ws.Cipher(msg[len(msg):len(msg)+k], mask, len(msg)-start)
 		msg = msg[:len(msg)+k]
 		if err != nil && len(msg) < end && c.grace(err) {
@@ -684,8 +631,6 @@ func (c *Conn) closeWrite() bool {
 // before the socket is gone (closing a socket with unread input resets it).
 func (c *Conn) linger() {
 	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
-	if c.br != nil {
-		_, _ = c.br.Discard(c.br.Buffered())
-	}
-	_, _ = io.CopyN(io.Discard, c.rd, 1<<16)
+	c.dropInput()
+	_, _ = io.CopyN(io.Discard, c.nc, 1<<16)
 }

@@ -713,17 +713,23 @@ func TestHandshakeDisable(t *testing.T) {
 // socket. As Kamailio.
 func TestHandshakePipelined(t *testing.T) {
 	big := strings.Repeat("0123456789abcdef", 1<<10) // 16 KiB: more than net/http's 4 KiB buffer
+	var many []string // 3 KiB of frames of every size, through a 128-byte read buffer
+	for i := range 96 {
+		many = append(many, strings.Repeat(string(rune('a'+i%26)), i))
+	}
 	cases := []struct {
 		name string
 		msgs []string
+		rbuf int
 	}{
-		{"one frame", []string{"OPTIONS sip:a@example.test SIP/2.0\r\n\r\n"}},
-		{"three frames", []string{"first", "second", "third"}},
-		{"frame past the HTTP buffer", []string{big, "after"}},
+		{"one frame", []string{"OPTIONS sip:a@example.test SIP/2.0\r\n\r\n"}, 0},
+		{"three frames", []string{"first", "second", "third"}, 0},
+		{"frame past the HTTP buffer", []string{big, "after"}, 0},
+		{"frames straddling a small read buffer", many, 128},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ts := startServer(t, sipws.Config{OnMessage: hsEcho})
+			ts := startServer(t, sipws.Config{OnMessage: hsEcho, ReadBufferSize: tc.rbuf})
 			req := newHSRequest(ts.Addr, "sip")
 			wire := []byte(req.String())
 			for _, m := range tc.msgs {

@@ -1,7 +1,6 @@
 package sipws
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -58,9 +57,11 @@ type Config struct {
 	// together; a larger one closes the connection with 1009. 0 means 64 KiB;
 	// at most 64 MiB.
 	MaxMessageSize int64
-	// ReadBufferSize is the size of each connection's read buffer. 0 means
-	// 512 bytes, which keeps idle connections small; larger messages are
-	// read straight into their own buffer.
+	// ReadBufferSize is the size of the read buffer a connection borrows
+	// from a pool while it has input to read (an idle plain-TCP connection
+	// holds none; a TLS one keeps its own). 0 means 512 bytes: a SIP request
+	// usually arrives in one read, and larger messages are read straight
+	// into their own buffer.
 	ReadBufferSize int
 	// CloseTimeout bounds the wait for the peer's close reply after we sent
 	// a close frame, and the wait for its FIN after we closed our side.
@@ -318,7 +319,7 @@ type Server struct {
 	obs    Observer // nil when none
 
 	flows    atomic.Pointer[FlowTokens]
-	readers  sync.Pool // *bufio.Reader of ReadBufferSize, lent to busy connections
+	readers  sync.Pool // *[]byte blocks of ReadBufferSize, lent to busy connections
 	nextID   atomic.Uint64
 	shutdown atomic.Bool // Shutdown has begun: no lingering for FINs
 	disabled atomic.Bool
@@ -344,7 +345,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.limits.init(c.MaxConns, c.MaxConnsPerIP)
 	size := c.ReadBufferSize
-	s.readers.New = func() any { return bufio.NewReaderSize(nil, size) }
+	s.readers.New = func() any {
+		b := make([]byte, size)
+		return &b
+	}
 	s.ka = newKeepalive(s)
 	return s, nil
 }
