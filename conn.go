@@ -69,9 +69,19 @@ type Conn struct {
 
 // outFrame is a complete frame waiting to be written.
 type outFrame struct {
-	b    []byte
-	data bool // a data frame (for the per-sub-protocol counters)
-	pong bool // a Pong answering a Ping: a later one may replace it
+	b       []byte
+	data    bool    // a data frame (for the per-sub-protocol counters)
+	pong    bool    // a Pong answering a Ping: a later one may replace it
+	scratch *[]byte // the server's pooled block b is in: b is copied before it waits
+}
+
+// own makes f's bytes its own, out of the pooled block, which goes back to
+// the pool; the frame can then wait in the queue.
+func (f *outFrame) own(s *Server) {
+	if f.scratch != nil {
+		f.b = append([]byte(nil), f.b...)
+		s.putScratch(f)
+	}
 }
 
 // endCause records how a connection ends.
@@ -271,7 +281,16 @@ func (c *Conn) send(typ MessageType, data []byte) error {
 	if int64(len(data)) > c.srv.cfg.MaxMessageSize {
 		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrMessageTooBig, len(data), c.srv.cfg.MaxMessageSize)
 	}
-	if err := c.enqueue(outFrame{b: dataFrame(typ, data), data: true}); err != nil {
+	f := outFrame{data: true}
+	if c.raw != nil && len(data) <= scratchSize-maxHeaderLen {
+		// Built in a pooled block: the frame usually goes out at once, and
+		// is copied only if it must wait.
+		f.scratch = c.srv.scratch.Get().(*[]byte)
+		f.b = appendDataFrame((*f.scratch)[:0], typ, data)
+	} else {
+		f.b = dataFrame(typ, data)
+	}
+	if err := c.enqueue(f); err != nil {
 		return err
 	}
 	if o := c.srv.obs; o != nil {
@@ -358,11 +377,13 @@ func (c *Conn) enqueue(f outFrame) error {
 	c.wmu.Lock()
 	if c.state != stateOpen {
 		c.wmu.Unlock()
+		c.srv.putScratch(&f)
 		return fmt.Errorf("%w (connection %d)", ErrClosed, c.id)
 	}
 	if f.data && c.queued > 0 && c.queued+len(f.b) > c.srv.cfg.SendQueueSize {
 		queued := c.queued
 		c.wmu.Unlock()
+		c.srv.putScratch(&f)
 		err := fmt.Errorf("%w: connection %d has %d bytes waiting, the bound is %d", ErrSendQueueFull, c.id, queued, c.srv.cfg.SendQueueSize)
 		c.abort(InitiatorSlowConsumer, ClosePolicyViolation, "send queue full", err)
 		return err
@@ -391,6 +412,7 @@ func (c *Conn) writeNow(f outFrame) {
 	n, err := c.raw.tryWrite(f.b)
 	c.sockMu.Unlock()
 	if err != nil {
+		c.srv.putScratch(&f)
 		c.abort(InitiatorWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
 		c.wmu.Lock()
 		clear(c.queue)
@@ -407,11 +429,15 @@ func (c *Conn) writeNow(f outFrame) {
 		c.srv.stats.countTx(c.sp, 1, data)
 	} else {
 		// The rest of the frame goes first.
+		rest := outFrame{b: f.b[n:], data: f.data, scratch: f.scratch}
+		f.scratch = nil
+		rest.own(c.srv)
 		c.queue = append(c.queue, outFrame{})
 		copy(c.queue[1:], c.queue)
-		c.queue[0] = outFrame{b: f.b[n:], data: f.data}
-		c.queued += len(f.b) - n
+		c.queue[0] = rest
+		c.queued += len(rest.b)
 	}
+	c.srv.putScratch(&f)
 	if len(c.queue) == 0 {
 		c.writing = false
 	} else {
@@ -423,6 +449,7 @@ func (c *Conn) writeNow(f outFrame) {
 
 // pushLocked appends f and starts a writer when none runs. c.wmu is held.
 func (c *Conn) pushLocked(f outFrame) {
+	f.own(c.srv)
 	c.queue = append(c.queue, f)
 	c.queued += len(f.b)
 	if !c.writing {

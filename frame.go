@@ -52,12 +52,21 @@ func frame(op ws.OpCode, p []byte) []byte {
 	return append(appendHeader(b, op, len(p)), p...)
 }
 
+// maxHeaderLen is the longest header of a frame we send (unmasked).
+const maxHeaderLen = 10
+
 // dataFrame builds a complete, unfragmented data frame.
 func dataFrame(t MessageType, p []byte) []byte {
+	return appendDataFrame(make([]byte, 0, maxHeaderLen+len(p)), t, p)
+}
+
+// appendDataFrame appends a complete, unfragmented data frame to b.
+func appendDataFrame(b []byte, t MessageType, p []byte) []byte {
+	op := opBinary
 	if t == Text {
-		return frame(opText, p)
+		op = opText
 	}
-	return frame(opBinary, p)
+	return append(appendHeader(b, op, len(p)), p...)
 }
 
 // controlFrame builds a control frame; p is at most 125 bytes.

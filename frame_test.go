@@ -1305,6 +1305,37 @@ func TestFrameServerConcurrentSends(t *testing.T) {
 	assert.Equal(t, senders*each/10, pings)
 }
 
+// TestFrameServerSendWhileSocketFull sends while the peer reads nothing: the
+// socket fills, a frame goes out in part and its rest waits in the queue
+// with every frame after it. What waits must be the server's own copy — not
+// the pooled block the next frame is built in, nor the caller's buffer, which
+// Send lets it reuse at once — so every message arrives whole, in order.
+func TestFrameServerSendWhileSocketFull(t *testing.T) {
+	// 1,400 messages of 7,000 bytes: 9.8 MB, past what the socket buffers
+	// take (Linux lets a send buffer grow to 4 MiB by default).
+	const msgs = 1400
+	ts := startServer(t, sipws.Config{SendQueueSize: 64 << 20})
+	c, conn := frDial(t, ts)
+	want := func(i int) []byte {
+		b := make([]byte, 7000)
+		for j := range b {
+			b[j] = byte('a' + (i*7+j)%26)
+		}
+		return fmt.Appendf(b[:0], "%04d", i)[:7000]
+	}
+	buf := make([]byte, 7000)
+	for i := range msgs {
+		copy(buf, want(i))
+		require.NoError(t, conn.Send(buf))
+	}
+	for i := range msgs {
+		f := c.mustReadFrame()
+		frServerFrame(t, f)
+		require.Equal(t, frOpText, f.Op, "message %d", i)
+		frEqualBytes(t, want(i), f.Payload, fmt.Sprintf("message %d", i))
+	}
+}
+
 func TestFrameServerControlFrames(t *testing.T) {
 	ts := startServer(t, sipws.Config{})
 	c, conn := frDial(t, ts)

@@ -3,7 +3,6 @@
 package sipws
 
 import (
-	"errors"
 	"io"
 	"net"
 	"os"
@@ -81,15 +80,15 @@ func (w *rawConn) readable(fd uintptr) bool {
 	}
 	for {
 		n, err := syscall.Read(int(fd), p)
-		switch {
-		case err == nil:
+		switch err {
+		case nil:
 			w.rn = n
 			if w.rb != nil {
 				w.rb.w += n
 			}
-		case errors.Is(err, syscall.EINTR):
+		case syscall.EINTR:
 			continue
-		case errors.Is(err, syscall.EAGAIN):
+		case syscall.EAGAIN:
 			if w.rb != nil {
 				w.rb.release()
 			}
@@ -104,12 +103,13 @@ func (w *rawConn) readable(fd uintptr) bool {
 func (w *rawConn) write(fd uintptr) bool {
 	for w.n < len(w.b) {
 		k, e := syscall.Write(int(fd), w.b[w.n:])
-		switch {
-		case errors.Is(e, syscall.EINTR):
+		switch e {
+		case nil:
+		case syscall.EINTR:
 			continue
-		case errors.Is(e, syscall.EAGAIN):
+		case syscall.EAGAIN:
 			return true
-		case e != nil:
+		default:
 			w.err = e
 			return true
 		}

@@ -320,6 +320,7 @@ type Server struct {
 
 	flows    atomic.Pointer[FlowTokens]
 	readers  sync.Pool // *[]byte blocks of ReadBufferSize, lent to busy connections
+	scratch  sync.Pool // *[]byte blocks of scratchSize: data frames built for an immediate write
 	nextID   atomic.Uint64
 	shutdown atomic.Bool // Shutdown has begun: no lingering for FINs
 	disabled atomic.Bool
@@ -347,6 +348,10 @@ func New(cfg Config) (*Server, error) {
 	size := c.ReadBufferSize
 	s.readers.New = func() any {
 		b := make([]byte, size)
+		return &b
+	}
+	s.scratch.New = func() any {
+		b := make([]byte, 0, scratchSize)
 		return &b
 	}
 	s.ka = newKeepalive(s)
@@ -418,3 +423,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // ServeHTTP implements http.Handler: it is HandleHandshake.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.HandleHandshake(w, r) }
+
+// scratchSize is the size of the pooled blocks data frames are built in when
+// they can be written at once: room for a SIP request with a WebRTC SDP.
+const scratchSize = 8 << 10
+
+// putScratch gives f's pooled block back, if it has one.
+func (s *Server) putScratch(f *outFrame) {
+	if f.scratch != nil {
+		s.scratch.Put(f.scratch)
+		f.scratch = nil
+	}
+}
