@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,10 +39,14 @@ func fuzzFrame(fin bool, op byte, p []byte) []byte {
 	return b
 }
 
-// FuzzReadFrames feeds arbitrary bytes to a connection's read loop over a
-// pipe, as a client would after the handshake. Whatever the bytes, the loop
-// must not panic, must end once the input ends, and OnClosed must fire exactly
-// once; every message delivered fits the size limit, and text is UTF-8.
+// FuzzReadFrames feeds arbitrary bytes to a connection's read loop, as a
+// client would after the handshake, three ways: over a pipe (the path of TLS
+// and of other platforms); over loopback TCP (the raw socket path), with a
+// 128-byte read buffer so that headers and payloads straddle it; and over
+// TCP with the first part of the bytes handed over as read past the
+// handshake. Whatever the bytes, the loop must not panic, must end once the
+// input ends, and OnClosed must fire exactly once; every message delivered
+// fits the size limit, and the three ways deliver the same messages.
 func FuzzReadFrames(f *testing.F) {
 	f.Add(fuzzFrame(true, 0x1, []byte("OPTIONS sip:a@b SIP/2.0\r\n\r\n")))
 	f.Add(append(fuzzFrame(false, 0x1, []byte("frag")), fuzzFrame(true, 0x0, []byte("ment"))...))
@@ -50,52 +56,104 @@ func FuzzReadFrames(f *testing.F) {
 	f.Add([]byte{0x81, 0xff, 0, 0, 1, 0, 0, 0, 0, 0, 1, 2, 3, 4})
 	f.Add(fuzzFrame(true, 0x1, []byte{0xce, 0xba, 0xf4, 0x90}))
 	f.Add(fuzzFrame(true, 0x3, nil))
+	// 62-byte frames: the third header straddles the end of a 128-byte buffer.
+	f.Add(bytes.Repeat(fuzzFrame(true, 0x1, bytes.Repeat([]byte("0123456"), 8)), 12))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		var closed, msgs atomic.Int32
-		var bad atomic.Value
-		s, err := New(Config{
-			MaxMessageSize: 1024,
-			Keepalive:      KeepaliveNone,
-			CloseTimeout:   50 * time.Millisecond,
-			FrameTimeout:   200 * time.Millisecond,
-			OnMessage: func(c *Conn, m Message) {
-				msgs.Add(1)
-				if len(m.Data) > 1024 {
-					bad.Store("message over the limit")
-				}
-			},
-			OnClosed: func(Closed) { closed.Add(1) },
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		server, peer := net.Pipe()
-		r := httptest.NewRequest(http.MethodGet, "/", nil)
-		c := s.newConn(server, r, client{}, SIP, nil, nil)
-		s.stats.opened(SIP)
-		s.reg.add(c)
-		s.wg.Add(1)
-		go c.serve()
-		go func() { _, _ = io.Copy(io.Discard, peer) }()
-		_ = peer.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = peer.Write(in)
-		_ = peer.Close()
-		select {
-		case <-c.Done():
-		case <-time.After(5 * time.Second):
-			t.Fatal("the read loop did not end after the input ended")
-		}
-		s.wg.Wait()
-		if n := closed.Load(); n != 1 {
-			t.Fatalf("OnClosed fired %d times", n)
-		}
-		if v := bad.Load(); v != nil {
-			t.Fatal(v)
-		}
-		if s.reg.Len() != 0 || s.Stats().CurrentConnections != 0 {
-			t.Fatalf("registry %d, current %d after the end", s.reg.Len(), s.Stats().CurrentConnections)
+		viaPipe := fuzzReadOnce(t, in, "pipe")
+		viaTCP := fuzzReadOnce(t, in, "tcp")
+		viaPre := fuzzReadOnce(t, in, "tcp+pre")
+		if !slices.Equal(viaPipe, viaTCP) || !slices.Equal(viaPipe, viaPre) {
+			t.Fatalf("messages differ: pipe %q, tcp %q, tcp+pre %q", viaPipe, viaTCP, viaPre)
 		}
 	})
+}
+
+// fuzzReadOnce runs one connection over in (see FuzzReadFrames) and returns
+// the messages delivered.
+func fuzzReadOnce(t *testing.T, in []byte, way string) []string {
+	var closed atomic.Int32
+	var mu sync.Mutex
+	var msgs []string
+	var bad atomic.Value
+	s, err := New(Config{
+		MaxMessageSize: 1024,
+		ReadBufferSize: 128,
+		Keepalive:      KeepaliveNone,
+		CloseTimeout:   50 * time.Millisecond,
+		FrameTimeout:   200 * time.Millisecond,
+		OnMessage: func(c *Conn, m Message) {
+			if len(m.Data) > 1024 {
+				bad.Store("message over the limit")
+			}
+			mu.Lock()
+			msgs = append(msgs, string(m.Data))
+			mu.Unlock()
+		},
+		OnClosed: func(Closed) { closed.Add(1) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var server, peer net.Conn
+	var pre []byte
+	if way == "pipe" {
+		server, peer = net.Pipe()
+	} else {
+		server, peer = tcpPair(t)
+		if way == "tcp+pre" {
+			pre, in = in[:len(in)/2], in[len(in)/2:]
+		}
+	}
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	c := s.newConn(server, r, client{}, SIP, nil, pre)
+	s.stats.opened(SIP)
+	s.reg.add(c)
+	s.wg.Add(1)
+	go c.serve()
+	go func() { _, _ = io.Copy(io.Discard, peer) }()
+	_ = peer.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = peer.Write(in)
+	if tc, ok := peer.(*net.TCPConn); ok {
+		_ = tc.CloseWrite() // the end of the input; the server's close frame can still be read
+	} else {
+		_ = peer.Close()
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: the read loop did not end after the input ended", way)
+	}
+	s.wg.Wait()
+	_ = peer.Close()
+	if n := closed.Load(); n != 1 {
+		t.Fatalf("%s: OnClosed fired %d times", way, n)
+	}
+	if v := bad.Load(); v != nil {
+		t.Fatalf("%s: %v", way, v)
+	}
+	if s.reg.Len() != 0 || s.Stats().CurrentConnections != 0 {
+		t.Fatalf("%s: registry %d, current %d after the end", way, s.reg.Len(), s.Stats().CurrentConnections)
+	}
+	return msgs
+}
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (server, peer net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		_ = peer.Close()
+		t.Fatal(err)
+	}
+	return server, peer
 }
 
 // hijackRecorder is a ResponseWriter that records refusals and can be
