@@ -428,14 +428,14 @@ func (c *Conn) writeNow(f outFrame) {
 		}
 		c.srv.stats.countTx(c.sp, 1, data)
 	} else {
-		// The rest of the frame goes first.
-		rest := outFrame{b: f.b[n:], data: f.data, scratch: f.scratch}
-		f.scratch = nil
-		rest.own(c.srv)
+		// The rest of the frame goes first; never as a Pong that a later
+		// one could replace.
+		f.b = f.b[n:]
+		f.own(c.srv)
 		c.queue = append(c.queue, outFrame{})
 		copy(c.queue[1:], c.queue)
-		c.queue[0] = rest
-		c.queued += len(rest.b)
+		c.queue[0] = outFrame{b: f.b, data: f.data}
+		c.queued += len(f.b)
 	}
 	c.srv.putScratch(&f)
 	if len(c.queue) == 0 {

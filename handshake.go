@@ -77,8 +77,8 @@ func (s *Server) checkRequest(r *http.Request) (sp Subprotocol, unnegotiated boo
 	if raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(raw) != 16 {
 		return 0, false, &refusal{status: http.StatusBadRequest, msg: "invalid Sec-WebSocket-Key: want the base64 encoding of 16 bytes"}
 	}
-	sp, offered := negotiateSubprotocol(r.Header, s.cfg.Subprotocols)
-	if sp == 0 && s.cfg.NoSubprotocol != 0 && !offered {
+	sp, anyOffered := negotiateSubprotocol(r.Header, s.cfg.Subprotocols)
+	if sp == 0 && s.cfg.NoSubprotocol != 0 && !anyOffered {
 		return s.cfg.NoSubprotocol, true, nil
 	}
 	if sp == 0 {

@@ -61,33 +61,15 @@ func (b *readBuf) space() []byte {
 // buffer is empty, so that an idle connection costs no buffer.
 func (c *Conn) fill() error {
 	b := &c.rb
-	if len(c.pre) > 0 {
-		b.acquire()
-		n := copy(b.space(), c.pre)
-		c.pre = c.pre[n:]
-		b.w += n
-		return nil
-	}
-	if c.raw != nil {
+	if c.raw != nil && len(c.pre) == 0 {
 		_, err := c.raw.read(b, nil)
 		return err
 	}
 	b.acquire()
-	for range maxEmptyReads {
-		n, err := c.nc.Read(b.space())
-		b.w += n
-		if n > 0 {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return io.ErrNoProgress
+	n, err := c.readSource(b.space())
+	b.w += n
+	return err
 }
-
-// maxEmptyReads bounds reads that return neither bytes nor an error.
-const maxEmptyReads = 100
 
 // peek waits until n bytes (n ≤ ReadBufferSize) are in the read buffer and
 // returns them, in place (valid until the next read).
@@ -119,13 +101,19 @@ func (c *Conn) read(p []byte) (int, error) {
 
 // readDirect reads into p without the read buffer, which is empty.
 func (c *Conn) readDirect(p []byte) (int, error) {
+	if c.raw != nil && len(c.pre) == 0 {
+		return c.raw.read(nil, p)
+	}
+	return c.readSource(p)
+}
+
+// readSource reads once into p from what the HTTP server had read past the
+// handshake, else from nc. It returns an error only when nothing was read.
+func (c *Conn) readSource(p []byte) (int, error) {
 	if len(c.pre) > 0 {
 		n := copy(p, c.pre)
 		c.pre = c.pre[n:]
 		return n, nil
-	}
-	if c.raw != nil {
-		return c.raw.read(nil, p)
 	}
 	for range maxEmptyReads {
 		n, err := c.nc.Read(p)
@@ -138,6 +126,9 @@ func (c *Conn) readDirect(p []byte) (int, error) {
 	}
 	return 0, io.ErrNoProgress
 }
+
+// maxEmptyReads bounds reads that return neither bytes nor an error.
+const maxEmptyReads = 100
 
 // dropInput gives the read buffer back, discarding what it holds and what
 // the HTTP server had read past the handshake; the connection reads no more

@@ -131,11 +131,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, usageError{err: fmt.Errorf("-subprotocols: %w", err)}
 	}
 	if *noSubprotocol != "" {
+		// sipws.New checks that it is one of the enabled ones.
 		if o.cfg.NoSubprotocol, err = sipws.ParseSubprotocols(*noSubprotocol); err != nil {
 			return o, usageError{err: fmt.Errorf("-no-subprotocol: %w", err)}
-		}
-		if o.cfg.NoSubprotocol.Token() == "" || o.cfg.Subprotocols&o.cfg.NoSubprotocol == 0 {
-			return o, usageError{err: fmt.Errorf("-no-subprotocol %s: want one of -subprotocols %s", *noSubprotocol, o.cfg.Subprotocols)}
 		}
 	}
 	if o.cfg.CORS, err = sipws.ParseCORSMode(*cors); err != nil {
