@@ -555,6 +555,164 @@ func TestClosedShutdownExpiredContext(t *testing.T) {
 	ts.noMoreClosed(t, clQuiet)
 }
 
+// gateClock is the real clock, except that once armed, its next Now call
+// reports on entered and blocks until release is closed. The Server reads its
+// clock once between writing a handshake's 101 and registering the
+// connection, so a test can hold a handshake in that window.
+type gateClock struct {
+	armed   chan struct{} // holds a token while armed
+	entered chan struct{}
+	release chan struct{}
+}
+
+func newGateClock() *gateClock {
+	return &gateClock{armed: make(chan struct{}, 1), entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (g *gateClock) arm() { g.armed <- struct{}{} }
+
+func (g *gateClock) Now() time.Time {
+	select {
+	case <-g.armed:
+		close(g.entered)
+		<-g.release
+	default:
+	}
+	return time.Now()
+}
+
+func (g *gateClock) NewTicker(d time.Duration) sipws.Ticker { return gateTicker{time.NewTicker(d)} }
+
+type gateTicker struct{ t *time.Ticker }
+
+func (t gateTicker) C() <-chan time.Time { return t.t.C }
+func (t gateTicker) Stop()               { t.t.Stop() }
+
+// A client that has its 101 has a connection, even when Shutdown begins
+// before the server has registered it: the host sees OnOpen and OnClosed,
+// the client gets 1001 (or, once Shutdown's context is done, the socket is
+// dropped), and Shutdown returns only after OnClosed. The handshake is held
+// between its 101 and the registration; Shutdown starts meanwhile.
+func TestClosedShutdownDuringHandshake(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		expired bool // Shutdown's context is done: connections are dropped
+	}{
+		{name: "close handshake"},
+		{name: "context done", expired: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gate := newGateClock()
+			ts := startServer(t, sipws.Config{CloseTimeout: 5 * time.Second, Clock: gate})
+			var probe *rawClient
+			if tc.expired {
+				// Its OnClosed tells that Shutdown has passed its deadline.
+				probe, _ = clOpen(t, ts, "sip")
+			}
+
+			// The held handshake, from a goroutine: it ends at the 101.
+			gate.arm()
+			type dialed struct {
+				c      *rawClient
+				status int
+				err    error
+			}
+			dialc := make(chan dialed, 1)
+			go func() {
+				nc, err := net.DialTimeout("tcp", ts.Addr, ioTimeout)
+				if err != nil {
+					dialc <- dialed{err: err}
+					return
+				}
+				c := &rawClient{t: t, conn: nc, br: bufio.NewReader(nc)}
+				_ = nc.SetDeadline(time.Now().Add(ioTimeout))
+				if _, err = io.WriteString(nc, handshakeRequest(ts.Addr, "sip")); err != nil {
+					dialc <- dialed{c: c, err: err}
+					return
+				}
+				resp, err := http.ReadResponse(c.br, nil)
+				if err != nil {
+					dialc <- dialed{c: c, err: err}
+					return
+				}
+				dialc <- dialed{c: c, status: resp.StatusCode}
+			}()
+			select {
+			case <-gate.entered:
+			case <-time.After(ioTimeout):
+				t.Fatal("the handshake did not read the clock")
+			}
+			var d dialed
+			select {
+			case d = <-dialc:
+			case <-time.After(ioTimeout):
+				close(gate.release)
+				t.Fatal("no 101 while the handshake was held: the server reads its clock before the 101, and this test no longer holds the window it is about")
+			}
+			t.Cleanup(func() {
+				if d.c != nil {
+					_ = d.c.conn.Close()
+				}
+			})
+			require.NoError(t, d.err)
+			require.Equal(t, http.StatusSwitchingProtocols, d.status)
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if tc.expired {
+				cancel()
+			}
+			shut := make(chan error, 1)
+			go func() { shut <- ts.Shutdown(ctx) }()
+			if tc.expired {
+				ev := ts.nextClosed(t) // the probe, dropped after the deadline
+				require.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
+				clExpectGone(t, probe, clPrompt)
+			} else {
+				// Handshakes are refused once Shutdown has begun.
+				require.Eventually(t, func() bool {
+					_, resp := rawDial(t, ts.Addr, handshakeRequest(ts.Addr, "sip"))
+					return resp.StatusCode == http.StatusServiceUnavailable
+				}, ioTimeout, 5*time.Millisecond)
+			}
+			select {
+			case err := <-shut:
+				t.Fatalf("Shutdown returned (%v) while a connection that had its 101 was not yet registered", err)
+			default:
+			}
+
+			close(gate.release)
+			conn := ts.nextOpened(t)
+			if tc.expired {
+				clExpectGone(t, d.c, clPrompt)
+			} else {
+				code, reason := clReadClose(t, d.c)
+				assert.Equal(t, uint16(1001), code)
+				assert.Equal(t, "Going away", reason)
+				d.c.sendClose(1001, "")
+			}
+			var err error
+			select {
+			case err = <-shut:
+			case <-time.After(ioTimeout):
+				t.Fatal("Shutdown did not return")
+			}
+			// OnClosed had fired by the time Shutdown returned.
+			require.Len(t, ts.Closed, 1, "OnClosed of the held connection, before Shutdown returned")
+			ev := ts.nextClosed(t)
+			want := clWant{sp: sipws.SIP, initiator: sipws.InitiatorShutdown, code: sipws.CloseGoingAway, reason: "Going away", errNil: true}
+			if tc.expired {
+				require.ErrorIs(t, err, context.Canceled)
+				want.errNil = false
+				assert.ErrorIs(t, ev.Err, context.Canceled, "Closed.Err names Shutdown's context")
+			} else {
+				require.NoError(t, err)
+			}
+			clCheck(t, ts, ev, d.c.conn, conn, want)
+		})
+	}
+}
+
 // The connections Shutdown dropped without a close handshake ended
 // abnormally: Closed.Err says so, as it does when Conn.Close gets no reply.
 func TestClosedShutdownExpiredContextReportsErr(t *testing.T) {
@@ -565,12 +723,9 @@ func TestClosedShutdownExpiredContextReportsErr(t *testing.T) {
 	require.ErrorIs(t, ts.Shutdown(ctx), context.Canceled)
 	ev := ts.nextClosed(t)
 	require.Equal(t, conn.ID(), ev.ConnID)
-	if ev.Err == nil {
-		t.Skip("BUG: Closed.Err is nil for a connection that Shutdown dropped without a close handshake " +
-			"(context expired, no reply); it should be non-nil (e.g. wrap the context error), as for Conn.Close " +
-			"without a reply and as documented for Closed.Err (nil only for a clean close handshake)")
-	}
-	assert.Error(t, ev.Err)
+	// Nil only for a clean close handshake, as for Conn.Close without a
+	// reply.
+	assert.ErrorIs(t, ev.Err, context.Canceled)
 }
 
 func TestClosedSecureConnection(t *testing.T) {

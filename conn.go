@@ -518,15 +518,6 @@ func (c *Conn) writeFrames(frames []outFrame) (int, error) {
 	return total, err
 }
 
-// writeRaw writes one frame at once, outside the queue (before the
-// connection is started).
-func (c *Conn) writeRaw(b []byte) {
-	c.sockMu.Lock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
-	_, _ = c.nc.Write(b)
-	c.sockMu.Unlock()
-}
-
 // recordEnd sets why the connection ends, unless that is already known.
 // c.wmu is held.
 func (c *Conn) recordEnd(by Initiator, code CloseCode, reason string, err error) {

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -150,7 +152,7 @@ func ExampleConn_Send() {
 		}
 		fmt.Printf("%s %q\n", exampleOpName(op), data)
 	}
-	fmt.Println("text that is not UTF-8 refused:", <-invalid != nil)
+	fmt.Println("text that is not UTF-8 refused:", exampleRecv(invalid, "SendMessage's answer", exampleWait) != nil)
 	// Output:
 	// text "NOTIFY sip:alice@example.com SIP/2.0\r\n\r\n"
 	// binary "\x00\xff\x10"
@@ -189,7 +191,7 @@ func ExampleConn_Close() {
 	}
 	_ = c.Close()
 
-	ev := <-closed
+	ev := exampleRecv(closed, "OnClosed", exampleWait)
 	fmt.Println("OnClosed:", ev.Initiator, ev.Code, ev.Reason, ev.Err)
 	// Output:
 	// client got close 4000 "logged out"
@@ -214,7 +216,7 @@ func ExampleRegistry_Dump() {
 	for _, protocol := range []string{"sip", "msrp"} {
 		c := dialExample(hs.URL, protocol)
 		defer c.Close()
-		<-opened // registered before OnOpen is called
+		exampleRecv(opened, "OnOpen", exampleWait) // registered before OnOpen is called
 	}
 
 	d := srv.Registry().Dump(sipws.DumpByID, 1)
@@ -268,8 +270,8 @@ func ExampleServer_Shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	fmt.Println("Shutdown:", srv.Shutdown(ctx))
-	fmt.Println(<-got)
-	ev := <-closed
+	fmt.Println(exampleRecv(got, "the client's close", exampleWait))
+	ev := exampleRecv(closed, "OnClosed", exampleWait)
 	fmt.Println("OnClosed:", ev.Initiator, ev.Code)
 	fmt.Println("live connections:", srv.Registry().Len())
 
@@ -313,12 +315,36 @@ func dialExample(httpURL, protocol string) *exampleClient {
 	return c
 }
 
-// exampleShutdown shuts a server down, waiting at most 5 s.
+// exampleShutdown shuts a server down, waiting at most 5 s for the close
+// handshakes. Shutdown then still waits for the dropped connections'
+// goroutines to end, which a lost wakeup could stall: the example fails
+// 10 s later rather than hang.
 func exampleShutdown(srv *sipws.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Shutdown(ctx) }()
+	if err := exampleRecv(errc, "return from Shutdown", 15*time.Second); err != nil {
 		panic(err)
+	}
+}
+
+// exampleWait bounds the examples' waits for an event.
+const exampleWait = 10 * time.Second
+
+// exampleRecv receives from ch, or panics naming what did not come within
+// d: an example must fail, not hang, when an event is lost.
+func exampleRecv[T any](ch <-chan T, what string, d time.Duration) T {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-t.C:
+		// Every goroutine's stack, for the hang's cause: a panic in an
+		// example prints only its own.
+		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
+		panic(fmt.Sprintf("example: no %s within %v", what, d))
 	}
 }
 

@@ -197,12 +197,23 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 // upgrade hijacks the connection, writes the 101 and starts the connection.
 // It returns the status answered (0 when the connection was lost).
 func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp Subprotocol, unnegotiated bool, identity any) int {
+	// Join wg before the 101, so that a Shutdown that starts once the
+	// client has its 101 waits for this connection.
 	s.mu.RLock()
 	closed := s.closed
+	if !closed {
+		s.wg.Add(1)
+	}
 	s.mu.RUnlock()
 	if closed {
 		return s.refuse(w, r, &refusal{status: http.StatusServiceUnavailable, msg: "server shutting down"})
 	}
+	started := false
+	defer func() {
+		if !started {
+			s.wg.Done()
+		}
+	}()
 	extra := w.Header().Clone()
 	nc, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -247,23 +258,26 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	}
 
 	c := s.newConn(nc, r, cl, sp, identity, pending(brw.Reader))
-	// Register under the read lock so that Shutdown, which takes the write
-	// lock, either sees this connection or refuses it here.
+	// Register under the read lock: Shutdown, which takes the write lock
+	// to set closed, then finds this connection in the registry, or this
+	// finds closed set and closes the connection itself. Either way the
+	// host sees OnOpen and OnClosed, as for any connection that had a 101.
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		s.stats.failedHS.Add(1)
-		c.writeRaw(closeFrame(CloseGoingAway, "Going away"))
-		_ = nc.Close()
-		return 0
-	}
 	s.stats.opened(sp)
 	s.reg.add(c)
 	s.ka.add(c)
+	closing, dropErr := s.closed, s.dropErr
+	s.mu.RUnlock()
 	// Logged here, on the handshake's goroutine: a log call on the
 	// connection's own goroutine would double its stack for good.
 	s.log.Info("connection opened", "conn", c.id, "remote", c.remote, "subprotocol", sp, "secure", c.secure)
-	s.wg.Add(1)
+	switch {
+	case dropErr != nil:
+		c.abort(InitiatorShutdown, CloseGoingAway, "Going away", dropErr)
+	case closing:
+		_ = c.startClose(InitiatorShutdown, CloseGoingAway, "Going away", nil)
+	}
+	started = true
 	go c.serve()
 	return http.StatusSwitchingProtocols
 }

@@ -325,11 +325,14 @@ type Server struct {
 	shutdown atomic.Bool // Shutdown has begun: no lingering for FINs
 	disabled atomic.Bool
 
-	// mu orders handshakes against Shutdown: a connection is added to wg
-	// and the registry only while closed is false.
-	mu     sync.RWMutex
-	closed bool
-	wg     sync.WaitGroup // one per connection goroutine
+	// mu orders handshakes against Shutdown. A handshake joins wg before
+	// its 101 only while closed is false, so Shutdown waits for every
+	// connection whose client saw a 101; one that registers after Shutdown
+	// began closes itself (1001), or is dropped once dropErr is set.
+	mu      sync.RWMutex
+	closed  bool
+	dropErr error          // set when Shutdown's ctx is done: connections are dropped with it
+	wg      sync.WaitGroup // one per upgrade under way or connection goroutine
 }
 
 // New validates cfg and returns a Server. It starts no goroutine: the
@@ -390,7 +393,10 @@ func (s *Server) Enabled() bool { return !s.disabled.Load() }
 // for its FIN as in normal operation), so a ctx that allows CloseTimeout and a
 // little more lets every connection close cleanly. When ctx ends first, the
 // remaining connections are dropped at once (their OnClosed still fires) and
-// ctx's error is returned once they are gone. The keepalive workers end too.
+// ctx's error is returned once they are gone. A handshake under way when
+// Shutdown begins either gets 503 or, when its 101 has gone out, counts like
+// any connection: OnOpen, then 1001 (or the drop) and OnClosed, before
+// Shutdown returns. The keepalive workers end too.
 // http.Server.Shutdown does not touch hijacked connections: call both.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
@@ -414,6 +420,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 		aerr := fmt.Errorf("sipws: shutdown deadline passed before the close handshake completed: %w", err)
+		s.mu.Lock()
+		if s.dropErr == nil {
+			s.dropErr = aerr
+		}
+		s.mu.Unlock()
 		s.reg.each(func(c *Conn) { c.abort(InitiatorShutdown, CloseGoingAway, "Going away", aerr) })
 		<-done
 	}

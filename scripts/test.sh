@@ -72,7 +72,17 @@ step "go vet"
 run go vet ./...
 
 step "go test"
-run go test -race -count=1 -timeout 15m ./...
+# The output is kept, so that a failure ends with a digest of it: CI shows
+# the tail of a long log, and the end of a timeout's goroutine dump is the
+# least useful part of it.
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+# GOTRACEBACK=all: a test that panics (an example's bounded wait, say)
+# prints every goroutine, as a timeout does.
+if ! GOTRACEBACK=all run go test -race -count=1 -timeout 12m ./... 2>&1 | tee "$test_log"; then
+	bash scripts/test-digest.sh "$test_log"
+	exit 1
+fi
 
 # Every fuzz target for a bounded time (FUZZTIME, 15s by default); a crash
 # fails the run and leaves its input in testdata/fuzz/.
@@ -86,7 +96,7 @@ run bash scripts/fuzz.sh
 # even WebRTC's ICE between the two browser pages stays on 127.0.0.1.
 step "interop tests (node --test interop/)"
 interop_tmp=$(mktemp -d)
-trap 'rm -rf "$interop_tmp"' EXIT
+trap 'rm -rf "$interop_tmp" "$test_log"' EXIT
 run go build -o "$interop_tmp/webphone" ./examples/webphone
 export WEBPHONE_BIN="$interop_tmp/webphone"
 if command -v unshare >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 &&
