@@ -39,8 +39,9 @@
 // that does not read is closed once its queue passes Config.SendQueueSize
 // (ErrSendQueueFull), without slowing anyone else.
 //
-// Shutdown closes every connection with 1001 and waits for their goroutines,
-// the writers and the keepalive workers: after it returns, nothing of the
-// Server runs. http.Server.Shutdown does not touch hijacked connections, so a
-// host calls both.
+// Shutdown closes every connection with 1001 (also one whose 101 went out as
+// Shutdown began) and waits for their goroutines, the writers and the
+// keepalive workers: after it returns, nothing of the Server runs.
+// http.Server.Shutdown does not touch hijacked connections, so a host calls
+// both.
 package sipws
