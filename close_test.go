@@ -560,7 +560,8 @@ func TestClosedShutdownExpiredContext(t *testing.T) {
 // gateClock is the real clock, except that once armed, its next Now call
 // reports on entered and blocks until release is closed. The Server reads its
 // clock once between writing a handshake's 101 and registering the
-// connection, so a test can hold a handshake in that window.
+// connection, so a test can hold a handshake in that window (with keepalive
+// off, as its workers read the clock on their own).
 type gateClock struct {
 	armed   chan struct{} // holds a token while armed
 	entered chan struct{}
@@ -624,7 +625,9 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			gate := newGateClock()
 			logged := &msgHandler{msg: "shutting down", seen: make(chan struct{})}
-			ts := startServer(t, sipws.Config{CloseTimeout: 5 * time.Second, Clock: gate, Logger: slog.New(logged)})
+			// No keepalive: its workers read the clock too.
+			ts := startServer(t, sipws.Config{CloseTimeout: 5 * time.Second, Clock: gate, Logger: slog.New(logged),
+				Keepalive: sipws.KeepaliveNone})
 			var probe *rawClient
 			if tc.expired {
 				// Its OnClosed tells that Shutdown has passed its deadline.
