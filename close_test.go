@@ -566,6 +566,7 @@ type gateClock struct {
 	armed   chan struct{} // holds a token while armed
 	entered chan struct{}
 	release chan struct{}
+	once    sync.Once
 }
 
 func newGateClock() *gateClock {
@@ -573,6 +574,9 @@ func newGateClock() *gateClock {
 }
 
 func (g *gateClock) arm() { g.armed <- struct{}{} }
+
+// open lets the held Now call return; it may be called more than once.
+func (g *gateClock) open() { g.once.Do(func() { close(g.release) }) }
 
 func (g *gateClock) Now() time.Time {
 	select {
@@ -628,6 +632,10 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 			// No keepalive: its workers read the clock too.
 			ts := startServer(t, sipws.Config{CloseTimeout: 5 * time.Second, Clock: gate, Logger: slog.New(logged),
 				Keepalive: sipws.KeepaliveNone})
+			// Registered after startServer's cleanup, so run before it: a
+			// test that fails while the handshake is held must not leave
+			// Shutdown waiting for it.
+			t.Cleanup(gate.open)
 			var probe *rawClient
 			if tc.expired {
 				// Its OnClosed tells that Shutdown has passed its deadline.
@@ -670,7 +678,7 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 			select {
 			case d = <-dialc:
 			case <-time.After(ioTimeout):
-				close(gate.release)
+				gate.open()
 				t.Fatal("no 101 while the handshake was held: the server reads its clock before the 101, and this test no longer holds the window it is about")
 			}
 			t.Cleanup(func() {
@@ -706,7 +714,7 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 			default:
 			}
 
-			close(gate.release)
+			gate.open()
 			conn := ts.nextOpened(t)
 			if tc.expired {
 				clExpectGone(t, d.c, clPrompt)

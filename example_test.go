@@ -317,8 +317,8 @@ func dialExample(httpURL, protocol string) *exampleClient {
 
 // exampleShutdown shuts a server down, waiting at most 5 s for the close
 // handshakes. Shutdown then still waits for the dropped connections'
-// goroutines to end, which a lost wakeup could stall: the example fails
-// 10 s later rather than hang.
+// goroutines to end; should one never end, the example fails 10 s later
+// rather than hang.
 func exampleShutdown(srv *sipws.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -15,8 +15,8 @@ if grep -q 'running tests:' "$log"; then
 	grep -A8 'running tests:' "$log" | grep -E 'running tests:|^\s+(Test|Example|Fuzz|Benchmark)' | head -20 || true
 fi
 # Goroutine blocks are separated by blank lines. Keep those with a frame of
-# this module's code, drop the testing package's own, and sort the rest by
-# how long they waited ("[chan receive, 14 minutes]").
+# this module's code (the testing package's own have none), the longest
+# waits first ("[chan receive, 14 minutes]"), each cut to 30 lines.
 echo '--- goroutines of github.com/sipws/sipws in the dump, longest waits first:'
 awk -v RS='' '
 	/^goroutine [0-9]+ \[/ && /\ngithub\.com\/sipws\/sipws/ {
