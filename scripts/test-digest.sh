@@ -9,7 +9,7 @@ log=$1
 
 printf '\n==> digest of the failed go test run (full output above)\n'
 echo '--- failures:'
-grep -E '^(--- FAIL|FAIL|ok  )|^panic:|^\.?\.?/[^ ]+\.go:[0-9]+:[0-9]+: |^\s+[a-zA-Z0-9_.]+_test\.go:[0-9]+: ' "$log" | grep -v '^ok  ' | head -60 || true
+grep -E '^(--- FAIL|FAIL)|^panic:|^\.?\.?/[^ ]+\.go:[0-9]+:[0-9]+: |^\s+[a-zA-Z0-9_.]+_test\.go:[0-9]+: ' "$log" | head -60 || true
 if grep -q 'running tests:' "$log"; then
 	echo '--- running when the test binary timed out:'
 	grep -A8 'running tests:' "$log" | grep -E 'running tests:|^\s+(Test|Example|Fuzz|Benchmark)' | head -20 || true
