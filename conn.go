@@ -52,6 +52,9 @@ type Conn struct {
 	closeDL  atomic.Int64 // UnixNano read deadline while closing; 0 when none
 	ka       kaState      // keepalive bookkeeping, owned by the keepalive worker
 	routes   connRoutes   // routing index entries, guarded by Registry.routeMu
+	// addrNewer and addrOlder link the connections with the same remote
+	// address in Registry.byAddr, newest first; guarded by its shard's lock.
+	addrNewer, addrOlder *Conn
 
 	wmu     sync.Mutex // guards the fields below
 	wwg     sync.WaitGroup

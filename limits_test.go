@@ -26,10 +26,16 @@ func rawDialFrom(t testing.TB, addr, src, req string) (*rawClient, *http.Respons
 	conn, err := d.DialContext(context.Background(), "tcp", addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
+	return handshakeOn(t, conn, req)
+}
+
+// handshakeOn sends req on an open connection and reads the response.
+func handshakeOn(t testing.TB, conn net.Conn, req string) (*rawClient, *http.Response) {
+	t.Helper()
 	c := &rawClient{t: t, conn: conn}
 	c.br = bufio.NewReader(conn)
 	require.NoError(t, conn.SetDeadline(time.Now().Add(ioTimeout)))
-	_, err = conn.Write([]byte(req))
+	_, err := conn.Write([]byte(req))
 	require.NoError(t, err)
 	resp, err := http.ReadResponse(c.br, nil)
 	require.NoError(t, err)
