@@ -122,7 +122,9 @@ func (c *Conn) ID() ConnID { return c.id }
 // Subprotocol returns the sub-protocol the connection speaks: SIP or MSRP.
 func (c *Conn) Subprotocol() Subprotocol { return c.sp }
 
-// RemoteAddr returns the peer's address ($si:$sp).
+// RemoteAddr returns the peer's address ($si:$sp). Behind a trusted proxy
+// it is the client's IP (Config.ForwardedHeader) with the port of the
+// proxy's connection.
 func (c *Conn) RemoteAddr() netip.AddrPort { return c.remote }
 
 // LocalAddr returns the server's address the connection came in on.
