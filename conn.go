@@ -52,6 +52,9 @@ type Conn struct {
 	closeDL  atomic.Int64 // UnixNano read deadline while closing; 0 when none
 	ka       kaState      // keepalive bookkeeping, owned by the keepalive worker
 	routes   connRoutes   // routing index entries, guarded by Registry.routeMu
+	// addrNewer and addrOlder link the connections with the same remote
+	// address in Registry.byAddr, newest first; guarded by its shard's lock.
+	addrNewer, addrOlder *Conn
 
 	wmu     sync.Mutex // guards the fields below
 	wwg     sync.WaitGroup
@@ -119,7 +122,9 @@ func (c *Conn) ID() ConnID { return c.id }
 // Subprotocol returns the sub-protocol the connection speaks: SIP or MSRP.
 func (c *Conn) Subprotocol() Subprotocol { return c.sp }
 
-// RemoteAddr returns the peer's address ($si:$sp).
+// RemoteAddr returns the peer's address ($si:$sp). Behind a trusted proxy
+// it is the client's IP (Config.ForwardedHeader) with the port of the
+// proxy's connection.
 func (c *Conn) RemoteAddr() netip.AddrPort { return c.remote }
 
 // LocalAddr returns the server's address the connection came in on.

@@ -25,7 +25,9 @@ type Registry struct {
 	routeMu   sync.RWMutex
 	instances map[instanceKey]*Conn
 	sessions  map[string]*Conn
-	// byAddr indexes the connections by remote address.
+	// byAddr indexes the connections by remote address. Connections that
+	// share one (NAT'd clients, clients forwarded by several proxies) form a
+	// list through Conn.addrOlder, newest first; the map holds the newest.
 	byAddr [registryShards]struct {
 		mu sync.RWMutex
 		m  map[netip.AddrPort]*Conn
@@ -54,6 +56,10 @@ func (r *Registry) add(c *Conn) {
 	sh.mu.Unlock()
 	ah := &r.byAddr[addrShard(c.remote)]
 	ah.mu.Lock()
+	if older := ah.m[c.remote]; older != nil {
+		c.addrOlder = older
+		older.addrNewer = c
+	}
 	ah.m[c.remote] = c
 	ah.mu.Unlock()
 }
@@ -65,16 +71,29 @@ func (r *Registry) remove(c *Conn) {
 	sh.mu.Unlock()
 	ah := &r.byAddr[addrShard(c.remote)]
 	ah.mu.Lock()
-	if ah.m[c.remote] == c {
+	switch {
+	case c.addrNewer != nil:
+		c.addrNewer.addrOlder = c.addrOlder
+	case c.addrOlder != nil:
+		ah.m[c.remote] = c.addrOlder
+	case ah.m[c.remote] == c:
 		delete(ah.m, c.remote)
 	}
+	if c.addrOlder != nil {
+		c.addrOlder.addrNewer = c.addrNewer
+	}
+	c.addrNewer, c.addrOlder = nil, nil
 	ah.mu.Unlock()
 }
 
 // ByRemoteAddr returns the live connection from the remote address ap
 // (IP:port), for hosts that route back by a Via's received/rport or a
 // Kamailio-style ";alias=" parameter. An IPv4-mapped IPv6 address matches its
-// IPv4 form. Behind a trusted proxy the address is the forwarded client's.
+// IPv4 form. Behind a trusted proxy the address is the forwarded client's IP
+// with the proxy connection's port. When several live connections share the
+// address (clients behind one NAT reaching the server through different
+// proxies), it returns the most recently opened of them; when that one ends,
+// the next most recent, and so on, as long as one is open.
 func (r *Registry) ByRemoteAddr(ap netip.AddrPort) (*Conn, bool) {
 	ap = unmap(ap)
 	ah := &r.byAddr[addrShard(ap)]

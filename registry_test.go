@@ -591,3 +591,87 @@ func TestRegistryPingAnsweredBeforePingReturns(t *testing.T) {
 	ts.nextMsg(t)
 	assert.False(t, rgInfo(t, reg, conn.ID()).AwaitingPong)
 }
+
+// rgDialSamePort opens n TCP connections to addr from 127.0.0.10,
+// 127.0.0.11, … all from one source port, so that behind a trusted proxy
+// with one X-Forwarded-For they are clients with one address (the client's
+// IP, the proxy connection's port). A port already taken on one of the
+// source addresses makes it try another, a bounded number of times.
+func rgDialSamePort(t *testing.T, addr string, n int) []net.Conn {
+	t.Helper()
+	var lastErr error
+	for range 20 {
+		conns := make([]net.Conn, 0, n)
+		var port int
+		for i := range n {
+			src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(10+i)), Port: port}
+			d := net.Dialer{LocalAddr: src, Timeout: ioTimeout}
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				lastErr = err
+				break
+			}
+			conns = append(conns, c)
+			port = c.LocalAddr().(*net.TCPAddr).Port
+		}
+		if len(conns) == n {
+			for _, c := range conns {
+				t.Cleanup(func() { _ = c.Close() })
+			}
+			return conns
+		}
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}
+	t.Fatalf("no common source port for %d connections: %v", n, lastErr)
+	return nil
+}
+
+// TestRegistryByRemoteAddrShared checks that connections sharing one remote
+// address (clients behind a NAT, through several proxies) are each found by
+// ByRemoteAddr as long as one is open: the most recent open one is returned,
+// and one that ends never takes another's entry with it.
+func TestRegistryByRemoteAddrShared(t *testing.T) {
+	ts := startServer(t, sipws.Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	reg := ts.Registry()
+	tcp := rgDialSamePort(t, ts.Addr, 4)
+	clients := make([]*rawClient, len(tcp))
+	conns := make([]*sipws.Conn, len(tcp))
+	for i, nc := range tcp {
+		var resp *http.Response
+		clients[i], resp = handshakeOn(t, nc, handshakeRequest(ts.Addr, "sip", "X-Forwarded-For: 203.0.113.7"))
+		require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+		conns[i] = ts.nextOpened(t)
+	}
+	shared := conns[0].RemoteAddr()
+	for _, c := range conns {
+		require.Equal(t, shared, c.RemoteAddr(), "one address for all")
+	}
+	assert.Equal(t, len(conns), reg.Query(sipws.DumpQuery{RemoteIP: shared.Addr()}).Total)
+
+	lookup := func() sipws.ConnID {
+		t.Helper()
+		c, ok := reg.ByRemoteAddr(shared)
+		if !ok {
+			return 0
+		}
+		return c.ID()
+	}
+	end := func(i int) {
+		t.Helper()
+		clients[i].sendClose(1000, "")
+		clients[i].expectClose(1000, time.Second)
+		assert.Equal(t, conns[i].ID(), ts.nextClosed(t).ConnID)
+	}
+	assert.Equal(t, conns[3].ID(), lookup(), "the most recent")
+	end(1) // one in the middle
+	assert.Equal(t, conns[3].ID(), lookup())
+	end(3) // the most recent
+	assert.Equal(t, conns[2].ID(), lookup(), "the most recent still open")
+	end(0) // the oldest
+	assert.Equal(t, conns[2].ID(), lookup())
+	end(2)
+	_, ok := reg.ByRemoteAddr(shared)
+	assert.False(t, ok, "gone with the last of them")
+}

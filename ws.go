@@ -30,6 +30,7 @@ const (
 	DefaultKeepaliveInterval = time.Second
 	DefaultKeepaliveWorkers  = 1
 	DefaultPongWait          = 5 * time.Second
+	DefaultIPv6PrefixLen     = 64 // bits of an IPv6 client that MaxConnsPerIP counts as one
 )
 
 // DefaultPingData is the keepalive payload when Config.PingData is nil, as
@@ -85,14 +86,39 @@ type Config struct {
 	// refused with 503 and Retry-After, before the hijack. 0 means no cap.
 	MaxConns int
 	// MaxConnsPerIP caps the connections open at once from one client IP
-	// (the real client behind a trusted proxy). 0 means no cap.
+	// (the real client behind a trusted proxy): one IPv4 address, or one
+	// IPv6 prefix of IPv6PrefixLen bits. 0 means no cap.
 	MaxConnsPerIP int
+	// IPv6PrefixLen is the length of the IPv6 prefix that MaxConnsPerIP
+	// counts as one client, since a single host or subscriber usually has a
+	// whole /64 to draw addresses from. IPv4 clients (and IPv4-mapped IPv6
+	// ones) are counted by address. 0 means 64; 1 to 128 are accepted (128
+	// counts addresses).
+	IPv6PrefixLen int
 	// TrustedProxies are the networks of reverse proxies (nginx, a load
-	// balancer) whose Forwarded or X-Forwarded-For / X-Forwarded-Proto
-	// headers are believed, so that caps, Conn addresses, dumps, logs and
-	// lookups see the real client. From anyone else these headers are
-	// ignored. Empty (the default) trusts no one.
+	// balancer) whose ForwardedHeader is believed, so that caps, Conn
+	// addresses, dumps, logs and lookups see the real client. From anyone
+	// else forwarding headers are ignored. Empty (the default) trusts no one.
+	// List only the proxies: a client inside these networks can name any
+	// address.
 	TrustedProxies []netip.Prefix
+	// ForwardedHeader is the one header, set by the trusted proxies, that
+	// names the client; every other forwarding header is ignored, since a
+	// proxy passes through whatever the client sent in headers it does not
+	// set itself. Its chain is read from the nearest hop back to the
+	// right-most address that is not a trusted proxy; a hop that cannot be
+	// parsed (or "unknown", or obfuscated) stops the walk, and the client is
+	// then the last trusted hop, or the TCP peer. No port is taken from it:
+	// the client's port is the proxy connection's. One of:
+	//   - "X-Forwarded-For" (the default, for ""): what nginx
+	//     ($proxy_add_x_forwarded_for) and HAProxy (option forwardfor)
+	//     append; X-Forwarded-Proto is read with it, its last value.
+	//   - "Forwarded" (RFC 7239), whose for= names the hops; the proto= of
+	//     the element that names the client is read with it.
+	//   - "X-Real-IP", a single address that nginx sets with
+	//     proxy_set_header.
+	// The name is matched in any case; any other is a ConfigError.
+	ForwardedHeader string
 
 	// FlowTokens, when set, signs and resolves the RFC 5626 flow tokens that
 	// name this server's connections (Conn.FlowToken, Server.ResolveFlow),
@@ -247,6 +273,17 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxConnsPerIP < 0 {
 		return bad("MaxConnsPerIP", "negative cap %d", c.MaxConnsPerIP)
 	}
+	switch {
+	case c.IPv6PrefixLen == 0:
+		c.IPv6PrefixLen = DefaultIPv6PrefixLen
+	case c.IPv6PrefixLen < 0 || c.IPv6PrefixLen > 128:
+		return bad("IPv6PrefixLen", "%d is not between 1 and 128", c.IPv6PrefixLen)
+	}
+	fh := forwardedHeader(c.ForwardedHeader)
+	if fh == "" {
+		return bad("ForwardedHeader", "%s is not X-Forwarded-For, Forwarded or X-Real-IP", quote(c.ForwardedHeader))
+	}
+	c.ForwardedHeader = fh
 	for _, p := range c.TrustedProxies {
 		if !p.IsValid() {
 			return bad("TrustedProxies", "invalid prefix %v", p)
@@ -347,7 +384,7 @@ func New(cfg Config) (*Server, error) {
 	if c.FlowTokens != nil {
 		s.flows.Store(c.FlowTokens)
 	}
-	s.limits.init(c.MaxConns, c.MaxConnsPerIP)
+	s.limits.init(c.MaxConns, c.MaxConnsPerIP, c.IPv6PrefixLen)
 	size := c.ReadBufferSize
 	s.readers.New = func() any {
 		b := make([]byte, size)

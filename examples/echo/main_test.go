@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -22,6 +23,8 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/debug"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -188,6 +191,78 @@ func TestEchoBinary(t *testing.T) {
 		assert.Regexp(t, `(?m)^sipws_ws_current_connections 1$`, string(metrics))
 	})
 
+	t.Run("TrustedProxyHeader", func(t *testing.T) {
+		// The issue's reproduction: behind a proxy on 127.0.0.1 that
+		// appends X-Forwarded-For, a client sends its own Forwarded.
+		handshakes := func(p *process, extra func(i int) http.Header) []string {
+			t.Helper()
+			var statuses []string
+			for i := range 10 {
+				d := dialer("sip")
+				d.Header = ws.HandshakeHeaderHTTP(extra(i))
+				ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+				conn, br, _, err := d.Dial(ctx, "ws://"+p.addr)
+				cancel()
+				var se ws.StatusError
+				switch {
+				case err == nil:
+					t.Cleanup(func() { _ = conn.Close() })
+					statuses = append(statuses, "101")
+					// An echo proves the connection is registered.
+					var r io.Reader = conn
+					if br != nil {
+						r = br
+					}
+					c := &client{t: t, conn: conn, rw: struct {
+						io.Reader
+						io.Writer
+					}{r, conn}}
+					require.NoError(t, conn.SetDeadline(time.Now().Add(ioTimeout)))
+					c.send(ws.OpText, []byte("hello"))
+					c.read()
+				case errors.As(err, &se):
+					statuses = append(statuses, strconv.Itoa(int(se)))
+				default:
+					require.NoError(t, err)
+				}
+			}
+			return statuses
+		}
+		spoofed := func(i int) http.Header {
+			return http.Header{
+				"Forwarded":       {fmt.Sprintf(`for="203.0.113.%d:5060"`, i+1)},
+				"X-Forwarded-For": {"198.51.100.7"},
+			}
+		}
+		five := []string{"101", "101", "101", "101", "101", "503", "503", "503", "503", "503"}
+
+		p := startEcho(t, bin, "-trusted-proxies", "127.0.0.0/8", "-max-conns-per-ip", "5", "-admin", "127.0.0.1:0")
+		assert.Equal(t, five, handshakes(p, spoofed), "a client's own Forwarded is ignored")
+		srcs := dumpSrcs(t, p)
+		require.Len(t, srcs, 5)
+		for _, src := range srcs {
+			assert.Regexp(t, `^ws:198\.51\.100\.7:\d+$`, src)
+			assert.NotContains(t, src, ":5060")
+		}
+
+		// The operator names Forwarded: it is believed, X-Forwarded-For is
+		// not, and no port is taken from it.
+		p = startEcho(t, bin, "-trusted-proxies", "127.0.0.0/8", "-max-conns-per-ip", "5", "-admin", "127.0.0.1:0", "-forwarded-header", "Forwarded")
+		assert.Equal(t, slices.Repeat([]string{"101"}, 10), handshakes(p, spoofed))
+		srcs = dumpSrcs(t, p)
+		require.Len(t, srcs, 10)
+		for _, src := range srcs {
+			assert.Regexp(t, `^ws:203\.0\.113\.\d+:\d+$`, src)
+			assert.NotContains(t, src, ":5060")
+		}
+
+		// IPv6 clients count by their /48 here.
+		p = startEcho(t, bin, "-trusted-proxies", "127.0.0.0/8", "-max-conns-per-ip", "5", "-ipv6-prefix-len", "48")
+		assert.Equal(t, five, handshakes(p, func(i int) http.Header {
+			return http.Header{"X-Forwarded-For": {fmt.Sprintf("2001:db8:1:%x::1", i)}}
+		}))
+	})
+
 	t.Run("WSS", func(t *testing.T) {
 		certFile, keyFile, pool := selfSigned(t)
 		p := startEcho(t, bin, "-tls-cert", certFile, "-tls-key", keyFile)
@@ -238,6 +313,9 @@ func TestEchoBinary(t *testing.T) {
 			{"-log-level", "loud"},
 			{"-keepalive-timeout", "10s", "-pong-wait", "1m"},
 			{"-max", "0"},
+			{"-forwarded-header", "X-Client-IP"},
+			{"-ipv6-prefix-len", "129"},
+			{"-ipv6-prefix-len", "-1"},
 			{"-tls-cert", "only-the-cert.pem"},
 			{"-no-such-flag"},
 			{"extra-argument"},
@@ -256,6 +334,31 @@ func TestEchoBinary(t *testing.T) {
 			assert.NotContains(t, stderr.String(), "listening on", "%v must not start", args)
 		}
 	})
+}
+
+// dumpSrcs returns the src of every connection in ws.dump, asked on the
+// admin listener of p.
+func dumpSrcs(t *testing.T, p *process) []string {
+	t.Helper()
+	m := regexp.MustCompile(`msg="admin listening on ([^"\s]+)"`).FindStringSubmatch(p.log.String())
+	require.NotNil(t, m, "admin address in the log:\n%s", p.log.String())
+	body := `{"jsonrpc":"2.0","id":1,"method":"ws.dump","params":{"limit":100}}`
+	resp, err := http.Post("http://"+m[1]+"/RPC", "application/json", strings.NewReader(body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var out struct {
+		Result struct {
+			Connections []struct {
+				Src string `json:"src"`
+			} `json:"connections"`
+		} `json:"result"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+	var srcs []string
+	for _, c := range out.Result.Connections {
+		srcs = append(srcs, c.Src)
+	}
+	return srcs
 }
 
 // buildEcho builds this command into a temporary directory, with -race when
