@@ -13,7 +13,7 @@ import (
 )
 
 // Version is this library's version; the default keepalive payload names it.
-const Version = "0.1.0"
+const Version = "0.2.0"
 
 // Defaults that a zero Config field stands for. Those with a Kamailio
 // counterpart have its default.

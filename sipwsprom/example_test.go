@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"time"
 
@@ -15,7 +15,11 @@ import (
 	"github.com/sipws/sipws/sipwsprom"
 )
 
-// Example wires a Metrics into a server and serves /metrics.
+// Example wires a Metrics into a server and serves /metrics on an admin
+// listener of its own, bound to loopback, apart from the public listener
+// that takes the WebSocket handshakes: the metrics tell anyone who can read
+// them how many users are connected, and, like the RPC handler, have no
+// authentication of their own.
 func Example() {
 	m := sipwsprom.New()
 	srv, err := sipws.New(sipws.Config{Observer: m})
@@ -23,21 +27,36 @@ func Example() {
 		panic(err)
 	}
 	m.Watch(srv)
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(m)
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle("/", srv) // WebSocket handshakes
-	hs := httptest.NewServer(mux)
-	defer hs.Close()
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	}()
 
-	resp, err := http.Get(hs.URL + "/metrics")
+	// The public listener: WebSocket handshakes, and nothing else.
+	publicLn, err := net.Listen("tcp", "127.0.0.1:0") // in production, e.g. ":443" with TLS
+	if err != nil {
+		panic(err)
+	}
+	public := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	go public.Serve(publicLn)
+	defer public.Close()
+
+	// The admin listener, on loopback only: /metrics (and the RPC handler
+	// of sipws.NewRPCHandler, if the host uses it).
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m)
+	adminMux := http.NewServeMux()
+	adminMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	adminLn, err := net.Listen("tcp", "127.0.0.1:0") // e.g. "127.0.0.1:9090"
+	if err != nil {
+		panic(err)
+	}
+	admin := &http.Server{Handler: adminMux, ReadHeaderTimeout: 10 * time.Second}
+	go admin.Serve(adminLn)
+	defer admin.Close()
+
+	resp, err := http.Get("http://" + adminLn.Addr().String() + "/metrics")
 	if err != nil {
 		panic(err)
 	}

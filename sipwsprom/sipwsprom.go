@@ -12,7 +12,13 @@
 //	m.Watch(srv)
 //	reg := prometheus.NewRegistry()
 //	reg.MustRegister(m)
-//	http.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+//	admin := http.NewServeMux() // served on loopback, not on the public listener
+//	admin.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+//
+// Serve /metrics, like sipws.NewRPCHandler, on a listener of its own bound
+// to loopback (or behind the host's authentication), never on the public
+// listener that takes the WebSocket handshakes: the metrics have no
+// authentication and tell how many users are connected (see the Example).
 //
 // Every statistic of sipws.Stats.List is exported with its Kamailio name
 // prefixed by "sipws_" (sipws_ws_current_connections,
@@ -32,7 +38,9 @@
 // private ranges (so that peers cannot make up series at will), and "other"
 // otherwise; initiator is sipws.Initiator's name ("peer", "peer-lost",
 // "protocol-error", "host", "write-failure", "keepalive-timeout",
-// "shutdown", "slow-consumer").
+// "shutdown", "slow-consumer", "replaced"); "replaced" counts the
+// connections closed because a new one bound the same registration flow
+// (sipws.Server.BindInstance).
 package sipwsprom
 
 import (
