@@ -241,14 +241,15 @@ func flowKey(aor, instance string, regID int) (instanceKey, error) {
 //     §19.1.4 says: the display name, angle brackets and header parameters
 //     go, and so do all URI parameters (user=phone included) and URI
 //     headers; the scheme and host are lower-cased; the user part (and a
-//     password) keep their case, with escapes decoded (%61lice is alice);
+//     password) keep their case, with escapes decoded where the character
+//     needs none (%61lice is alice; %20 stays, as %20);
 //     the port stays when there is one, so sip:alice@example.com and
 //     sip:alice@example.com:5060 are different AORs, and a sips AOR is never
 //     a sip one.
 //   - instance is the +sip.instance parameter as it appears in the Contact,
 //     quotes and angle brackets included (RFC 5626 §4.1:
 //     +sip.instance="<urn:uuid:…>"): surrounding white space, double quotes
-//     and angle brackets are dropped; "urn:" and the URN namespace are
+//     and a pair of angle brackets are dropped; "urn:" and the namespace are
 //     lower-cased (RFC 8141), and so is a whole urn:uuid, because UUIDs
 //     compare without regard to case (RFC 4122 §3) and UAs differ in the
 //     case they write them in; the rest of another URN is kept as it is.
