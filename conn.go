@@ -119,6 +119,11 @@ func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol
 // ID returns the connection's ID (Kamailio's $ws_conid).
 func (c *Conn) ID() ConnID { return c.id }
 
+// Server returns the Server that owns the connection, so that a hook can
+// reach it (BindInstance, ResolveFlow, MapMSRPSession, Registry) without a
+// variable declared before New.
+func (c *Conn) Server() *Server { return c.srv }
+
 // Subprotocol returns the sub-protocol the connection speaks: SIP or MSRP.
 func (c *Conn) Subprotocol() Subprotocol { return c.sp }
 

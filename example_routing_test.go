@@ -21,15 +21,18 @@ import (
 // reads top to bottom like host code.
 
 // ExampleServer_BindInstance registers a browser phone the way JsSIP does,
-// with RFC 5626 Outbound: the edge binds the connection to the Contact's
-// +sip.instance and reg-id and answers with a Path that names the
-// connection. When the same phone reconnects, the new connection takes the
-// flow over and the old one is closed as replaced.
+// with RFC 5626 Outbound: the edge binds the connection to the flow of the
+// registered AOR and the Contact's +sip.instance and reg-id, and answers
+// with a Path that names the connection. When the same phone reconnects, the
+// new connection takes the flow over and the old one is closed as replaced.
+// The binding is per AOR: another user's REGISTER with the same
+// +sip.instance would replace nothing.
 func ExampleServer_BindInstance() {
 	edge := exrStart()
 	defer edge.close()
 
-	// The host's REGISTER handling (authentication left out).
+	// The host's REGISTER handling (authentication left out), as it would
+	// run in OnMessage: the connection leads to its Server.
 	register := func(m exrMsg) (replaced *sipws.Conn) {
 		// One SIP message per WebSocket message (RFC 7118 §5); the Server
 		// can also check this itself: Config.Framing.
@@ -41,17 +44,23 @@ func ExampleServer_BindInstance() {
 			panic(err)
 		}
 		req := msg.(*sip.Request)
+		aor := req.To().Address.String()
 		contact := req.Contact()
 		instance, _ := contact.Params.Get("+sip.instance") // quoted: BindInstance takes it as it is
 		regID, _ := strconv.Atoi(contact.Params.GetOr("reg-id", "0"))
-		replaced, err = edge.srv.BindInstance(m.conn, instance, regID)
+		replaced, err = m.conn.Server().BindInstance(m.conn, aor, instance, regID)
 		if err != nil {
 			panic(err)
 		}
 		// The edge adds a Path naming the flow, with ";ob" since the phone
 		// uses Outbound (RFC 5626 §5.1); the registrar echoes Path in its
-		// 200 OK, with Require: outbound (§6).
-		path := sipws.FlowURI(m.conn.FlowToken(), "edge.example.com", 443, true)
+		// 200 OK, with Require: outbound (§6). FlowToken fails on a Server
+		// without Config.FlowTokens.
+		token, err := m.conn.FlowToken()
+		if err != nil {
+			panic(err)
+		}
+		path := sipws.FlowURI(token, "edge.example.com", 443, true)
 		req.PrependHeader(sip.NewHeader("Path", "<"+path+">"))
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 		sip.CopyHeaders("Path", req, res)
@@ -88,7 +97,7 @@ func ExampleServer_BindInstance() {
 	}
 	ev := edge.nextClosed()
 	fmt.Println("OnClosed:", ev.Initiator, ev.Code, ev.Reason)
-	now, _ := edge.srv.Registry().ByInstance("<urn:uuid:3e5b1e5c-8b9f-4f7a-9d4e-2c6f0a1b7d21>", 1)
+	now, _ := edge.srv.Registry().ByInstance("sip:alice@example.com", "<urn:uuid:3e5b1e5c-8b9f-4f7a-9d4e-2c6f0a1b7d21>", 1)
 	fmt.Println("ByInstance finds the new connection:", now == conn2)
 	// Output:
 	// phone: SIP/2.0 200 OK
@@ -120,8 +129,12 @@ func ExampleFlowURI() {
 	exrWrite(alice, exrInvite)
 	m := edge.next()
 	invite := exrParse(m.data).(*sip.Request)
+	token, err := m.conn.FlowToken()
+	if err != nil { // ErrNoFlowTokens: the Server has no Config.FlowTokens
+		panic(err)
+	}
 	rr := &sip.RecordRouteHeader{}
-	if err := sip.ParseUri(sipws.FlowURI(m.conn.FlowToken(), "edge.example.com", 0, false), &rr.Address); err != nil {
+	if err := sip.ParseUri(sipws.FlowURI(token, "edge.example.com", 0, false), &rr.Address); err != nil {
 		panic(err)
 	}
 	invite.PrependHeader(rr)
@@ -137,24 +150,22 @@ func ExampleFlowURI() {
 	exrWrite(bob, bye)
 
 	// The edge's handling of a request with a Route: the token in the top
-	// Route names the connection to send it on.
+	// Route names the connection to send it on. FlowStatus turns a failure
+	// into the answer: 430 Flow Failed when the connection is gone, 403
+	// for a token that is not one of this edge's. (An edge that forwards to
+	// other edges would first look for a *sipws.ForeignFlowError and send
+	// the request to the node it names.)
 	route := func(m exrMsg) {
 		req := exrParse(m.data).(*sip.Request)
 		token, _ := sipws.TokenFromURI(req.Route().Value())
 		conn, err := edge.srv.ResolveFlow(token)
-		if errors.Is(err, sipws.ErrFlowInvalid) || errors.Is(err, sipws.ErrFlowForeign) {
-			// Not a flow of this edge (a foreign one may be forwarded to
-			// the node that issued it).
-			_ = m.conn.Send([]byte(sip.NewResponseFromRequest(req, 403, "Forbidden", nil).String()))
-			return
-		}
 		if err == nil {
 			req.RemoveHeader("Route") // the edge's own Route (RFC 3261 §16.4)
 			// Send fails with ErrClosed when the connection is closing.
 			err = conn.Send([]byte(req.String()))
 		}
-		if err != nil { // ErrFlowGone, ErrFlowStale, ErrClosed
-			_ = m.conn.Send([]byte(sip.NewResponseFromRequest(req, 430, "Flow Failed", nil).String()))
+		if code, reason := sipws.FlowStatus(err); code != 0 {
+			_ = m.conn.Send([]byte(sip.NewResponseFromRequest(req, code, reason, nil).String()))
 		}
 	}
 	route(edge.next())
@@ -194,7 +205,11 @@ func ExampleServer_ResolveFlow() {
 	m := edge.next()
 	req := exrParse(m.data).(*sip.Request)
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "WSS", Host: "edge.example.com", Params: sip.NewParams()}
-	via.Params.Add("branch", "z9hG4bK"+m.conn.FlowToken()+".1")
+	aliceToken, err := m.conn.FlowToken()
+	if err != nil {
+		panic(err)
+	}
+	via.Params.Add("branch", "z9hG4bK"+aliceToken+".1")
 	req.PrependHeader(via)
 
 	// Its proxy answers (in process here); the response comes back as bytes.

@@ -16,8 +16,9 @@ import (
 // URIs that carry a connection's identity through Path, Record-Route and
 // To-Path. Everything here is pure: strings in, strings out.
 
-// Errors of FlowTokens.Parse. Test for them with errors.Is: they are wrapped
-// with detail.
+// Errors of Server.ResolveFlow for a token that names no connection of this
+// Server. Test for them with errors.Is: they are wrapped with detail.
+// FlowStatus maps each to the SIP status to answer.
 var (
 	// ErrFlowInvalid: the token is malformed, or its MAC matches none of the
 	// keys — it was tampered with, forged, or signed with a key that has
@@ -29,13 +30,15 @@ var (
 	// that carries that node's name, so the host may forward the request
 	// there.
 	ErrFlowForeign = errors.New("sipws: flow token of another edge node")
-	// ErrFlowStale: the token names this node but an earlier run of it: it
-	// was issued before a restart, when connection IDs started again at 1,
-	// so its flow is gone (RFC 5626 §5.3: 430 Flow Failed).
-	ErrFlowStale = errors.New("sipws: flow token from before a restart")
+	// ErrFlowStale: the token names this node but was issued by another
+	// Server: one that ran before this one (before a restart, or before
+	// Shutdown and New), when connection IDs started again at 1, or another
+	// Server that shares this node's FlowTokens. Its flow is not one of this
+	// Server's (RFC 5626 §5.3: 430 Flow Failed).
+	ErrFlowStale = errors.New("sipws: flow token of another server run")
 )
 
-// ForeignFlowError is the error FlowTokens.Parse returns for a valid token
+// ForeignFlowError is the error Server.ResolveFlow returns for a valid token
 // issued by another edge node that shares our keys. It unwraps to
 // ErrFlowForeign.
 type ForeignFlowError struct {
@@ -54,9 +57,10 @@ func (e *ForeignFlowError) Unwrap() error { return ErrFlowForeign }
 
 // Flow token layout, before base64url encoding:
 //
-//	version (1) | len(node) (1) | node (1–32) | instance nonce (8) |
+//	version (1) | len(node) (1) | node (1–32) | server run (8) |
 //	connection ID (uvarint, 1–10) | HMAC-SHA256 (first 12 bytes)
 //
+// The server run is the random flowRun of the Server that issued the token.
 // The MAC is computed over flowMACContext followed by every byte before it.
 const (
 	flowVersion    = 1
@@ -77,48 +81,57 @@ var flowMACContext = []byte("sipws flow token\x00")
 // last character so that every token has exactly one spelling.
 var flowB64 = base64.RawURLEncoding.Strict()
 
-// FlowTokens makes and checks the RFC 5626 §5.2 flow tokens of one edge node:
-// opaque strings, URL-safe so that they fit the user part of a SIP URI, that
-// name this node and one of its connections and that cannot be forged without
-// the key. A FlowTokens is immutable and safe for concurrent use.
+// flowRun is the random nonce of one Server's lifetime, drawn in New and put
+// in every flow token the Server issues. Connection IDs start at 1 in every
+// Server, so the run is what keeps a token of another Server — an earlier
+// one, or another one sharing the same FlowTokens — from naming a connection
+// of this one.
+type flowRun [flowNonceLen]byte
+
+// newFlowRun draws a flowRun. crypto/rand.Read never fails.
+func newFlowRun() flowRun {
+	var r flowRun
+	_, _ = rand.Read(r[:])
+	return r
+}
+
+// FlowTokens holds the name and the keys with which an edge node makes and
+// checks RFC 5626 §5.2 flow tokens: opaque strings, URL-safe so that they fit
+// the user part of a SIP URI, that name this node, the Server that issued
+// them and one of its connections, and that cannot be forged without the
+// key. Give it to a Server as Config.FlowTokens; the Server issues tokens
+// (Conn.FlowToken) and resolves them (Server.ResolveFlow). A FlowTokens is
+// immutable and safe for concurrent use.
 //
-// Each FlowTokens draws a random instance nonce when it is created and puts it
-// in every token: connection IDs start again at 1 when the process restarts,
-// and the nonce keeps a token issued before the restart from resolving to an
-// unrelated new connection (Parse reports ErrFlowStale instead). Create one
-// FlowTokens per Server, when the server starts.
+// Each Server puts a random nonce of its own lifetime in its tokens, so a
+// FlowTokens may be reused after Shutdown and New, or shared by several
+// Servers: a token of another Server never resolves to a connection of this
+// one, even one with the same connection ID, and is reported as ErrFlowStale.
+// Serve all the listeners of one node from one Server (it is an
+// http.Handler) so that its tokens resolve whichever listener a request
+// comes back on.
 type FlowTokens struct {
-	node  string
-	nonce [flowNonceLen]byte
-	keys  [][]byte // keys[0] signs; all of them verify
+	node string
+	keys [][]byte // keys[0] signs; all of them verify
 }
 
 // NewFlowTokens returns the FlowTokens of the edge node named node (1–32 bytes
 // of A–Z a–z 0–9 . - _), which signs with key and also accepts tokens signed
 // with any of the previous keys, so that keys can be rotated without breaking
 // the flows of registered clients: add the new key as key and the old one to
-// previous (with WithKeys in a running process), and drop the old one once
-// the registrations made before the rotation have expired. After a restart,
-// keeping the old key in previous makes Parse report the old tokens as
-// ErrFlowStale (answer 430, the client registers again) rather than
-// ErrFlowInvalid. Every key must be at least 16 bytes (32 random bytes
+// previous (with Server.SetFlowKeys in a running Server), and drop the old
+// one once the registrations made before the rotation have expired. After a
+// restart, keeping the old key in previous makes ResolveFlow report the old
+// tokens as ErrFlowStale (answer 430, the client registers again) rather
+// than ErrFlowInvalid. Every key must be at least 16 bytes (32 random bytes
 // are right for HMAC-SHA256); the keys are copied. Nodes that may forward
 // requests to each other share their keys, so that a token of one of them is
 // recognised by the others (ErrFlowForeign) rather than rejected as invalid.
 func NewFlowTokens(node string, key []byte, previous ...[]byte) (*FlowTokens, error) {
-	var nonce [flowNonceLen]byte
-	if _, err := rand.Read(nonce[:]); err != nil {
-		return nil, fmt.Errorf("sipws: flow tokens: instance nonce: %w", err)
-	}
-	return newFlowTokens(node, nonce, key, previous...)
-}
-
-// newFlowTokens is NewFlowTokens with a given instance nonce.
-func newFlowTokens(node string, nonce [flowNonceLen]byte, key []byte, previous ...[]byte) (*FlowTokens, error) {
 	if !validFlowNode(node) {
 		return nil, fmt.Errorf("sipws: flow tokens: node name %s must be 1–%d bytes of A–Z a–z 0–9 . - _", strconv.Quote(node), flowMaxNode)
 	}
-	f := &FlowTokens{node: node, nonce: nonce, keys: make([][]byte, 0, 1+len(previous))}
+	f := &FlowTokens{node: node, keys: make([][]byte, 0, 1+len(previous))}
 	for i, k := range append([][]byte{key}, previous...) {
 		if len(k) < flowMinKey {
 			which := "key"
@@ -132,13 +145,9 @@ func newFlowTokens(node string, nonce [flowNonceLen]byte, key []byte, previous .
 	return f, nil
 }
 
-// WithKeys returns a FlowTokens for the same node and the same run (instance
-// nonce) as f, with other keys: the way to rotate keys in a running process.
-// Tokens f issued keep resolving as long as their key is key or one of
-// previous; swap the result in (for example through an atomic.Pointer) where
-// f was used. f itself is not changed.
-func (f *FlowTokens) WithKeys(key []byte, previous ...[]byte) (*FlowTokens, error) {
-	return newFlowTokens(f.node, f.nonce, key, previous...)
+// withKeys returns a FlowTokens for the same node as f with other keys.
+func (f *FlowTokens) withKeys(key []byte, previous ...[]byte) (*FlowTokens, error) {
+	return NewFlowTokens(f.node, key, previous...)
 }
 
 func validFlowNode(node string) bool {
@@ -157,16 +166,17 @@ func validFlowNode(node string) bool {
 // Node returns the name of this edge node.
 func (f *FlowTokens) Node() string { return f.node }
 
-// Token returns the flow token of connection id on this node, signed with the
-// current key. The token is base64url without padding: letters, digits, "-"
-// and "_", all of which RFC 3261 allows unescaped in the user part of a SIP
-// URI. It is about 38 characters for a 5-byte node name and a small ID: the
-// node name and the ID add 4 characters per 3 bytes.
-func (f *FlowTokens) Token(id ConnID) string {
+// token returns the flow token of connection id of the Server whose run is
+// run, on this node, signed with the current key. The token is base64url
+// without padding: letters, digits, "-" and "_", all of which RFC 3261
+// allows unescaped in the user part of a SIP URI. It is about 38 characters
+// for a 5-byte node name and a small ID: the node name and the ID add 4
+// characters per 3 bytes.
+func (f *FlowTokens) token(run flowRun, id ConnID) string {
 	var raw [flowMaxRaw]byte
 	b := append(raw[:0], flowVersion, byte(len(f.node)))
 	b = append(b, f.node...)
-	b = append(b, f.nonce[:]...)
+	b = append(b, run[:]...)
 	b = binary.AppendUvarint(b, uint64(id))
 	mac := flowMAC(f.keys[0], b)
 	b = append(b, mac[:flowMACLen]...)
@@ -182,14 +192,15 @@ func flowMAC(key, data []byte) [sha256.Size]byte {
 	return sum
 }
 
-// Parse returns the connection ID in a token made by Token on this node in
-// this run, checking its MAC against the current key and then each previous
-// key, in constant time. It fails with an error wrapping ErrFlowInvalid for a
-// malformed, tampered or forged token, ErrFlowForeign (a *ForeignFlowError)
-// for a valid token of another node, and ErrFlowStale for a token of this
-// node issued before a restart. The ID need not belong to a live connection:
-// look it up in the Registry.
-func (f *FlowTokens) Parse(token string) (ConnID, error) {
+// parse returns the connection ID in a token made by token on this node for
+// the Server whose run is run, checking its MAC against the current key and
+// then each previous key, in constant time. It fails with an error wrapping
+// ErrFlowInvalid for a malformed, tampered or forged token, ErrFlowForeign (a
+// *ForeignFlowError) for a valid token of another node, and ErrFlowStale for
+// a token of this node issued by another Server (another run). The ID need
+// not belong to a live connection: the caller looks it up in the Server's
+// Registry — the Registry of the Server whose run it passed, and no other.
+func (f *FlowTokens) parse(run flowRun, token string) (ConnID, error) {
 	if len(token) < (flowMinRaw*8+5)/6 || len(token) > flowMaxEncoded {
 		return 0, fmt.Errorf("%w: %d characters", ErrFlowInvalid, len(token))
 	}
@@ -239,7 +250,7 @@ func (f *FlowTokens) Parse(token string) (ConnID, error) {
 		}
 		return 0, &ForeignFlowError{Node: string(node)}
 	}
-	if [flowNonceLen]byte(nonce) != f.nonce {
+	if flowRun(nonce) != run {
 		return 0, fmt.Errorf("%w: node %s, connection %d", ErrFlowStale, strconv.Quote(f.node), id)
 	}
 	return ConnID(id), nil
@@ -253,9 +264,10 @@ func isFlowChar(c byte) bool { return isAlpha(c) || isDigit(c) || c == '-' || c 
 // appended when outbound is true (the client registered with RFC 5626
 // Outbound, §5.1). transport=ws is right for wss too: RFC 7118 §5.2 defines
 // no transport=wss. An IPv6 host is put in brackets; a port of 0 or less is
-// left out; an empty token gives "sip:HOST…" without a user part. token and
-// host are not escaped: pass a token from FlowTokens.Token and a host name
-// or IP address.
+// left out; an empty token gives "sip:HOST…" without a user part, a URI that
+// names no flow. token and host are not escaped: pass a token from
+// Conn.FlowToken (which fails, rather than giving "", on a Server without
+// Config.FlowTokens) and a host name or IP address.
 func FlowURI(token, host string, port int, outbound bool) string {
 	var sb strings.Builder
 	sb.Grow(len("sip:@:65535;transport=ws;lr;ob[]") + len(token) + len(host))
@@ -293,7 +305,7 @@ func writeHostPort(sb *strings.Builder, host string, port int) {
 // addr-spec, or several comma-separated values, of which the first is used.
 // A password ("user:password@") is dropped; a user part with characters RFC
 // 3261 does not allow there (other than escaped) is no user part. The
-// extraction is syntactic: FlowTokens.Parse says whether the result is a
+// extraction is syntactic: Server.ResolveFlow says whether the result is a
 // token.
 func TokenFromURI(uri string) (string, bool) {
 	addr, ok := firstAddr(uri)

@@ -7,8 +7,9 @@ import (
 	"github.com/sipws/sipws"
 )
 
-// BenchmarkFlowTokenEncode is FlowTokens.Token: the flow token of a
-// connection for a Path or Record-Route URI (one HMAC-SHA256, base64url).
+// BenchmarkFlowTokenEncode is the encoding behind Conn.FlowToken: the flow
+// token of a connection for a Path or Record-Route URI (one HMAC-SHA256,
+// base64url).
 func BenchmarkFlowTokenEncode(b *testing.B) {
 	f := ftkNew(b, "edge1", ftkKeyA, ftkKeyB)
 	b.ReportAllocs()
@@ -21,8 +22,9 @@ func BenchmarkFlowTokenEncode(b *testing.B) {
 	}
 }
 
-// BenchmarkFlowTokenParsePreviousKey is FlowTokens.Parse of a token signed
-// with the previous key during a key rotation: two MACs are computed.
+// BenchmarkFlowTokenParsePreviousKey is the check behind Server.ResolveFlow
+// of a token signed with the previous key during a key rotation: two MACs
+// are computed.
 func BenchmarkFlowTokenParsePreviousKey(b *testing.B) {
 	old := ftkNew(b, "edge1", ftkKeyB)
 	f, err := old.WithKeys(ftkKeyA, ftkKeyB)
@@ -38,8 +40,9 @@ func BenchmarkFlowTokenParsePreviousKey(b *testing.B) {
 	}
 }
 
-// BenchmarkFlowTokenParseForged is FlowTokens.Parse of a well-formed token
-// whose MAC is wrong: every key is tried, and the error is built.
+// BenchmarkFlowTokenParseForged is the check behind Server.ResolveFlow of a
+// well-formed token whose MAC is wrong: every key is tried, and the error is
+// built.
 func BenchmarkFlowTokenParseForged(b *testing.B) {
 	f := ftkNew(b, "edge1", ftkKeyA, ftkKeyB)
 	tok := []byte(f.Token(123456))

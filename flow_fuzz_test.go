@@ -7,12 +7,12 @@ import (
 )
 
 // Fuzz targets for flow tokens and the URIs that carry them. They live in the
-// package so that the FlowTokens under test has a fixed instance nonce: the
+// package so that the FlowTokens under test has a fixed server run: the
 // seed corpus then holds tokens that parse, and the fuzzer mutates valid
 // tokens rather than only noise.
 
 var (
-	flowFuzzNonce   = [flowNonceLen]byte{0x5e, 0x1f, 0x0a, 0x7c, 0x33, 0x90, 0x42, 0xd1}
+	flowFuzzRun     = flowRun{0x5e, 0x1f, 0x0a, 0x7c, 0x33, 0x90, 0x42, 0xd1}
 	flowFuzzKey     = []byte("fuzz key 0123456789abcdef0123456")
 	flowFuzzOldKey  = []byte("fuzz old key 0123456789abcdef012")
 	flowFuzzVectors = []struct {
@@ -32,7 +32,7 @@ var (
 )
 
 func flowFuzzTokens(t testing.TB) *FlowTokens {
-	f, err := newFlowTokens("edge1", flowFuzzNonce, flowFuzzKey, flowFuzzOldKey)
+	f, err := NewFlowTokens("edge1", flowFuzzKey, flowFuzzOldKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,12 +44,12 @@ func flowFuzzTokens(t testing.TB) *FlowTokens {
 func TestFlowTokenKnownAnswers(t *testing.T) {
 	f := flowFuzzTokens(t)
 	for _, v := range flowFuzzVectors {
-		id, err := f.Parse(v.token)
+		id, err := f.parse(flowFuzzRun, v.token)
 		if !errors.Is(err, v.err) || (err == nil && v.err != nil) || id != v.id {
 			t.Errorf("Parse(%s) = %d, %v; want %d, %v", v.token, id, err, v.id, v.err)
 		}
 		if v.err == nil && v.id != 42 {
-			if got := f.Token(v.id); got != v.token {
+			if got := f.token(flowFuzzRun, v.id); got != v.token {
 				t.Errorf("Token(%d) = %s, want %s", v.id, got, v.token)
 			}
 		}
@@ -58,7 +58,7 @@ func TestFlowTokenKnownAnswers(t *testing.T) {
 
 func FuzzFlowParse(f *testing.F) {
 	ft := flowFuzzTokens(f)
-	oldKey, err := ft.WithKeys(flowFuzzOldKey)
+	oldKey, err := ft.withKeys(flowFuzzOldKey)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -66,18 +66,18 @@ func FuzzFlowParse(f *testing.F) {
 		f.Add(v.token, uint64(v.id))
 	}
 	for _, id := range []ConnID{0, 2, 127, 128, 1 << 20, 1 << 40} {
-		f.Add(ft.Token(id), uint64(id))
+		f.Add(ft.token(flowFuzzRun, id), uint64(id))
 	}
 	f.Add("", uint64(0))
 	f.Add("AQVlZGdlMV4fCnwzkELRAWGRWQz8i2pgAU9rIQ==", uint64(1))
 	f.Add("AQVlZGdlMV4fCnwzkELRAWGRWQz8i2pgAU9rIQ\n", uint64(1))
 	f.Fuzz(func(t *testing.T, token string, n uint64) {
-		id, err := ft.Parse(token)
+		id, err := ft.parse(flowFuzzRun, token)
 		switch {
 		case err == nil:
 			// A token that parses is the one Token makes for its ID with
 			// one of the keys.
-			if got, old := ft.Token(id), oldKey.Token(id); got != token && old != token {
+			if got, old := ft.token(flowFuzzRun, id), oldKey.token(flowFuzzRun, id); got != token && old != token {
 				t.Fatalf("Parse(%q) = %d, but Token(%d) = %q (%q with the previous key)", token, id, id, got, old)
 			}
 		case errors.Is(err, ErrFlowInvalid), errors.Is(err, ErrFlowStale):
@@ -97,8 +97,8 @@ func FuzzFlowParse(f *testing.F) {
 		}
 
 		// Every ID round-trips, with the current key and after rotation.
-		tok := ft.Token(ConnID(n))
-		if got, err := ft.Parse(tok); err != nil || got != ConnID(n) {
+		tok := ft.token(flowFuzzRun, ConnID(n))
+		if got, err := ft.parse(flowFuzzRun, tok); err != nil || got != ConnID(n) {
 			t.Fatalf("Parse(Token(%d)) = %d, %v", n, got, err)
 		}
 		if len(tok) > flowMaxEncoded || strings.Trim(tok, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
@@ -109,7 +109,7 @@ func FuzzFlowParse(f *testing.F) {
 
 func FuzzTokenFromURI(f *testing.F) {
 	ft := flowFuzzTokens(f)
-	tok := ft.Token(7)
+	tok := ft.token(flowFuzzRun, 7)
 	for _, s := range []string{
 		"<sip:" + tok + "@edge1.example.com:443;transport=ws;lr>",
 		`"Edge, one" <sip:` + tok + `@edge1.example.com;lr;ob>, <sip:10.0.0.2;lr>`,
@@ -127,7 +127,7 @@ func FuzzTokenFromURI(f *testing.F) {
 			if user == "" || !strings.Contains(uri, user) || strings.ContainsAny(user, "@<") {
 				t.Fatalf("TokenFromURI(%q) = %q", uri, user)
 			}
-			_, _ = ft.Parse(user)
+			_, _ = ft.parse(flowFuzzRun, user)
 		} else if user != "" {
 			t.Fatalf("TokenFromURI(%q) = %q, false", uri, user)
 		}

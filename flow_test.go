@@ -23,11 +23,13 @@ var (
 	ftkKeyC = []byte("key C: 16 bytes!")
 )
 
-func ftkNew(t testing.TB, node string, key []byte, previous ...[]byte) *sipws.FlowTokens {
+// ftkNew returns an issuer of the flow tokens of node with a run of its own,
+// as a new Server would have.
+func ftkNew(t testing.TB, node string, key []byte, previous ...[]byte) *sipws.FlowIssuer {
 	t.Helper()
 	f, err := sipws.NewFlowTokens(node, key, previous...)
 	require.NoError(t, err)
-	return f
+	return sipws.NewFlowIssuer(f)
 }
 
 // ftkIDs are connection IDs around every uvarint length boundary, and some
@@ -293,9 +295,9 @@ func TestFlowTokenForeignNode(t *testing.T) {
 
 func TestFlowTokenStaleInstance(t *testing.T) {
 	before := ftkNew(t, "edge1", ftkKeyA)
-	after := ftkNew(t, "edge1", ftkKeyA) // the same node, restarted
+	after := ftkNew(t, "edge1", ftkKeyA) // the same node, another Server
 	tok := before.Token(1)
-	assert.NotEqual(t, tok, after.Token(1), "the instance nonce differs")
+	assert.NotEqual(t, tok, after.Token(1), "the run differs")
 	_, err := after.Parse(tok)
 	require.ErrorIs(t, err, sipws.ErrFlowStale)
 	assert.NotErrorIs(t, err, sipws.ErrFlowInvalid)

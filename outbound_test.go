@@ -1,7 +1,9 @@
 package sipws_test
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,30 +63,42 @@ func TestByRemoteAddr(t *testing.T) {
 	assert.False(t, ok, "gone with the connection")
 }
 
+const (
+	obAlice = "sip:alice@example.com"
+	obInst  = `"<urn:uuid:F81D4FAE-7DEC-11D0-A765-00A0C91E6BF6>"`
+)
+
+// obStillOpen checks that conn was not closed: a message sent on it arrives.
+func obStillOpen(t *testing.T, conn *sipws.Conn, client *rawClient) {
+	t.Helper()
+	require.NoError(t, conn.Send([]byte("still open")))
+	f := client.mustReadFrame()
+	require.Equal(t, byte(0x1), f.Op)
+	require.Equal(t, "still open", string(f.Payload))
+}
+
 func TestBindInstanceReplacesOldFlow(t *testing.T) {
 	ts := startServer(t, sipws.Config{})
-	const inst = `"<urn:uuid:F81D4FAE-7DEC-11D0-A765-00A0C91E6BF6>"`
 	old := dialWS(t, ts.Addr, "sip")
 	co := ts.nextOpened(t)
-	replaced, err := ts.BindInstance(co, inst, 1)
+	replaced, err := ts.BindInstance(co, obAlice, obInst, 1)
 	require.NoError(t, err)
 	assert.Nil(t, replaced)
-	got, ok := ts.Registry().ByInstance("<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>", 1)
-	require.True(t, ok, "instance compares without regard to case, quotes or brackets")
+	got, ok := ts.Registry().ByInstance(`"Alice" <sip:alice@EXAMPLE.com>;tag=1928301774`, "<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>", 1)
+	require.True(t, ok, "AOR and instance compare without regard to display name, brackets, tag, host case, quotes or UUID case")
 	assert.Equal(t, co.ID(), got.ID())
 
 	// Another reg-id of the same instance is another flow: both live.
 	other := dialWS(t, ts.Addr, "sip")
 	c2 := ts.nextOpened(t)
-	replaced, err = ts.BindInstance(c2, inst, 2)
+	replaced, err = ts.BindInstance(c2, obAlice, obInst, 2)
 	require.NoError(t, err)
 	assert.Nil(t, replaced)
 
 	// The phone reconnects on reg-id 1: the old connection is closed.
-	_ = other
 	newc := dialWS(t, ts.Addr, "sip")
 	cn := ts.nextOpened(t)
-	replaced, err = ts.BindInstance(cn, inst, 1)
+	replaced, err = cn.Server().BindInstance(cn, obAlice, obInst, 1)
 	require.NoError(t, err)
 	require.NotNil(t, replaced)
 	assert.Equal(t, co.ID(), replaced.ID())
@@ -99,8 +113,9 @@ func TestBindInstanceReplacesOldFlow(t *testing.T) {
 	assert.Equal(t, co.ID(), ev.ConnID)
 	assert.Equal(t, sipws.InitiatorReplaced, ev.Initiator)
 	assert.False(t, ev.Initiator.Failed())
+	obStillOpen(t, c2, other)
 
-	got, ok = ts.Registry().ByInstance(inst, 1)
+	got, ok = ts.Registry().ByInstance(obAlice, obInst, 1)
 	require.True(t, ok)
 	assert.Equal(t, cn.ID(), got.ID())
 
@@ -108,16 +123,253 @@ func TestBindInstanceReplacesOldFlow(t *testing.T) {
 	newc.sendClose(1000, "")
 	newc.expectClose(1000, time.Second)
 	ts.nextClosed(t)
-	_, ok = ts.Registry().ByInstance(inst, 1)
+	_, ok = ts.Registry().ByInstance(obAlice, obInst, 1)
 	assert.False(t, ok)
-	_, ok = ts.Registry().ByInstance(inst, 2)
+	_, ok = ts.Registry().ByInstance(obAlice, obInst, 2)
 	assert.True(t, ok)
 
 	// A connection that has ended cannot be bound.
-	_, err = ts.BindInstance(cn, inst, 1)
+	_, err = ts.BindInstance(cn, obAlice, obInst, 1)
 	assert.ErrorIs(t, err, sipws.ErrClosed)
-	_, err = ts.BindInstance(c2, "  ", 1)
-	assert.Error(t, err)
+}
+
+// Mallory registers her own AOR with alice's +sip.instance and reg-id: a
+// flow is per AOR, instance and reg-id (RFC 5626 §6), so alice's connection
+// is neither closed nor taken over.
+func TestBindInstanceOtherAORNeverReplaces(t *testing.T) {
+	ts := startServer(t, sipws.Config{})
+	aliceClient := dialWS(t, ts.Addr, "sip")
+	alice := ts.nextOpened(t)
+	dialWS(t, ts.Addr, "sip")
+	mallory := ts.nextOpened(t)
+
+	replaced, err := ts.BindInstance(alice, obAlice, obInst, 1)
+	require.NoError(t, err)
+	require.Nil(t, replaced)
+	for _, aor := range []string{"sip:mallory@example.com", "sips:alice@example.com", "sip:alice@example.com:5060", "sip:Alice@example.com", "sip:alice@example.org"} {
+		replaced, err = ts.BindInstance(mallory, aor, obInst, 1)
+		require.NoError(t, err, aor)
+		if replaced != nil {
+			t.Fatalf("binding %s replaced connection %d (alice is %d)", aor, replaced.ID(), alice.ID())
+		}
+		got, ok := ts.Registry().ByInstance(obAlice, obInst, 1)
+		require.True(t, ok, aor)
+		assert.Equal(t, alice.ID(), got.ID(), "ByInstance of alice after %s", aor)
+		got, ok = ts.Registry().ByInstance(aor, obInst, 1)
+		require.True(t, ok, aor)
+		assert.Equal(t, mallory.ID(), got.ID(), aor)
+	}
+	obStillOpen(t, alice, aliceClient)
+}
+
+// Spellings of one AOR are one flow; what RFC 3261 §19.1.4 tells apart is
+// another.
+func TestBindInstanceAORNormalization(t *testing.T) {
+	ts := startServer(t, sipws.Config{})
+	dialWS(t, ts.Addr, "sip")
+	c := ts.nextOpened(t)
+	const inst = "urn:uuid:00000000-0000-0000-0000-000000000001"
+	_, err := ts.BindInstance(c, "sip:al%69ce;day=x@Example.COM:05060;user=phone?subject=y", inst, 1)
+	require.NoError(t, err)
+	same := []string{
+		"sip:alice;day=x@example.com:5060",
+		"SIP:alice;day=x@EXAMPLE.COM:5060",
+		"<sip:alice;day=x@example.com:5060;transport=ws>",
+		`"Alice" <sip:%61lice;day=x@example.com:5060>;tag=abc`,
+		"Alice <sip:alice;day%3dx@example.com:5060>",
+		"  sip:alice;day=x@example.com:5060;lr",
+	}
+	for _, aor := range same {
+		got, ok := ts.Registry().ByInstance(aor, inst, 1)
+		if assert.True(t, ok, aor) {
+			assert.Equal(t, c.ID(), got.ID(), aor)
+		}
+	}
+	different := []string{
+		"sip:alice;day=x@example.com",       // no port is not port 5060
+		"sips:alice;day=x@example.com:5060", // sips is not sip
+		"sip:Alice;day=x@example.com:5060",  // the user part keeps its case
+		"sip:alice;day=X@example.com:5060",
+		"sip:alice@example.com:5060",
+		"sip:alice;day=x:pw@example.com:5060", // a password is part of it
+		"sip:example.com:5060",
+	}
+	for _, aor := range different {
+		_, ok := ts.Registry().ByInstance(aor, inst, 1)
+		assert.False(t, ok, aor)
+	}
+	// An IPv6 host, and escapes that stay escaped.
+	_, err = ts.BindInstance(c, "sip:a%20b@[2001:DB8::1]:5061", inst, 1)
+	require.NoError(t, err)
+	got, ok := ts.Registry().ByInstance("<sip:a%20b@[2001:db8::1]:5061;transport=ws>", inst, 1)
+	require.True(t, ok)
+	assert.Equal(t, c.ID(), got.ID())
+}
+
+// The +sip.instance is compared as its URN: quotes, brackets and white
+// space go, and so does the case of "urn:", of the namespace and of a UUID;
+// the rest of another URN keeps its case.
+func TestBindInstanceInstanceNormalization(t *testing.T) {
+	ts := startServer(t, sipws.Config{})
+	dialWS(t, ts.Addr, "sip")
+	c := ts.nextOpened(t)
+	_, err := ts.BindInstance(c, obAlice, ` "<URN:UUID:F81D4FAE-7DEC-11D0-A765-00A0C91E6BF6>" `, 1)
+	require.NoError(t, err)
+	for _, inst := range []string{"urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "<urn:UUID:f81d4fae-7dec-11d0-A765-00a0c91e6bf6>", obInst} {
+		got, ok := ts.Registry().ByInstance(obAlice, inst, 1)
+		if assert.True(t, ok, inst) {
+			assert.Equal(t, c.ID(), got.ID(), inst)
+		}
+	}
+	_, err = ts.BindInstance(c, "sip:bob@example.com", `"<urn:Example:Phone-AB>"`, 1)
+	require.NoError(t, err)
+	_, ok := ts.Registry().ByInstance("sip:bob@example.com", "URN:example:Phone-AB", 1)
+	assert.True(t, ok, "urn and the namespace are case-insensitive")
+	_, ok = ts.Registry().ByInstance("sip:bob@example.com", "urn:example:phone-ab", 1)
+	assert.False(t, ok, "the rest of a non-UUID URN keeps its case")
+}
+
+func TestBindInstanceBadArguments(t *testing.T) {
+	ts := startServer(t, sipws.Config{})
+	dialWS(t, ts.Addr, "sip")
+	c := ts.nextOpened(t)
+	long := strings.Repeat("a", 260)
+	cases := []struct{ aor, inst, want string }{
+		{"", obInst, "AOR"},
+		{"tel:+15551234567", obInst, "not a sip or sips URI"},
+		{"alice@example.com", obInst, "not a sip or sips URI"},
+		{"sip:@example.com", obInst, "empty user part"},
+		{"sip:alice@", obInst, "bad host"},
+		{"sip:alice@exa mple.com", obInst, "white space"},
+		{"sip:alice@example.com, sip:bob@example.com", obInst, "comma"},
+		{"Alice <sip:alice@example.com", obInst, "no URI"},
+		{"sip:alice@example.com:http", obInst, "bad port"},
+		{"sip:alice@example.com:65536", obInst, "bad port"},
+		{"sip:alice@[2001:db8::1", obInst, "bad IPv6"},
+		{"sip:al%6@example.com", obInst, "bad escape"},
+		{"sip:al{ce@example.com", obInst, "character"},
+		{"sip:alice@ex_ample.com", obInst, "bad host"},
+		{"sip:" + long + "@example.com", obInst, "limit is 256"},
+		{obAlice, "", "empty +sip.instance"},
+		{obAlice, `" <> "`, "empty +sip.instance"},
+		{obAlice, "urn:x:" + long, "limit is 256"},
+	}
+	for _, tc := range cases {
+		_, err := ts.BindInstance(c, tc.aor, tc.inst, 1)
+		require.Error(t, err, "%q %q", tc.aor, tc.inst)
+		assert.Contains(t, err.Error(), tc.want, "%q %q", tc.aor, tc.inst)
+		_, ok := ts.Registry().ByInstance(tc.aor, tc.inst, 1)
+		assert.False(t, ok)
+	}
+	_, err := ts.BindInstance(c, obAlice, obInst, -1)
+	assert.ErrorContains(t, err, "negative reg-id")
+}
+
+// One connection may carry the flows of several AORs, each keeping its own
+// binding; a second binding for the same AOR moves that AOR's flow; past 16
+// AORs binding fails, and nothing else changes.
+func TestBindInstanceSeveralAORs(t *testing.T) {
+	ts := startServer(t, sipws.Config{})
+	client := dialWS(t, ts.Addr, "sip")
+	c := ts.nextOpened(t)
+	aor := func(i int) string { return fmt.Sprintf("sip:user%d@example.com", i) }
+	for i := range 16 {
+		replaced, err := ts.BindInstance(c, aor(i), obInst, 1)
+		require.NoError(t, err)
+		require.Nil(t, replaced)
+	}
+	for i := range 16 {
+		got, ok := ts.Registry().ByInstance(aor(i), obInst, 1)
+		require.True(t, ok, aor(i))
+		assert.Equal(t, c.ID(), got.ID())
+	}
+	_, err := ts.BindInstance(c, aor(16), obInst, 1)
+	require.ErrorContains(t, err, "16 AORs")
+	_, ok := ts.Registry().ByInstance(aor(16), obInst, 1)
+	assert.False(t, ok)
+
+	// Binding again for a bound AOR is fine, the same flow or another.
+	replaced, err := ts.BindInstance(c, aor(3), obInst, 1)
+	require.NoError(t, err)
+	assert.Nil(t, replaced)
+	replaced, err = ts.BindInstance(c, aor(3), obInst, 2)
+	require.NoError(t, err)
+	assert.Nil(t, replaced)
+	_, ok = ts.Registry().ByInstance(aor(3), obInst, 1)
+	assert.False(t, ok, "the flow of that AOR moved to reg-id 2")
+	_, ok = ts.Registry().ByInstance(aor(3), obInst, 2)
+	assert.True(t, ok)
+	obStillOpen(t, c, client)
+
+	// Unbinding one makes room for another.
+	ts.UnbindInstance(c, aor(0), obInst, 1)
+	_, err = ts.BindInstance(c, aor(16), obInst, 1)
+	require.NoError(t, err)
+}
+
+// UnbindInstance removes a connection's own binding and leaves the
+// connection open; a connection whose flow was taken over cannot unbind the
+// new owner.
+func TestUnbindInstance(t *testing.T) {
+	ts := startServer(t, sipws.Config{})
+	firstClient := dialWS(t, ts.Addr, "sip")
+	first := ts.nextOpened(t)
+	secondClient := dialWS(t, ts.Addr, "sip")
+	second := ts.nextOpened(t)
+
+	_, err := ts.BindInstance(first, obAlice, obInst, 1)
+	require.NoError(t, err)
+	ts.UnbindInstance(first, "<sip:alice@EXAMPLE.com>", "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", 1)
+	_, ok := ts.Registry().ByInstance(obAlice, obInst, 1)
+	assert.False(t, ok)
+	obStillOpen(t, first, firstClient)
+
+	// Unbinding what is not bound, or with bad arguments, does nothing.
+	ts.UnbindInstance(first, obAlice, obInst, 1)
+	ts.UnbindInstance(first, "tel:1", "", -1)
+
+	// first binds again, then second takes the flow over; first's late
+	// unbinding leaves second's binding alone.
+	_, err = ts.BindInstance(first, obAlice, obInst, 1)
+	require.NoError(t, err)
+	replaced, err := ts.BindInstance(second, obAlice, obInst, 1)
+	require.NoError(t, err)
+	require.NotNil(t, replaced)
+	assert.Equal(t, first.ID(), replaced.ID())
+	ts.UnbindInstance(first, obAlice, obInst, 1)
+	got, ok := ts.Registry().ByInstance(obAlice, obInst, 1)
+	require.True(t, ok)
+	assert.Equal(t, second.ID(), got.ID())
+	obStillOpen(t, second, secondClient)
+	ts.UnbindInstance(second, obAlice, obInst, 1)
+	_, ok = ts.Registry().ByInstance(obAlice, obInst, 1)
+	assert.False(t, ok)
+}
+
+// A Server binds and maps only its own connections: a connection of another
+// Server would stay in this one's indexes after it ended.
+func TestBindInstanceConnOfAnotherServer(t *testing.T) {
+	a := startServer(t, sipws.Config{})
+	b := startServer(t, sipws.Config{})
+	client := dialWS(t, a.Addr, "sip")
+	ca := a.nextOpened(t)
+	_, err := b.BindInstance(ca, obAlice, obInst, 1)
+	require.ErrorContains(t, err, "another Server")
+	require.ErrorContains(t, b.MapMSRPSession(ca, "s1"), "another Server")
+	b.UnbindInstance(ca, obAlice, obInst, 1)
+	_, ok := b.Registry().ByInstance(obAlice, obInst, 1)
+	assert.False(t, ok)
+	_, ok = b.Registry().ByMSRPSession("s1")
+	assert.False(t, ok)
+
+	// Its own Server binds it; the binding ends with the connection.
+	_, err = ca.Server().BindInstance(ca, obAlice, obInst, 1)
+	require.NoError(t, err)
+	client.sendClose(1000, "")
+	client.expectClose(1000, time.Second)
+	a.nextClosed(t)
+	_, ok = a.Registry().ByInstance(obAlice, obInst, 1)
+	assert.False(t, ok)
 }
 
 func TestMSRPSessionMapping(t *testing.T) {

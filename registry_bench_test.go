@@ -92,7 +92,11 @@ func BenchmarkResolveFlow15k(b *testing.B) {
 	s, conns := benchRegistry(b, 15000)
 	tokens := make([]string, len(conns))
 	for i, c := range conns {
-		tokens[i] = c.FlowToken()
+		tok, err := c.FlowToken()
+		if err != nil {
+			b.Fatal(err)
+		}
+		tokens[i] = tok
 	}
 	b.ReportAllocs()
 	i := 0

@@ -124,7 +124,10 @@ type Config struct {
 	// name this server's connections (Conn.FlowToken, Server.ResolveFlow),
 	// for Path and Record-Route URIs that route requests back to browser
 	// phones. Create it with NewFlowTokens; rotate keys with
-	// Server.SetFlowKeys.
+	// Server.SetFlowKeys. It may be shared with other Servers or reused
+	// after Shutdown: each Server's tokens carry a nonce of its own, and a
+	// token of another Server is ErrFlowStale here. Without it,
+	// Conn.FlowToken and Server.ResolveFlow fail with ErrNoFlowTokens.
 	FlowTokens *FlowTokens
 
 	// Framing checks that every message holds exactly one SIP message (on a
@@ -356,6 +359,7 @@ type Server struct {
 	obs    Observer // nil when none
 
 	flows    atomic.Pointer[FlowTokens]
+	flowRun  flowRun   // this Server's lifetime nonce, in every flow token it issues
 	readers  sync.Pool // *[]byte blocks of ReadBufferSize, lent to busy connections
 	scratch  sync.Pool // *[]byte blocks of scratchSize: data frames built for an immediate write
 	nextID   atomic.Uint64
@@ -379,7 +383,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: c, log: c.Logger, clock: c.Clock, obs: c.Observer}
+	s := &Server{cfg: c, log: c.Logger, clock: c.Clock, obs: c.Observer, flowRun: newFlowRun()}
 	s.reg.init(s)
 	if c.FlowTokens != nil {
 		s.flows.Store(c.FlowTokens)

@@ -68,7 +68,8 @@ type proxy struct {
 // has ended, in this run (ErrFlowGone) or before a restart (ErrFlowStale):
 // RFC 5626 §5.3's 430 Flow Failed, after which the UA registers a new flow.
 func flowGone(err error) bool {
-	return errors.Is(err, sipws.ErrFlowGone) || errors.Is(err, sipws.ErrFlowStale)
+	code, _ := sipws.FlowStatus(err)
+	return code == 430
 }
 
 func newProxy(domain string, log *slog.Logger) *proxy {
@@ -393,8 +394,12 @@ func dialogCreating(req *sip.Request) bool {
 
 // flowRoute returns a Record-Route header naming connection c.
 func (p *proxy) flowRoute(c *sipws.Conn) *sip.RecordRouteHeader {
+	token, err := c.FlowToken()
+	if err != nil {
+		panic(err) // newApp sets Config.FlowTokens
+	}
 	rr := &sip.RecordRouteHeader{}
-	if err := sip.ParseUri(sipws.FlowURI(c.FlowToken(), p.domain, 0, false), &rr.Address); err != nil {
+	if err := sip.ParseUri(sipws.FlowURI(token, p.domain, 0, false), &rr.Address); err != nil {
 		panic(fmt.Sprintf("flow URI does not parse: %v", err)) // tokens are base64url and the domain a host
 	}
 	return rr
@@ -775,19 +780,27 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 	if h := req.GetHeader("User-Agent"); h != nil {
 		agent = h.Value()
 	}
+	aor := "sip:" + user + "@" + p.domain
 	for _, u := range updates {
 		if u.exp == 0 {
 			p.reg.remove(user, u.key)
+			if u.regID > 0 {
+				p.ws.UnbindInstance(c, aor, u.instance, u.regID)
+			}
 			p.log.Info("unregistered", "user", user, "conn", c.ID(), "contact", u.ch.Address.String())
 			continue
 		}
 		ob := outboundOffered && u.regID > 0
 		if ob {
-			// The flow of this instance is now c: a connection the phone
-			// had before (it reconnected) is closed by the library.
-			replaced, err := p.ws.BindInstance(c, u.instance, u.regID)
-			if err != nil {
+			// The flow of this AOR and instance is now c: a connection the
+			// phone had before (it reconnected) is closed by the library.
+			replaced, err := p.ws.BindInstance(c, aor, u.instance, u.regID)
+			if errors.Is(err, sipws.ErrClosed) {
 				p.reply(c, req, 500, "Server Internal Error (connection closing)")
+				return
+			} else if err != nil {
+				p.log.Info("flow not bound", "user", user, "conn", c.ID(), "err", err)
+				p.reply(c, req, 400, "Bad Request (+sip.instance)")
 				return
 			}
 			if replaced != nil {
