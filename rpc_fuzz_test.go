@@ -45,10 +45,10 @@ func FuzzRPCRequest(f *testing.F) {
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	})
-	h := sipws.NewRPCHandler(srv)
+	h := sipws.NewRPCHandler(srv, nil)
 
 	f.Fuzz(func(t *testing.T, body []byte) {
-		req := httptest.NewRequest(http.MethodPost, "/RPC", bytes.NewReader(body))
+		req := httptest.NewRequest(http.MethodPost, "http://127.0.0.1/RPC", bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		rec := httptest.NewRecorder()
 		done := make(chan struct{})

@@ -93,7 +93,7 @@ func startLive(t *testing.T, protos ...string) *live {
 	})
 	require.NoError(t, err)
 	wsHS := httptest.NewServer(srv)
-	rpcHS := httptest.NewServer(sipws.NewRPCHandler(srv))
+	rpcHS := httptest.NewServer(sipws.NewRPCHandler(srv, nil))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*ioTimeout)
 		defer cancel()
