@@ -287,7 +287,7 @@ func (h *rpcHandler) hostAllowed(hostport string) bool {
 // origin, then the request is served.
 func (h *rpcHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.hostAllowed(r.Host) {
-		h.s.log.Warn("rpc: request for a Host not allowed refused", "host", r.Host, "remote", r.RemoteAddr)
+		h.s.log.Info("rpc: request refused: Host not allowed", "host", r.Host, "remote", r.RemoteAddr)
 		writeRPCError(w, http.StatusMisdirectedRequest, &rpcError{Code: rpcInvalidRequest, Message: "Invalid Request",
 			Data: fmt.Sprintf("Host %s is not allowed: use a loopback address or localhost, or add the name to RPCOptions.AllowedHosts", strconv.Quote(r.Host))})
 		return
