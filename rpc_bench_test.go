@@ -51,6 +51,15 @@ func BenchmarkRPCDumpBatchAttack(b *testing.B) {
 	benchRPC(b, h, rpcBatchBody(2000, func(int) string { return `["id_hash",-1]` }))
 }
 
+// BenchmarkRPCDumpBatchMax is the most of issue 12's attack that the
+// limits let through: a batch of 100 (the cap) "list them all" ws.dump calls
+// over 200 connections.
+func BenchmarkRPCDumpBatchMax(b *testing.B) {
+	s, _ := benchRegistry(b, 200)
+	h := NewRPCHandler(s, nil)
+	benchRPC(b, h, rpcBatchBody(100, func(int) string { return `["id_hash",-1]` }))
+}
+
 // BenchmarkRPCDumpPages100k is a batch of 100 ws.dump pages of 10 rows
 // each over 100,000 connections: the cost of taking the registry's
 // snapshot, not of the rows.

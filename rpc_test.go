@@ -1139,3 +1139,46 @@ func TestRPCHost(t *testing.T) {
 	assert.Equal(t, http.StatusMisdirectedRequest, resp.StatusCode)
 	assert.True(t, env.Enabled())
 }
+
+// ExampleNewRPCHandler serves the RPC on a private admin listener, reachable
+// by loopback names and by one more name, and calls it by each.
+func ExampleNewRPCHandler() {
+	srv, err := sipws.New(sipws.Config{})
+	if err != nil {
+		panic(err)
+	}
+	defer exampleShutdown(srv)
+	mux := http.NewServeMux()
+	mux.Handle("/RPC", sipws.NewRPCHandler(srv, &sipws.RPCOptions{AllowedHosts: []string{"admin.example.internal"}}))
+	admin := httptest.NewServer(mux) // on 127.0.0.1: never the public listener
+	defer admin.Close()
+
+	call := func(host string) {
+		body := `{"jsonrpc":"2.0","method":"stats.get_statistics","params":["ws_current_connections"],"id":1}`
+		req, err := http.NewRequest(http.MethodPost, admin.URL+"/RPC", strings.NewReader(body))
+		if err != nil {
+			panic(err)
+		}
+		req.Host = host
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			panic(err)
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Result []string `json:"result"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&r)
+		fmt.Println(resp.StatusCode, r.Result)
+	}
+	call("127.0.0.1:8081")
+	call("localhost:8081")
+	call("admin.example.internal:8081")
+	call("rebind.evil.example:8081") // DNS rebinding: refused
+	// Output:
+	// 200 [websocket:ws_current_connections = 0]
+	// 200 [websocket:ws_current_connections = 0]
+	// 200 [websocket:ws_current_connections = 0]
+	// 421 []
+}
