@@ -268,41 +268,102 @@ type DumpQuery struct {
 // through any number of connections. Total counts the connections that pass
 // the filters.
 func (r *Registry) Query(q DumpQuery) Dump {
-	var all []ConnInfo
-	ip := q.RemoteIP.Unmap()
+	return r.snapshot(q).query(q)
+}
+
+// connSnapshot is the live connections at one moment, to be listed in any
+// order and paged through without taking them again: the RPC handler
+// answers every ws.dump of one request from one snapshot.
+type connSnapshot struct {
+	conns []ConnInfo
+	// byOrder[o] indexes conns in DumpOrder o, built when first asked for.
+	byOrder [DumpMostRecentlyUsed + 1][]int
+}
+
+// snapshot takes the live connections that pass q's filters (q's order and
+// paging are for query).
+func (r *Registry) snapshot(q DumpQuery) *connSnapshot {
+	s := &connSnapshot{}
 	r.each(func(c *Conn) {
-		if q.Subprotocol != 0 && q.Subprotocol&c.sp == 0 {
-			return
+		if q.matches(c.sp, c.remote) {
+			s.conns = append(s.conns, c.info())
 		}
-		if ip.IsValid() && c.remote.Addr() != ip {
-			return
-		}
-		all = append(all, c.info())
 	})
-	switch q.Order {
+	return s
+}
+
+// matches reports whether a connection with sub-protocol sp from remote
+// passes q's filters.
+func (q DumpQuery) matches(sp Subprotocol, remote netip.AddrPort) bool {
+	if q.Subprotocol != 0 && q.Subprotocol&sp == 0 {
+		return false
+	}
+	ip := q.RemoteIP.Unmap()
+	return !ip.IsValid() || remote.Addr() == ip
+}
+
+// sorted returns the indexes of s.conns in order o.
+func (s *connSnapshot) sorted(o DumpOrder) []int {
+	if o > DumpMostRecentlyUsed {
+		o = DumpByID
+	}
+	if idx := s.byOrder[o]; idx != nil {
+		return idx
+	}
+	idx := make([]int, len(s.conns))
+	for i := range idx {
+		idx[i] = i
+	}
+	all := s.conns
+	switch o {
 	case DumpLeastRecentlyUsed:
-		slices.SortFunc(all, func(a, b ConnInfo) int {
-			return cmp.Or(a.LastUsed.Compare(b.LastUsed), cmp.Compare(a.ID, b.ID))
+		slices.SortFunc(idx, func(a, b int) int {
+			return cmp.Or(all[a].LastUsed.Compare(all[b].LastUsed), cmp.Compare(all[a].ID, all[b].ID))
 		})
 	case DumpMostRecentlyUsed:
-		slices.SortFunc(all, func(a, b ConnInfo) int {
-			return cmp.Or(b.LastUsed.Compare(a.LastUsed), cmp.Compare(a.ID, b.ID))
+		slices.SortFunc(idx, func(a, b int) int {
+			return cmp.Or(all[b].LastUsed.Compare(all[a].LastUsed), cmp.Compare(all[a].ID, all[b].ID))
 		})
 	default:
-		slices.SortFunc(all, func(a, b ConnInfo) int { return cmp.Compare(a.ID, b.ID) })
+		slices.SortFunc(idx, func(a, b int) int { return cmp.Compare(all[a].ID, all[b].ID) })
 	}
-	d := Dump{Total: len(all)}
-	off := min(max(q.Offset, 0), len(all))
-	all = all[off:]
+	s.byOrder[o] = idx
+	return idx
+}
+
+// query filters, orders and pages the snapshot as q says. It copies only
+// the page's rows; without filters, it touches nothing else.
+func (s *connSnapshot) query(q DumpQuery) Dump {
+	idx := s.sorted(q.Order)
 	limit := q.Limit
 	if limit == 0 {
 		limit = DefaultDumpLimit
 	}
-	if limit > 0 && limit < len(all) {
-		all = all[:limit]
+	off := max(q.Offset, 0)
+	var d Dump
+	if q.Subprotocol == 0 && !q.RemoteIP.IsValid() {
+		d.Total = len(idx)
+		idx = idx[min(off, len(idx)):]
+		if limit > 0 && limit < len(idx) {
+			idx = idx[:limit]
+		}
+		d.Conns = make([]ConnInfo, len(idx))
+		for i, j := range idx {
+			d.Conns[i] = s.conns[j]
+		}
+	} else {
+		for _, j := range idx {
+			ci := &s.conns[j]
+			if !q.matches(ci.Subprotocol, ci.RemoteAddr) {
+				continue
+			}
+			if d.Total >= off && (limit < 0 || len(d.Conns) < limit) {
+				d.Conns = append(d.Conns, *ci)
+			}
+			d.Total++
+		}
 	}
-	d.Conns = all
-	d.Truncated = off+len(all) < d.Total
+	d.Truncated = min(off, d.Total)+len(d.Conns) < d.Total
 	return d
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -23,6 +24,47 @@ import (
 // MaxRPCRequestSize is the largest request body NewRPCHandler reads: 1 MiB.
 const MaxRPCRequestSize = 1 << 20
 
+// RPCOptions configures NewRPCHandler. A nil *RPCOptions means every
+// default, and so does a zero (or negative) field.
+type RPCOptions struct {
+	// AllowedHosts are the names a request's Host may give besides a
+	// loopback address (127.0.0.0/8, ::1) and "localhost", which are always
+	// allowed: for instance the name or address of a private admin
+	// interface the handler is reached by. An entry is a host name or an IP
+	// address, matched without regard to case or port (a port in an entry
+	// is ignored). A request for any other Host gets 421 Misdirected Request
+	// before its body is read, so that a web page whose name an attacker
+	// rebinds to 127.0.0.1 cannot drive the handler through a browser on the
+	// same machine. Default: none besides loopback.
+	AllowedHosts []string
+
+	// MaxBatch is the most calls one batch request may hold; a longer batch
+	// is refused whole, none of it run, with -32600 "Invalid Request".
+	// Default: 100.
+	MaxBatch int
+
+	// MaxDumpRows is the most connections one ws.dump lists. A limit of -1
+	// ("all") lists at most this many, with "truncated" true when more
+	// matched; a larger explicit limit is refused with 500 "Invalid
+	// Parameters". Walk through more connections with limit and offset.
+	// Default: 10,000 (about 2 MB of JSON).
+	MaxDumpRows int
+
+	// MaxResponseBytes bounds the results of one request. A call whose
+	// response would take the body past it gets -32000 "Response too large"
+	// instead, and the calls after it in the batch are not run and get the
+	// same error, so that the body stays valid JSON at most this size plus
+	// those short errors (which echo the request's ids). Default: 16 MiB.
+	MaxResponseBytes int
+}
+
+// The defaults of RPCOptions.
+const (
+	defaultRPCMaxBatch         = 100
+	defaultRPCMaxDumpRows      = 10000
+	defaultRPCMaxResponseBytes = 16 << 20
+)
+
 // JSON-RPC 2.0 error codes, and the codes Kamailio's RPC functions fault
 // with.
 const (
@@ -30,6 +72,7 @@ const (
 	rpcInvalidRequest = -32600
 	rpcMethodNotFound = -32601
 	rpcInternalError  = -32603
+	rpcTooLarge       = -32000 // a server error: the response would pass RPCOptions.MaxResponseBytes
 
 	rpcBadRequest  = 400 // Kamailio: a bad parameter value
 	rpcServerError = 500 // Kamailio: everything else
@@ -70,8 +113,22 @@ var voidResult = json.RawMessage("{}")
 
 // rpcHandler serves the RPC methods of one Server.
 type rpcHandler struct {
-	s       *Server
-	methods map[string]func(rpcParams) (any, *rpcError)
+	s             *Server
+	methods       map[string]func(*rpcRequest, rpcParams) (any, *rpcError)
+	hosts         map[string]bool // RPCOptions.AllowedHosts, normalised by hostName
+	maxBatch      int
+	maxDumpRows   int
+	maxResponse   int
+	originChecked http.Handler // cross-origin protection in front of serve
+}
+
+// rpcRequest is the state of one HTTP request, shared by the calls of a
+// batch.
+type rpcRequest struct {
+	remote string
+	// snap is the registry as the request's ws.dump calls list it: taken by
+	// the first, again after a ws.close that worked.
+	snap *connSnapshot
 }
 
 // NewRPCHandler returns an http.Handler that serves the RPC commands of
@@ -92,8 +149,9 @@ type rpcHandler struct {
 //
 // ws.dump lists connections as Registry.Query: order is "id_hash" (the
 // default), "used_desc" (least recently used first) or "used_asc" (most
-// recently used first), in any case as Kamailio accepts them; limit is as DumpQuery.Limit (absent or 0: 50, as
-// Kamailio; negative: all); offset skips that many; subprotocol ("sip" or
+// recently used first), in any case as Kamailio accepts them; limit is as
+// DumpQuery.Limit (absent or 0: 50, as Kamailio; negative: all, up to
+// RPCOptions.MaxDumpRows); offset skips that many; subprotocol ("sip" or
 // "msrp") and remote_ip filter. Its result is
 //
 //	{"connections":[{"id":1,"src":"ws:127.0.0.1:40000","dst":"ws:127.0.0.1:8080",
@@ -131,29 +189,55 @@ type rpcHandler struct {
 // has them: {"code":500,"message":"Unknown connection ID"}, 400 "Bad display
 // order parameter", 500 "Invalid Parameters" (with "data" saying which),
 // 500 "Invalid close code", 500 "Invalid close reason", 500 "Error closing
-// connection" (already closing), 500 "Error sending frame"; and the JSON-RPC
+// connection" (already closing), 500 "Error sending frame"; the JSON-RPC
 // ones: -32700 "Parse error", -32600 "Invalid Request", -32601 "Method not
-// found", -32603 "Internal error". Every JSON-RPC response, error or not, is
-// sent with HTTP 200 (Kamailio sets the HTTP status to the fault code; a
-// batch can mix results and errors). A method other than POST gets 405 with
-// Allow: POST, a body over MaxRPCRequestSize 413, a refused cross-origin
-// request 403; these carry a JSON-RPC error too. Responses are encoded whole
-// before anything is written.
+// found", -32603 "Internal error"; and -32000 "Response too large". Every
+// JSON-RPC response, error or not, is sent with HTTP 200 (Kamailio sets the
+// HTTP status to the fault code; a batch can mix results and errors). A
+// request whose Host is not allowed gets 421, a method other than POST 405
+// with Allow: POST, a body over MaxRPCRequestSize 413, a refused
+// cross-origin request 403; these carry a JSON-RPC error too. Responses are
+// encoded whole before anything is written.
+//
+// Limits, each an RPCOptions field: a batch holds at most 100 calls, a
+// ws.dump lists at most 10,000 connections, and the results of one request
+// take at most 16 MiB. The ws.dump calls of one request list one snapshot
+// of the registry, taken by the first of them (and taken again after a
+// ws.close that worked), so that the pages of one batch neither repeat nor
+// miss a connection and a batch costs one pass over the registry, not one
+// per call.
 //
 // The handler authenticates no one: any client that reaches it can close
 // every connection. Serve it on a loopback or otherwise private listener, or
-// behind the host's own authentication. It does refuse cross-origin requests
-// from browsers (http.CrossOriginProtection), so that a web page cannot
-// drive it through a browser on the same machine.
-func NewRPCHandler(s *Server) http.Handler {
-	h := &rpcHandler{s: s}
-	h.methods = map[string]func(rpcParams) (any, *rpcError){
+// behind the host's own authentication. Against a web page driving it
+// through a browser on the same machine, it refuses cross-origin requests
+// (http.CrossOriginProtection) and a Host that is neither a loopback
+// address, "localhost", nor in RPCOptions.AllowedHosts (DNS rebinding).
+//
+// opts may be nil: every default.
+func NewRPCHandler(s *Server, opts *RPCOptions) http.Handler {
+	if opts == nil {
+		opts = &RPCOptions{}
+	}
+	h := &rpcHandler{
+		s:           s,
+		hosts:       make(map[string]bool, len(opts.AllowedHosts)),
+		maxBatch:    positiveOr(opts.MaxBatch, defaultRPCMaxBatch),
+		maxDumpRows: positiveOr(opts.MaxDumpRows, defaultRPCMaxDumpRows),
+		maxResponse: positiveOr(opts.MaxResponseBytes, defaultRPCMaxResponseBytes),
+	}
+	for _, name := range opts.AllowedHosts {
+		if n := hostName(name); n != "" {
+			h.hosts[n] = true
+		}
+	}
+	h.methods = map[string]func(*rpcRequest, rpcParams) (any, *rpcError){
 		"ws.dump":              h.dump,
 		"ws.close":             h.close,
-		"ws.ping":              func(p rpcParams) (any, *rpcError) { return h.pingPong(p, s.reg.Ping) },
-		"ws.pong":              func(p rpcParams) (any, *rpcError) { return h.pingPong(p, s.reg.Pong) },
-		"ws.disable":           func(p rpcParams) (any, *rpcError) { return h.toggle(p, s.Disable) },
-		"ws.enable":            func(p rpcParams) (any, *rpcError) { return h.toggle(p, s.Enable) },
+		"ws.ping":              func(_ *rpcRequest, p rpcParams) (any, *rpcError) { return h.pingPong(p, s.reg.Ping) },
+		"ws.pong":              func(_ *rpcRequest, p rpcParams) (any, *rpcError) { return h.pingPong(p, s.reg.Pong) },
+		"ws.disable":           func(_ *rpcRequest, p rpcParams) (any, *rpcError) { return h.toggle(p, s.Disable) },
+		"ws.enable":            func(_ *rpcRequest, p rpcParams) (any, *rpcError) { return h.toggle(p, s.Enable) },
 		"stats.get_statistics": h.statistics,
 		"system.listMethods":   h.listMethods,
 	}
@@ -161,11 +245,58 @@ func NewRPCHandler(s *Server) http.Handler {
 	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeRPCError(w, http.StatusForbidden, &rpcError{Code: rpcInvalidRequest, Message: "Invalid Request", Data: "cross-origin request refused"})
 	}))
-	return cop.Handler(h)
+	h.originChecked = cop.Handler(http.HandlerFunc(h.serve))
+	return h
 }
 
-// ServeHTTP implements http.Handler.
+// positiveOr returns v, or def when v is not positive.
+func positiveOr(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+// hostName returns the host of a Host header or an AllowedHosts entry, in
+// lower case, without port, brackets or a final dot.
+func hostName(hostport string) string {
+	host := strings.TrimSpace(hostport)
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	return strings.TrimSuffix(strings.ToLower(host), ".")
+}
+
+// hostAllowed reports whether a request for Host hostport may be served:
+// a loopback address, "localhost", or one of RPCOptions.AllowedHosts.
+func (h *rpcHandler) hostAllowed(hostport string) bool {
+	name := hostName(hostport)
+	if name == "" {
+		return false
+	}
+	if name == "localhost" || h.hosts[name] {
+		return true
+	}
+	ip, err := netip.ParseAddr(name)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+// ServeHTTP implements http.Handler: the Host is checked first, then the
+// origin, then the request is served.
 func (h *rpcHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.hostAllowed(r.Host) {
+		h.s.log.Info("rpc: request refused: Host not allowed", "host", r.Host, "remote", r.RemoteAddr)
+		writeRPCError(w, http.StatusMisdirectedRequest, &rpcError{Code: rpcInvalidRequest, Message: "Invalid Request",
+			Data: fmt.Sprintf("Host %s is not allowed: use a loopback address or localhost, or add the name to RPCOptions.AllowedHosts", strconv.Quote(r.Host))})
+		return
+	}
+	h.originChecked.ServeHTTP(w, r)
+}
+
+// serve answers a request whose Host and origin passed.
+func (h *rpcHandler) serve(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		writeRPCError(w, http.StatusMethodNotAllowed, &rpcError{Code: rpcInvalidRequest, Message: "Invalid Request", Data: "use POST"})
@@ -197,12 +328,17 @@ func (h *rpcHandler) handle(body []byte, remote string) ([]byte, int) {
 	if len(body) == 0 || !json.Valid(body) {
 		return mustMarshal(rpcResponse{JSONRPC: "2.0", Error: rpcErr(rpcParseError, "Parse error")}), http.StatusOK
 	}
+	req := &rpcRequest{remote: remote}
 	if body[0] != '[' {
-		resp, ok := h.one(body, remote)
+		resp, ok := h.one(body, req, true)
 		if !ok {
 			return nil, http.StatusNoContent
 		}
-		return h.marshalResponse(resp), http.StatusOK
+		b := h.marshalResponse(resp)
+		if len(b) > h.maxResponse {
+			b = mustMarshal(rpcResponse{JSONRPC: "2.0", Error: h.tooLarge(true), ID: resp.ID})
+		}
+		return b, http.StatusOK
 	}
 	var batch []json.RawMessage
 	if err := json.Unmarshal(body, &batch); err != nil { // cannot happen: body is a valid array
@@ -211,23 +347,67 @@ func (h *rpcHandler) handle(body []byte, remote string) ([]byte, int) {
 	if len(batch) == 0 {
 		return mustMarshal(rpcResponse{JSONRPC: "2.0", Error: &rpcError{Code: rpcInvalidRequest, Message: "Invalid Request", Data: "empty batch"}}), http.StatusOK
 	}
+	if len(batch) > h.maxBatch {
+		return mustMarshal(rpcResponse{JSONRPC: "2.0", Error: &rpcError{Code: rpcInvalidRequest, Message: "Invalid Request",
+			Data: fmt.Sprintf("batch of %d calls: at most %d per request, none was run", len(batch), h.maxBatch)}}), http.StatusOK
+	}
 	var parts [][]byte
-	for _, req := range batch {
-		if resp, ok := h.one(req, remote); ok {
-			parts = append(parts, h.marshalResponse(resp))
+	size := 2 // the brackets
+	spent := false
+	for _, raw := range batch {
+		resp, ok := h.one(raw, req, !spent)
+		if !ok {
+			continue
 		}
+		b := h.marshalResponse(resp)
+		if len(parts) > 0 {
+			size++ // the comma
+		}
+		if !spent && size+len(b) > h.maxResponse {
+			spent = true
+			b = mustMarshal(rpcResponse{JSONRPC: "2.0", Error: h.tooLarge(true), ID: resp.ID})
+		}
+		size += len(b)
+		parts = append(parts, b)
 	}
 	if len(parts) == 0 {
 		return nil, http.StatusNoContent
 	}
-	out := []byte{'['}
+	out := make([]byte, 0, size)
+	out = append(out, '[')
 	out = append(out, bytes.Join(parts, []byte{','})...)
 	return append(out, ']'), http.StatusOK
+}
+
+// tooLarge is the error of a call whose response would take the body past
+// MaxResponseBytes (ran) and of the calls after it, which are not run.
+func (h *rpcHandler) tooLarge(ran bool) *rpcError {
+	what := "this response would take the body past"
+	if !ran {
+		what = "not run: the response had reached"
+	}
+	return &rpcError{Code: rpcTooLarge, Message: "Response too large",
+		Data: fmt.Sprintf("%s its limit of %d bytes; list fewer connections per ws.dump (limit and offset) or send fewer calls per request", what, h.maxResponse)}
 }
 
 // marshalResponse encodes one response; should that fail, it encodes an
 // internal error for the same id instead.
 func (h *rpcHandler) marshalResponse(resp rpcResponse) []byte {
+	if resp.Error == nil && resp.Result != nil {
+		// The result comes from json.Marshal and the id from the request,
+		// both valid JSON: join them rather than have json.Marshal scan a
+		// result of megabytes again.
+		id := resp.ID
+		if id == nil {
+			id = json.RawMessage("null")
+		}
+		b := make([]byte, 0, len(resp.Result)+len(id)+32)
+		b = append(b, `{"jsonrpc":"2.0","result":`...)
+		b = append(b, resp.Result...)
+		b = append(b, `,"id":`...)
+		b = append(b, id...)
+		return append(b, '}')
+	}
 	b, err := json.Marshal(resp)
 	if err != nil {
 		h.s.log.Error("rpc: encoding a response", "err", err)
@@ -236,8 +416,9 @@ func (h *rpcHandler) marshalResponse(resp rpcResponse) []byte {
 	return b
 }
 
-// one answers one request object. It returns false for a notification.
-func (h *rpcHandler) one(raw json.RawMessage, remote string) (rpcResponse, bool) {
+// one answers one request object. It returns false for a notification. When
+// run is false, the call is checked but not run, and gets tooLarge's error.
+func (h *rpcHandler) one(raw json.RawMessage, req *rpcRequest, run bool) (rpcResponse, bool) {
 	resp := rpcResponse{JSONRPC: "2.0"}
 	invalid := func(detail string) (rpcResponse, bool) {
 		resp.Error = &rpcError{Code: rpcInvalidRequest, Message: "Invalid Request", Data: detail}
@@ -264,7 +445,11 @@ func (h *rpcHandler) one(raw json.RawMessage, remote string) (rpcResponse, bool)
 	if jsonKind(obj["method"]) != kindString || json.Unmarshal(obj["method"], &method) != nil {
 		return invalid(`"method" must be a string`)
 	}
-	result, rerr := h.call(method, obj["params"], remote)
+	if !run {
+		resp.Error = h.tooLarge(false)
+		return resp, hasID
+	}
+	result, rerr := h.call(method, obj["params"], req)
 	if !hasID {
 		return resp, false
 	}
@@ -283,7 +468,7 @@ func (h *rpcHandler) one(raw json.RawMessage, remote string) (rpcResponse, bool)
 }
 
 // call runs a method. A panic in it is an internal error, never a crash.
-func (h *rpcHandler) call(method string, rawParams json.RawMessage, remote string) (result any, rerr *rpcError) {
+func (h *rpcHandler) call(method string, rawParams json.RawMessage, req *rpcRequest) (result any, rerr *rpcError) {
 	f, ok := h.methods[method]
 	if !ok {
 		return nil, rpcErr(rpcMethodNotFound, "Method not found")
@@ -298,8 +483,8 @@ func (h *rpcHandler) call(method string, rawParams json.RawMessage, remote strin
 			result, rerr = nil, rpcErr(rpcInternalError, "Internal error")
 		}
 	}()
-	h.s.log.Debug("rpc", "method", method, "remote", remote)
-	return f(p)
+	h.s.log.Debug("rpc", "method", method, "remote", req.remote)
+	return f(req, p)
 }
 
 // rpcParams are a request's params: positional or named, never both.
@@ -471,7 +656,7 @@ type rpcDumpResult struct {
 }
 
 // dump is ws.dump [order [limit [offset [subprotocol [remote_ip]]]]].
-func (h *rpcHandler) dump(p rpcParams) (any, *rpcError) {
+func (h *rpcHandler) dump(req *rpcRequest, p rpcParams) (any, *rpcError) {
 	args, rerr := p.bind("order", "limit", "offset", "subprotocol", "remote_ip")
 	if rerr != nil {
 		return nil, rerr
@@ -493,7 +678,14 @@ func (h *rpcHandler) dump(p rpcParams) (any, *rpcError) {
 		if !ok {
 			return nil, invalidParams("limit must be an integer")
 		}
-		q.Limit = int(max(min(n, math.MaxInt32), math.MinInt32))
+		switch {
+		case n < 0:
+			q.Limit = h.maxDumpRows
+		case n > int64(h.maxDumpRows):
+			return nil, invalidParams("limit %d is over the %d connections one ws.dump may list: page with limit and offset", n, h.maxDumpRows)
+		default:
+			q.Limit = int(n)
+		}
 	}
 	if v, ok := args["offset"]; ok {
 		n, ok := intArg(v)
@@ -529,7 +721,13 @@ func (h *rpcHandler) dump(p rpcParams) (any, *rpcError) {
 		}
 	}
 
-	d := h.s.reg.Query(q)
+	if q.Limit == 0 {
+		q.Limit = min(DefaultDumpLimit, h.maxDumpRows)
+	}
+	if req.snap == nil {
+		req.snap = h.s.reg.snapshot(DumpQuery{})
+	}
+	d := req.snap.query(q)
 	now := h.s.clock.Now()
 	res := rpcDumpResult{Connections: make([]rpcDumpConn, 0, len(d.Conns))}
 	for _, ci := range d.Conns {
@@ -565,7 +763,7 @@ func endpoint(scheme string, ap netip.AddrPort) string {
 }
 
 // close is ws.close id [code [reason]].
-func (h *rpcHandler) close(p rpcParams) (any, *rpcError) {
+func (h *rpcHandler) close(req *rpcRequest, p rpcParams) (any, *rpcError) {
 	args, rerr := p.bind("id", "code", "reason")
 	if rerr != nil {
 		return nil, rerr
@@ -599,6 +797,7 @@ func (h *rpcHandler) close(p rpcParams) (any, *rpcError) {
 	}
 	switch err := c.Close(code, reason); {
 	case err == nil:
+		req.snap = nil // a later ws.dump shows it closing
 		return voidResult, nil
 	case errors.Is(err, ErrInvalidCloseCode):
 		return nil, &rpcError{Code: rpcServerError, Message: "Invalid close code", Data: err.Error()}
@@ -642,7 +841,7 @@ func (h *rpcHandler) toggle(p rpcParams, f func()) (any, *rpcError) {
 const statsGroup = "websocket:"
 
 // statistics is stats.get_statistics [name...].
-func (h *rpcHandler) statistics(p rpcParams) (any, *rpcError) {
+func (h *rpcHandler) statistics(_ *rpcRequest, p rpcParams) (any, *rpcError) {
 	var names []json.RawMessage
 	if p.named != nil {
 		args, rerr := p.bind("names")
@@ -687,7 +886,7 @@ func (h *rpcHandler) statistics(p rpcParams) (any, *rpcError) {
 }
 
 // listMethods is system.listMethods.
-func (h *rpcHandler) listMethods(p rpcParams) (any, *rpcError) {
+func (h *rpcHandler) listMethods(_ *rpcRequest, p rpcParams) (any, *rpcError) {
 	if _, rerr := p.bind(); rerr != nil {
 		return nil, rerr
 	}

@@ -66,8 +66,14 @@ type rpcEnv struct {
 
 func rpcStart(t *testing.T, cfg sipws.Config) *rpcEnv {
 	t.Helper()
+	return rpcStartOpts(t, cfg, nil)
+}
+
+// rpcStartOpts is rpcStart with RPC options.
+func rpcStartOpts(t *testing.T, cfg sipws.Config, opts *sipws.RPCOptions) *rpcEnv {
+	t.Helper()
 	ts := startServer(t, cfg)
-	hs := httptest.NewServer(sipws.NewRPCHandler(ts.Server))
+	hs := httptest.NewServer(sipws.NewRPCHandler(ts.Server, opts))
 	t.Cleanup(hs.Close)
 	return &rpcEnv{testServer: ts, URL: hs.URL + "/RPC"}
 }
@@ -96,13 +102,18 @@ type rpcHTTP struct {
 
 var rpcClient = &http.Client{Timeout: ioTimeout}
 
-// rpcDo sends an HTTP request with the given method and body.
+// rpcDo sends an HTTP request with the given method, body and header
+// fields (name, value, …; "Host" sets the request's Host).
 func rpcDo(t *testing.T, method, url, body string, hdr ...string) rpcHTTP {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	require.NoError(t, err)
 	req.Header.Set("Content-Type", "application/json")
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "Host" {
+			req.Host = hdr[i+1]
+			continue
+		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	resp, err := rpcClient.Do(req)
@@ -855,4 +866,319 @@ func TestRPCProtocol(t *testing.T) {
 	h = rpcDo(t, http.MethodPost, url, `{"jsonrpc":"2.0","method":"ws.disable","id":1}`, "Origin", "https://evil.example")
 	assert.Equal(t, http.StatusForbidden, h.Status)
 	assert.True(t, env.Enabled())
+}
+
+// rpcBatch posts a batch and decodes its responses, which must be a valid
+// JSON array of response objects.
+func rpcBatch(t *testing.T, url string, calls ...map[string]any) ([]rpcResp, rpcHTTP) {
+	t.Helper()
+	b, err := json.Marshal(calls)
+	require.NoError(t, err)
+	h := rpcDo(t, http.MethodPost, url, string(b))
+	require.Equal(t, http.StatusOK, h.Status, "body %s", h.Body)
+	var raw []json.RawMessage
+	require.NoError(t, json.Unmarshal(h.Body, &raw), "a batch gets an array: %s", h.Body)
+	rs := make([]rpcResp, len(raw))
+	for i, r := range raw {
+		rs[i] = rpcDecode(t, r)
+	}
+	return rs, h
+}
+
+// rpcReq is one request of a batch; id nil makes it a notification.
+func rpcReq(method string, params any, id any) map[string]any {
+	r := map[string]any{"jsonrpc": "2.0", "method": method}
+	if params != nil {
+		r["params"] = params
+	}
+	if id != nil {
+		r["id"] = id
+	}
+	return r
+}
+
+// TestRPCBatchLimit checks that a batch longer than RPCOptions.MaxBatch is
+// refused whole, with an error that says so, and that none of it runs.
+func TestRPCBatchLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts *sipws.RPCOptions
+		max  int
+	}{
+		{"default", nil, 100},
+		{"option", &sipws.RPCOptions{MaxBatch: 3}, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := rpcStartOpts(t, sipws.Config{}, tc.opts)
+			// max+1 calls, the first of which would disable the server.
+			calls := []map[string]any{rpcReq("ws.disable", nil, nil)}
+			for i := range tc.max {
+				calls = append(calls, rpcReq("system.listMethods", nil, i))
+			}
+			b, err := json.Marshal(calls)
+			require.NoError(t, err)
+			h := rpcDo(t, http.MethodPost, env.URL, string(b))
+			require.Equal(t, http.StatusOK, h.Status)
+			r := rpcDecode(t, h.Body)
+			require.NotNil(t, r.Error, "one error for the whole batch: %s", h.Body)
+			assert.Equal(t, -32600, r.Error.Code)
+			assert.Equal(t, "Invalid Request", r.Error.Message)
+			assert.Contains(t, r.Error.Data, fmt.Sprintf("batch of %d calls: at most %d", tc.max+1, tc.max))
+			assert.Equal(t, "null", string(r.ID))
+			assert.True(t, env.Enabled(), "no call of a refused batch runs")
+
+			// Exactly max calls pass.
+			rs, _ := rpcBatch(t, env.URL, calls[:tc.max]...)
+			assert.Len(t, rs, tc.max-1)
+			assert.False(t, env.Enabled())
+		})
+	}
+}
+
+// TestRPCDumpRowsLimit checks RPCOptions.MaxDumpRows: "all" lists at most
+// that many and says it is truncated, a larger explicit limit is an error
+// that says so, and paging reaches every connection.
+func TestRPCDumpRowsLimit(t *testing.T) {
+	env := rpcStartOpts(t, sipws.Config{}, &sipws.RPCOptions{MaxDumpRows: 5})
+	const n = 12
+	var all []uint64
+	for range n {
+		_, c := rpcOpen(t, env.testServer, "sip")
+		all = append(all, uint64(c.ID()))
+	}
+	slices.Sort(all)
+
+	d := rpcDumpCall(t, env.URL, []any{"id_hash", -1})
+	assert.Equal(t, all[:5], rpcIDs(d), "all: the first 5")
+	assert.True(t, d.Info.Truncated)
+	assert.Equal(t, n, d.Info.Total)
+	d = rpcDumpCall(t, env.URL, nil)
+	assert.Len(t, d.Connections, 5, "Kamailio's default of 50 is above the cap too")
+
+	e := rpcExpectErr(t, env.URL, "ws.dump", []any{"id_hash", 6}, 500, "Invalid Parameters")
+	assert.Contains(t, e.Data, "limit 6 is over the 5 connections one ws.dump may list")
+	rpcExpectErr(t, env.URL, "ws.dump", map[string]any{"limit": "1000000000000"}, 500, "Invalid Parameters")
+
+	var seen []uint64
+	for off := 0; off < n; off += 5 {
+		d := rpcDumpCall(t, env.URL, map[string]any{"limit": 5, "offset": off})
+		seen = append(seen, rpcIDs(d)...)
+	}
+	assert.Equal(t, all, seen, "pages reach every connection")
+
+	// The default cap: 10,000.
+	def := rpcStart(t, sipws.Config{})
+	rpcDumpCall(t, def.URL, []any{"id_hash", 10000})
+	e = rpcExpectErr(t, def.URL, "ws.dump", []any{"id_hash", 10001}, 500, "Invalid Parameters")
+	assert.Contains(t, e.Data, "over the 10000 connections")
+}
+
+// TestRPCResponseLimit checks RPCOptions.MaxResponseBytes: a call whose
+// response would pass it gets -32000 instead, the calls after it are not
+// run, and the body stays valid JSON within the limit plus those errors.
+func TestRPCResponseLimit(t *testing.T) {
+	const limit = 4096
+	env := rpcStartOpts(t, sipws.Config{}, &sipws.RPCOptions{MaxResponseBytes: limit})
+	for range 40 { // about 180 bytes a row: 40 rows are past the limit
+		rpcOpen(t, env.testServer, "sip")
+	}
+	tooLarge := func(r rpcResp, ran bool) {
+		t.Helper()
+		require.NotNil(t, r.Error, "expected an error, got %s", r.Result)
+		assert.Equal(t, -32000, r.Error.Code)
+		assert.Equal(t, "Response too large", r.Error.Message)
+		assert.Contains(t, r.Error.Data, "4096 bytes")
+		assert.Contains(t, r.Error.Data, "limit and offset")
+		assert.Equal(t, !ran, strings.HasPrefix(r.Error.Data, "not run"), r.Error.Data)
+	}
+
+	// One call.
+	h := rpcDo(t, http.MethodPost, env.URL, `{"jsonrpc":"2.0","method":"ws.dump","params":["id_hash",-1],"id":"big"}`)
+	require.Equal(t, http.StatusOK, h.Status)
+	assert.LessOrEqual(t, len(h.Body), limit)
+	r := rpcDecode(t, h.Body)
+	tooLarge(r, true)
+	assert.Equal(t, `"big"`, string(r.ID))
+	d := rpcDumpCall(t, env.URL, []any{"id_hash", 5}) // a small page fits
+	assert.Len(t, d.Connections, 5)
+
+	// A batch: what fits is answered; from the call that does not fit on,
+	// each call gets the error, and none after it runs.
+	rs, h := rpcBatch(t, env.URL,
+		rpcReq("system.listMethods", nil, 1),
+		rpcReq("ws.dump", []any{"id_hash", 3}, 2),
+		rpcReq("ws.dump", []any{"id_hash", -1}, 3),
+		rpcReq("ws.dump", []any{"id_hash", 1}, 4),
+		rpcReq("ws.disable", nil, nil),
+		rpcReq("stats.get_statistics", []any{"all"}, 5),
+	)
+	require.Len(t, rs, 5)
+	for i, r := range rs {
+		assert.JSONEq(t, strconv.Itoa(i+1), string(r.ID))
+	}
+	assert.Nil(t, rs[0].Error)
+	require.Nil(t, rs[1].Error)
+	var page rpcDump
+	require.NoError(t, json.Unmarshal(rs[1].Result, &page))
+	assert.Len(t, page.Connections, 3)
+	tooLarge(rs[2], true)
+	tooLarge(rs[3], false)
+	tooLarge(rs[4], false)
+	assert.True(t, env.Enabled(), "the ws.disable after the limit was not run")
+	assert.LessOrEqual(t, len(h.Body), limit+3*300, "the limit, plus the short errors")
+
+	// Many pages that each fit, but not all together.
+	var calls []map[string]any
+	for i := range 8 {
+		calls = append(calls, rpcReq("ws.dump", []any{"id_hash", 5, 5 * i}, i))
+	}
+	rs, h = rpcBatch(t, env.URL, calls...)
+	require.Len(t, rs, 8)
+	answered := 0
+	for answered < len(rs) && rs[answered].Error == nil {
+		answered++
+	}
+	require.Less(t, answered, len(rs), "8 pages of 5 rows are past 4096 bytes")
+	require.Positive(t, answered)
+	tooLarge(rs[answered], true)
+	for _, r := range rs[answered+1:] {
+		tooLarge(r, false)
+	}
+	assert.LessOrEqual(t, len(h.Body), limit+(len(rs)-answered)*300)
+}
+
+// TestRPCDumpBatchSnapshot checks that the ws.dump calls of one batch list
+// one snapshot, taken again after a ws.close that worked.
+func TestRPCDumpBatchSnapshot(t *testing.T) {
+	env := rpcStart(t, sipws.Config{CloseTimeout: ioTimeout})
+	var ids []uint64
+	for range 6 {
+		_, c := rpcOpen(t, env.testServer, "sip")
+		ids = append(ids, uint64(c.ID()))
+	}
+	slices.Sort(ids)
+	rs, _ := rpcBatch(t, env.URL,
+		rpcReq("ws.dump", []any{"id_hash", 3, 0}, 1),
+		rpcReq("ws.dump", []any{"id_hash", 3, 3}, 2),
+		rpcReq("ws.close", []any{ids[0]}, 3),
+		rpcReq("ws.close", []any{ids[0]}, 4), // already closing: an error
+		rpcReq("ws.dump", []any{"id_hash", 1}, 5),
+	)
+	require.Len(t, rs, 5)
+	dumps := map[int]rpcDump{}
+	for _, i := range []int{0, 1, 4} {
+		require.Nil(t, rs[i].Error)
+		var d rpcDump
+		require.NoError(t, json.Unmarshal(rs[i].Result, &d))
+		dumps[i] = d
+	}
+	assert.Equal(t, ids, append(rpcIDs(dumps[0]), rpcIDs(dumps[1])...), "two pages, every connection once")
+	assert.Equal(t, "OPEN", dumps[0].Connections[0].State)
+	assert.Nil(t, rs[2].Error)
+	require.NotNil(t, rs[3].Error)
+	assert.Equal(t, "Error closing connection", rs[3].Error.Message)
+	require.Len(t, dumps[4].Connections, 1)
+	assert.Equal(t, ids[0], dumps[4].Connections[0].ID)
+	assert.Equal(t, "CLOSING", dumps[4].Connections[0].State, "a dump after a ws.close sees it")
+}
+
+// TestRPCHost checks the Host check against DNS rebinding: a request for a
+// Host that is neither loopback, localhost nor allowed gets 421 before its
+// body is read, and runs nothing.
+func TestRPCHost(t *testing.T) {
+	env := rpcStartOpts(t, sipws.Config{}, &sipws.RPCOptions{AllowedHosts: []string{"Admin.Example", "10.1.2.3:9999", "[fd00::1]"}})
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(strings.TrimSuffix(env.URL, "/RPC"), "http://"))
+	require.NoError(t, err)
+	disable := `{"jsonrpc":"2.0","method":"ws.disable","id":1}`
+
+	for _, host := range []string{
+		"rebind.evil.example", "rebind.evil.example:" + port, "localhost.evil.example", "127.0.0.1.evil.example",
+		"admin.example.evil", "evil.admin.example", "10.1.2.4", "[fd00::2]:" + port, "0x7f.0.0.1", "2130706433",
+	} {
+		for _, hdr := range [][]string{
+			{"Host", host},
+			// A page at the rebound name is same-origin to the browser.
+			{"Host", host, "Origin", "http://" + host, "Sec-Fetch-Site", "same-origin"},
+		} {
+			h := rpcDo(t, http.MethodPost, env.URL, disable, hdr...)
+			assert.Equal(t, http.StatusMisdirectedRequest, h.Status, "%v", hdr)
+			r := rpcDecode(t, h.Body)
+			require.NotNil(t, r.Error)
+			assert.Equal(t, -32600, r.Error.Code)
+			assert.Contains(t, r.Error.Data, strconv.Quote(host)+" is not allowed", "the reason names the Host")
+			assert.True(t, env.Enabled(), "ws.disable did not run for Host %s", host)
+		}
+	}
+	// Refused before the body is read: an oversized body gets 421, not 413.
+	h := rpcDo(t, http.MethodPost, env.URL, strings.Repeat(" ", sipws.MaxRPCRequestSize+10)+disable, "Host", "rebind.evil.example")
+	assert.Equal(t, http.StatusMisdirectedRequest, h.Status)
+
+	// Loopback, localhost and the allowed names, with any port and case.
+	for _, host := range []string{
+		"127.0.0.1:" + port, "127.0.0.1", "127.9.8.7:" + port, "localhost:" + port, "LOCALHOST", "localhost.:" + port,
+		"[::1]:" + port, "[::1]", "[::ffff:127.0.0.1]:" + port,
+		"admin.example:" + port, "ADMIN.example", "admin.example.", "10.1.2.3:" + port, "10.1.2.3", "[fd00::1]:" + port,
+	} {
+		h := rpcDo(t, http.MethodPost, env.URL, disable, "Host", host)
+		require.Equal(t, http.StatusOK, h.Status, "Host %s: %s", host, h.Body)
+		assert.Nil(t, rpcDecode(t, h.Body).Error)
+		assert.False(t, env.Enabled(), "ws.disable ran for Host %s", host)
+		env.Enable()
+	}
+
+	// HTTP/1.0 without a Host names nothing: refused.
+	nc, err := net.DialTimeout("tcp", "127.0.0.1:"+port, ioTimeout)
+	require.NoError(t, err)
+	defer nc.Close()
+	require.NoError(t, nc.SetDeadline(time.Now().Add(ioTimeout)))
+	_, err = fmt.Fprintf(nc, "POST /RPC HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(disable), disable)
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	assert.Equal(t, http.StatusMisdirectedRequest, resp.StatusCode)
+	assert.True(t, env.Enabled())
+}
+
+// ExampleNewRPCHandler serves the RPC on a private admin listener, reachable
+// by loopback names and by one more name, and calls it by each.
+func ExampleNewRPCHandler() {
+	srv, err := sipws.New(sipws.Config{})
+	if err != nil {
+		panic(err)
+	}
+	defer exampleShutdown(srv)
+	mux := http.NewServeMux()
+	mux.Handle("/RPC", sipws.NewRPCHandler(srv, &sipws.RPCOptions{AllowedHosts: []string{"admin.example.internal"}}))
+	admin := httptest.NewServer(mux) // on 127.0.0.1: never the public listener
+	defer admin.Close()
+
+	call := func(host string) {
+		body := `{"jsonrpc":"2.0","method":"stats.get_statistics","params":["ws_current_connections"],"id":1}`
+		req, err := http.NewRequest(http.MethodPost, admin.URL+"/RPC", strings.NewReader(body))
+		if err != nil {
+			panic(err)
+		}
+		req.Host = host
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			panic(err)
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Result []string `json:"result"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&r)
+		fmt.Println(resp.StatusCode, r.Result)
+	}
+	call("127.0.0.1:8081")
+	call("localhost:8081")
+	call("admin.example.internal:8081")
+	call("rebind.evil.example:8081") // DNS rebinding: refused
+	// Output:
+	// 200 [websocket:ws_current_connections = 0]
+	// 200 [websocket:ws_current_connections = 0]
+	// 200 [websocket:ws_current_connections = 0]
+	// 421 []
 }

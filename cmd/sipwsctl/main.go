@@ -3,13 +3,17 @@
 //
 //	sipwsctl [-url URL] [-json] [-timeout D] METHOD [ARGS...]
 //
+// Without -url it talks to http://127.0.0.1:8081/RPC, where the examples
+// (examples/echo, examples/webphone) serve the RPC when run with
+// -admin 127.0.0.1:8081.
+//
 // Flags come before METHOD. Each ARG becomes one positional parameter: one
 // that reads as a JSON number is sent as a number, anything else as a
 // string; an "s:" prefix forces a string, as in kamcmd ("s:404").
 //
 //	sipwsctl ws.dump                       the first 50 connections
 //	sipwsctl ws.dump used_desc 100 200     100 connections from the 201st, least recently used first
-//	sipwsctl ws.dump id_hash -1 0 msrp     every msrp connection
+//	sipwsctl ws.dump id_hash -1 0 msrp     every msrp connection (at most 10,000 by default)
 //	sipwsctl ws.close 12 4000 "Go away"    close connection 12 with 4000 "Go away"
 //	sipwsctl ws.ping 12
 //	sipwsctl ws.disable
@@ -45,11 +49,13 @@ import (
 	"time"
 )
 
-// DefaultURL is where sipwsctl looks for the RPC handler unless told.
+// DefaultURL is where sipwsctl looks for the RPC handler unless told: the
+// examples' admin listener, -admin 127.0.0.1:8081.
 const DefaultURL = "http://127.0.0.1:8081/RPC"
 
-// maxResponse bounds the response body read (a dump of every connection of
-// a large server is tens of megabytes).
+// maxResponse bounds the response body read: far above the handler's
+// default of 16 MiB (sipws.RPCOptions.MaxResponseBytes), for hosts that
+// raise it.
 const maxResponse = 1 << 30
 
 func main() {

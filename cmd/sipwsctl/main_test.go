@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,7 +94,7 @@ func startLive(t *testing.T, protos ...string) *live {
 	})
 	require.NoError(t, err)
 	wsHS := httptest.NewServer(srv)
-	rpcHS := httptest.NewServer(sipws.NewRPCHandler(srv))
+	rpcHS := httptest.NewServer(sipws.NewRPCHandler(srv, nil))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*ioTimeout)
 		defer cancel()
@@ -335,5 +336,26 @@ func TestPrintResult(t *testing.T) {
 		var b bytes.Buffer
 		printResult(&b, tc.method, json.RawMessage(tc.res))
 		assert.Equal(t, tc.want, b.String(), "%s %s", tc.method, tc.res)
+	}
+}
+
+// TestDefaultURLIsTheExamplesAdmin checks that the default -url is where
+// the examples serve the RPC: the address their -admin help, the READMEs
+// and SECURITY.md give, and the path they mount the handler at.
+func TestDefaultURLIsTheExamplesAdmin(t *testing.T) {
+	u, err := neturl.Parse(DefaultURL)
+	require.NoError(t, err)
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join("..", "..", filepath.FromSlash(name)))
+		require.NoError(t, err)
+		return string(b)
+	}
+	for _, name := range []string{"examples/echo/main.go", "examples/webphone/main.go"} {
+		src := read(name)
+		assert.Contains(t, src, `mux.Handle("`+u.Path+`"`, "%s mounts the RPC at %s", name, u.Path)
+		assert.Contains(t, src, "e.g. "+u.Host+", where sipwsctl looks by default", "%s's -admin help gives %s", name, u.Host)
+	}
+	for _, name := range []string{"README.md", "SECURITY.md", "examples/webphone/README.md"} {
+		assert.Contains(t, read(name), "-admin "+u.Host, "%s runs the admin listener at %s", name, u.Host)
 	}
 }

@@ -88,7 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8080", "TCP `address` to listen on (port 0 picks a free port)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate `file` (with -tls-key): serve wss (TLS 1.2+) instead of ws")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of -tls-cert")
-	fs.StringVar(&o.admin, "admin", "", "`address` of the admin listener serving /RPC (JSON-RPC: ws.dump, ws.close, stats.get_statistics, …) and /metrics (Prometheus); empty: off. It has no authentication: keep it on loopback")
+	fs.StringVar(&o.admin, "admin", "", "`address` of the admin listener serving /RPC (JSON-RPC: ws.dump, ws.close, stats.get_statistics, …) and /metrics (Prometheus), e.g. 127.0.0.1:8081, where sipwsctl looks by default; empty: off. It has no authentication: keep it on loopback")
 	fs.IntVar(&o.cfg.MaxConns, "max-conns", 0, "cap on connections open at once; past it handshakes get 503 + Retry-After (0: no cap)")
 	fs.IntVar(&o.cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "cap on connections open at once from one client IP, or one IPv6 prefix of -ipv6-prefix-len bits (0: no cap)")
 	fs.IntVar(&o.cfg.IPv6PrefixLen, "ipv6-prefix-len", sipws.DefaultIPv6PrefixLen, "`bits` of the IPv6 prefix that -max-conns-per-ip counts as one client, 1 to 128 (IPv4 clients are counted by address)")
@@ -227,7 +227,12 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(metrics)
 		mux := http.NewServeMux()
-		mux.Handle("/RPC", sipws.NewRPCHandler(wsrv))
+		// Besides loopback names, the RPC answers to the host -admin names.
+		rpcOpts := &sipws.RPCOptions{}
+		if host, _, err := net.SplitHostPort(o.admin); err == nil && host != "" {
+			rpcOpts.AllowedHosts = []string{host}
+		}
+		mux.Handle("/RPC", sipws.NewRPCHandler(wsrv, rpcOpts))
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		admin = &http.Server{Handler: mux, ReadHeaderTimeout: o.handshakeTimeout, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		log.Info("admin listening on "+aln.Addr().String(), "admin", aln.Addr().String())

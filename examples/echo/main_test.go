@@ -189,6 +189,20 @@ func TestEchoBinary(t *testing.T) {
 		metrics, err := io.ReadAll(mresp.Body)
 		require.NoError(t, err)
 		assert.Regexp(t, `(?m)^sipws_ws_current_connections 1$`, string(metrics))
+
+		// A request for another Host (DNS rebinding) is refused and runs
+		// nothing: new connections are still accepted.
+		req, err := http.NewRequest(http.MethodPost, "http://"+admin+"/RPC", strings.NewReader(`{"jsonrpc":"2.0","id":2,"method":"ws.disable"}`))
+		require.NoError(t, err)
+		req.Host = "rebind.evil.example"
+		req.Header.Set("Content-Type", "application/json")
+		rresp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		_ = rresp.Body.Close()
+		assert.Equal(t, http.StatusMisdirectedRequest, rresp.StatusCode)
+		c2 := dial(t, p.addr, "sip")
+		c2.send(ws.OpText, []byte("still enabled"))
+		c2.read()
 	})
 
 	t.Run("TrustedProxyHeader", func(t *testing.T) {

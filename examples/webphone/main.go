@@ -103,7 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate `file`: serve https and wss (with -tls-key)")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of -tls-cert")
 	fs.BoolVar(&o.selfSigned, "self-signed", false, "serve https and wss with a certificate for 127.0.0.1/localhost made at start")
-	fs.StringVar(&o.admin, "admin", "", "`address` of a private listener for the operations RPC (/RPC: ws.dump, ws.close, …) and Prometheus metrics (/metrics); no authentication: keep it on loopback (empty: none)")
+	fs.StringVar(&o.admin, "admin", "", "`address` of a private listener for the operations RPC (/RPC: ws.dump, ws.close, …) and Prometheus metrics (/metrics), e.g. 127.0.0.1:8081, where sipwsctl looks by default; no authentication: keep it on loopback (empty: none)")
 	fs.StringVar(&o.web, "web", defaultWeb, "`directory` of the page (index.html, app.js, style.css, node_modules)")
 	flowKey := fs.String("flow-key", "", "`hex` key (16+ bytes) of the flow tokens in Record-Route; keep it across restarts so that old dialogs get 430 (empty: random)")
 	logLevel := fs.String("log-level", "info", "log `level`: debug (every SIP message), info or warn")
@@ -268,7 +268,12 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(a.metrics)
 		mux := http.NewServeMux()
-		mux.Handle("/RPC", sipws.NewRPCHandler(a.ws))
+		// Besides loopback names, the RPC answers to the host -admin names.
+		rpcOpts := &sipws.RPCOptions{}
+		if host, _, err := net.SplitHostPort(o.admin); err == nil && host != "" {
+			rpcOpts.AllowedHosts = []string{host}
+		}
+		mux.Handle("/RPC", sipws.NewRPCHandler(a.ws, rpcOpts))
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		admin = &http.Server{Handler: mux, ReadHeaderTimeout: handshakeTimeout, ReadTimeout: handshakeTimeout, ErrorLog: errorLog}
 		log.Info("admin: operations RPC on http://"+aln.Addr().String()+"/RPC, metrics on /metrics", "addr", aln.Addr().String())
