@@ -17,9 +17,9 @@ import (
 	"github.com/sipws/sipws"
 )
 
-// DefaultAttachTimeout is how long a Bridge waits, by default, for sipgo to
+// defaultAttachTimeout is how long a Bridge waits, by default, for sipgo to
 // take a new connection from its listener.
-const DefaultAttachTimeout = 5 * time.Second
+const defaultAttachTimeout = 5 * time.Second
 
 var (
 	// ErrClosed is returned once the Bridge is closed.
@@ -36,7 +36,7 @@ type Config struct {
 	Logger *slog.Logger
 	// AttachTimeout bounds the wait for sipgo to take a new connection from
 	// the Bridge's listener (its upgrade runs on a goroutine of sipgo's).
-	// 0 means DefaultAttachTimeout.
+	// 0 means 5 s.
 	AttachTimeout time.Duration
 }
 
@@ -83,7 +83,7 @@ func New(ua *sipgo.UserAgent, cfg Config) (*Bridge, error) {
 		b.log = slog.New(slog.DiscardHandler)
 	}
 	if b.timeout == 0 {
-		b.timeout = DefaultAttachTimeout
+		b.timeout = defaultAttachTimeout
 	}
 	b.serving.Add(2)
 	go func() {
