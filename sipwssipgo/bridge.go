@@ -111,10 +111,13 @@ func MaxMessageSize() int64 {
 }
 
 // OnMessage hands m, received on c, to sipgo. Call it from
-// sipws.Config.OnMessage (for SIP connections). It returns once sipgo has
-// read the message. A CRLF keepalive is not passed on; a message larger
+// sipws.Config.OnMessage; messages of an MSRP connection are left alone. It
+// returns once sipgo has read the message. A CRLF keepalive is not passed on; a message larger
 // than MaxMessageSize closes c with 1009; after Close, c is closed with 1001.
 func (b *Bridge) OnMessage(c *sipws.Conn, m sipws.Message) {
+	if c.Subprotocol() != sipws.SIP {
+		return // MSRP is not sipgo's
+	}
 	if int64(len(m.Data)) > MaxMessageSize() {
 		_ = c.Close(sipws.CloseMessageTooBig, "SIP message larger than sipgo reads")
 		return

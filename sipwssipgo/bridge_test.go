@@ -27,11 +27,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// sipgo's transaction timers fire on their own goroutines after a
-		// test's UserAgent is closed; they end within Timer K/J.
-		goleak.IgnoreTopFunction("time.Sleep"),
-	)
+	goleak.VerifyTestMain(m)
 }
 
 // rig is a sipws.Server on a real loopback HTTP(S) server with a sipgo
@@ -403,4 +399,80 @@ func TestBridgeClose(t *testing.T) {
 	assert.Nil(t, r.ua.TransportLayer().Pool("ws").Get(dest))
 	alice.send(ws.OpText, request("OPTIONS", "alice", "late", "z9hG4bKlate", ""))
 	assert.Equal(t, ws.StatusGoingAway, alice.closeCode())
+}
+
+// A message the browser sends in fragments reaches sipgo whole (sipws
+// reassembles it; sipgo v1.7.3 would drop the continuation frame).
+func TestFragmentedMessage(t *testing.T) {
+	r := newRig(t, false, sipws.Config{}, func(r *rig) {
+		r.srv.OnOptions(func(req *sip.Request, tx sip.ServerTransaction) {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+		})
+	})
+	b := r.dial(nil)
+	msg := []byte(request("OPTIONS", "alice", "frag-1", "z9hG4bKfrag1", ""))
+	half := len(msg) / 2
+	for _, f := range []ws.Frame{
+		ws.NewFrame(ws.OpText, false, msg[:half]),
+		ws.NewFrame(ws.OpContinuation, true, msg[half:]),
+	} {
+		require.NoError(t, ws.WriteFrame(b.conn, ws.MaskFrameInPlace(f)))
+	}
+	res, _ := b.read()
+	assert.True(t, strings.HasPrefix(res, "SIP/2.0 200 OK\r\n"), res)
+	assert.Contains(t, res, "Call-ID: frag-1\r\n")
+}
+
+// Many browsers at once, each with several requests in flight: every
+// response reaches the browser that sent its request, once.
+func TestManyBrowsers(t *testing.T) {
+	r := newRig(t, false, sipws.Config{}, func(r *rig) {
+		r.srv.OnOptions(func(req *sip.Request, tx sip.ServerTransaction) {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+		})
+	})
+	const browsers, requests = 20, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, browsers)
+	for i := range browsers {
+		b := r.dial(nil)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			want := make(map[string]bool)
+			for j := range requests {
+				id := fmt.Sprintf("b%d-r%d", i, j)
+				want["Call-ID: "+id+"\r\n"] = true
+				if err := wsutil.WriteClientText(b.conn, []byte(request("OPTIONS", "u", id, "z9hG4bK"+id, ""))); err != nil {
+					errs <- err
+					return
+				}
+			}
+			_ = b.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			for range requests {
+				data, err := wsutil.ReadServerText(b.conn)
+				if err != nil {
+					errs <- err
+					return
+				}
+				s := string(data)
+				k := strings.Index(s, "Call-ID: ")
+				if k < 0 {
+					errs <- fmt.Errorf("browser %d: no Call-ID in %q", i, s)
+					return
+				}
+				line := s[k : k+strings.Index(s[k:], "\r\n")+2]
+				if !want[line] {
+					errs <- fmt.Errorf("browser %d got a response that is not its own, or twice: %q", i, line)
+					return
+				}
+				delete(want, line)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }
