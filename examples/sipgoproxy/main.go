@@ -105,6 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	for _, origin := range origins {
 		if origin == "*" {
+			o.allowOrigins = append(o.allowOrigins, "*")
 			continue
 		}
 		u, err := url.Parse(origin)

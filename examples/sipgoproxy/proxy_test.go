@@ -207,3 +207,25 @@ func TestAllowOrigin(t *testing.T) {
 		require.Equal(t, tc.ok, checkOrigin(tc.allowed)(r), "%v %q", tc.allowed, tc.origin)
 	}
 }
+
+func TestParseFlags(t *testing.T) {
+	o, err := parseFlags([]string{"-allow-origin", "https://App.test", "-allow-origin", "*"}, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, []string{"https://app.test", "*"}, o.allowOrigins)
+	r := httptest.NewRequest(http.MethodGet, "http://h.test/ws", nil)
+	r.Header.Set("Origin", "http://other.test")
+	require.True(t, checkOrigin(o.allowOrigins)(r), "-allow-origin * allows any Origin")
+	for _, bad := range [][]string{
+		{"-allow-origin", "app.test"},
+		{"-allow-origin", "https://app.test/path"},
+		{"-tls-cert", "c.pem"},
+		{"-self-signed", "-tls-cert", "c", "-tls-key", "k"},
+		{"-domain", "a b"},
+		{"-log-level", "loud"},
+		{"-flow-key", "00"},
+		{"extra"},
+	} {
+		_, err := parseFlags(bad, io.Discard)
+		require.Error(t, err, "%q", bad)
+	}
+}
