@@ -19,7 +19,8 @@ import (
 //
 //   - REGISTER binds sip:USER@DOMAIN to the Contact and to the sipws
 //     connection the REGISTER came on (Bridge.Conn); with RFC 5626 Outbound
-//     (+sip.instance and reg-id) a reconnect replaces the old binding.
+//     (+sip.instance and reg-id) a reconnect replaces the old binding, and
+//     sipws's BindInstance closes the old connection.
 //     Bindings end with Expires: 0, on expiry, and when the connection
 //     closes.
 //   - A request for a user goes, statefully (a sipgo client transaction),
@@ -142,9 +143,20 @@ func (p *proxy) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		if b.instance != "" && b.regID > 0 {
 			b.key = b.instance + ";reg-id=" + strconv.Itoa(b.regID)
 		}
+		aor := "sip:" + user + "@" + p.domain
 		if exp == 0 {
 			p.reg.remove(user, b.key)
+			if b.instance != "" {
+				p.ws.UnbindInstance(c, aor, b.instance, b.regID)
+			}
 			continue
+		}
+		if b.instance != "" && b.regID > 0 {
+			// RFC 5626: the same phone's new flow replaces its old one;
+			// sipws closes the old connection (no ghost flows).
+			if _, err := p.ws.BindInstance(c, aor, b.instance, b.regID); err != nil {
+				p.log.Info("flow not bound", "conn", c.ID(), "err", err)
+			}
 		}
 		p.reg.put(b)
 		out := ch.Clone()

@@ -229,3 +229,27 @@ func TestParseFlags(t *testing.T) {
 		require.Error(t, err, "%q", bad)
 	}
 }
+
+// A phone that reconnects (same +sip.instance and reg-id) replaces its old
+// flow: the old connection is closed, and requests reach the new one.
+func TestReconnectReplacesFlow(t *testing.T) {
+	a, hs := newTestApp(t)
+	old, bob := dialPhone(t, hs, "alice"), dialPhone(t, hs, "bob")
+	old.register()
+	bob.register()
+	renewed := dialPhone(t, hs, "alice")
+	renewed.register()
+
+	require.NoError(t, old.conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err := wsutil.ReadServerText(old.conn)
+	var ce wsutil.ClosedError
+	require.ErrorAs(t, err, &ce, "the old connection is closed")
+	require.Len(t, a.proxy.reg.lookup("alice", time.Now()), 1)
+
+	bob.send(bob.request("MESSAGE", "sip:alice@sipws.test", "sip:alice@sipws.test", "msg-r", "", "again"))
+	in := renewed.read().(*sip.Request)
+	require.Equal(t, "again", string(in.Body()))
+	renewed.answer(in, 200)
+	res := bob.read().(*sip.Response)
+	require.Equal(t, 200, int(res.StatusCode))
+}
