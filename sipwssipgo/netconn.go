@@ -26,9 +26,7 @@ var upgradeRequest = []byte("GET / HTTP/1.1\r\n" +
 	"Sec-WebSocket-Protocol: sip\r\n\r\n")
 
 // netConn is the net.Conn sipgo reads one sipws connection from. Read is
-// called by sipgo's read goroutine only; Write by whoever writes through
-// sipgo's own connection (the upgrader's 101, and any write that reaches it
-// instead of the pool's sipConn).
+// called by sipgo's read goroutine only; Write by sipgo's upgrader.
 type netConn struct {
 	l    *link
 	addr *net.TCPAddr
@@ -144,10 +142,10 @@ func (nc *netConn) next() ([]byte, error) {
 	}
 }
 
-// Write takes the upgrader's 101, then forwards the payload of each data
-// frame to the sipws connection. Nothing should come this way once the
-// pool holds the link's sipConn, but a write that does is delivered, not
-// dropped.
+// Write takes the upgrader's 101. sipgo writes nothing else here: its pool
+// holds the link's sipConn before it reads the first message, and CRLF
+// keepalives never reach it. A write that came anyway fails (sipgo logs it
+// and fails that send): it is not dropped in silence.
 func (nc *netConn) Write(p []byte) (int, error) {
 	nc.wmu.Lock()
 	defer nc.wmu.Unlock()
@@ -156,50 +154,22 @@ func (nc *netConn) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	default:
 	}
+	if nc.wrote101.Load() {
+		return 0, errors.New("sipwssipgo: sipgo wrote on its own connection instead of the pool's")
+	}
 	nc.wbuf = append(nc.wbuf, p...)
-	if !nc.wrote101.Load() {
-		i := bytes.Index(nc.wbuf, []byte("\r\n\r\n"))
-		if i < 0 {
-			if len(nc.wbuf) > 4096 {
-				return 0, errors.New("sipwssipgo: upgrade response too long")
-			}
-			return len(p), nil
+	i := bytes.Index(nc.wbuf, []byte("\r\n\r\n"))
+	if i < 0 {
+		if len(nc.wbuf) > 4096 {
+			return 0, errors.New("sipwssipgo: upgrade response too long")
 		}
-		if !bytes.HasPrefix(nc.wbuf, []byte("HTTP/1.1 101 ")) {
-			return 0, fmt.Errorf("sipwssipgo: sipgo refused the upgrade: %q", firstLine(nc.wbuf))
-		}
-		nc.wbuf = nc.wbuf[i+4:]
-		nc.wrote101.Store(true)
+		return len(p), nil
 	}
-	for len(nc.wbuf) > 0 {
-		h, err := ws.ReadHeader(bytes.NewReader(nc.wbuf))
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			break
-		}
-		if err != nil {
-			return 0, err
-		}
-		hl := ws.HeaderSize(h)
-		if int64(len(nc.wbuf)-hl) < h.Length {
-			if h.Length > MaxMessageSize() {
-				return 0, fmt.Errorf("sipwssipgo: sipgo wrote a %d-byte frame", h.Length)
-			}
-			break
-		}
-		payload := nc.wbuf[hl : hl+int(h.Length)]
-		if h.Masked {
-			ws.Cipher(payload, h.Mask, 0)
-		}
-		if h.OpCode == ws.OpText || h.OpCode == ws.OpBinary {
-			if err := nc.l.c.Send(payload); err != nil {
-				return 0, err
-			}
-		}
-		nc.wbuf = nc.wbuf[hl+int(h.Length):]
+	if !bytes.HasPrefix(nc.wbuf, []byte("HTTP/1.1 101 ")) {
+		return 0, fmt.Errorf("sipwssipgo: sipgo refused the upgrade: %q", firstLine(nc.wbuf))
 	}
-	if len(nc.wbuf) == 0 {
-		nc.wbuf = nil
-	}
+	nc.wbuf = nil
+	nc.wrote101.Store(true)
 	return len(p), nil
 }
 
