@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -306,7 +307,11 @@ func (p *proxy) forward(req *sip.Request, tx sip.ServerTransaction, from *sipws.
 				return
 			}
 		case <-ctr.Done():
-			p.respond(tx, req, 408, "Request Timeout")
+			if errors.Is(ctr.Err(), sip.ErrTransactionTransport) {
+				p.respond(tx, req, 480, "Temporarily Unavailable") // the callee's connection ended
+			} else {
+				p.respond(tx, req, 408, "Request Timeout")
+			}
 			return
 		case <-tx.Done():
 			return

@@ -253,3 +253,31 @@ func TestReconnectReplacesFlow(t *testing.T) {
 	res := bob.read().(*sip.Response)
 	require.Equal(t, 200, int(res.StatusCode))
 }
+
+// The callee's browser closes while the call rings: the caller gets 480 at
+// once (the client transaction ends with its connection, not on Timer B),
+// and the callee's binding is gone.
+func TestCalleeClosesWhileRinging(t *testing.T) {
+	a, hs := newTestApp(t)
+	alice, bob := dialPhone(t, hs, "alice"), dialPhone(t, hs, "bob")
+	alice.register()
+	bob.register()
+	alice.send(alice.request("INVITE", "sip:bob@sipws.test", "sip:bob@sipws.test", "call-2", "", ""))
+	inv := bob.read().(*sip.Request)
+	bob.answer(inv, 180)
+	for {
+		res := alice.read().(*sip.Response)
+		if res.StatusCode == 180 {
+			break
+		}
+	}
+	require.NoError(t, bob.conn.Close())
+	var final *sip.Response
+	for final == nil {
+		if res := alice.read().(*sip.Response); res.StatusCode >= 200 {
+			final = res
+		}
+	}
+	require.Equal(t, 480, int(final.StatusCode))
+	require.Empty(t, a.proxy.reg.lookup("bob", time.Now()))
+}
