@@ -44,7 +44,6 @@ type netConn struct {
 	done     chan struct{} // closed by shut or Close
 	doneOnce sync.Once
 	byUs     atomic.Bool // the Bridge ended it (not sipgo)
-	released chan struct{}
 	relOnce  sync.Once
 	rdl      atomic.Int64 // read deadline, UnixNano; 0 is none
 
@@ -61,7 +60,6 @@ func newNetConn(l *link, addr *net.TCPAddr) *netConn {
 		frames:   make(chan []byte),
 		consumed: make(chan struct{}, 1),
 		done:     make(chan struct{}),
-		released: make(chan struct{}),
 	}
 }
 
@@ -189,10 +187,7 @@ func (nc *netConn) shut() {
 
 // release marks that sipgo holds the netConn no more.
 func (nc *netConn) release() {
-	nc.relOnce.Do(func() {
-		close(nc.released)
-		nc.l.b.links.Done()
-	})
+	nc.relOnce.Do(nc.l.b.links.Done)
 }
 
 // Close is called by sipgo when its reader ends (or its upgrade failed),
