@@ -114,6 +114,24 @@ func headerHasToken(h http.Header, name, token string) bool {
 	return false
 }
 
+// isHeaderName reports whether name is an HTTP field name: a token of RFC
+// 9110 §5.1 (letters, digits and !#$%&'*+-.^_`|~).
+func isHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // refuse writes an HTTP error for a failed handshake: the status, the extra
 // headers, and a one-line plain-text body that says what was wrong. The
 // connection is closed after it (Connection: close), as Kamailio does.

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,10 @@ const (
 	DefaultKeepaliveWorkers  = 1
 	DefaultPongWait          = 5 * time.Second
 )
+
+// DefaultMaxKeptHeaderBytes is what a zero Config.MaxKeptHeaderBytes stands
+// for: the bytes of its handshake request a connection keeps at most.
+const DefaultMaxKeptHeaderBytes = 4 << 10
 
 // DefaultPingData is the keepalive payload when Config.PingData is nil, as
 // Kamailio uses its Server: header.
@@ -161,6 +166,21 @@ type Config struct {
 	// (e.g. WWW-Authenticate) the hook set on w; any other refuses with 403.
 	// Headers it sets on w also go out with a 101 (e.g. Set-Cookie).
 	Authorize func(w http.ResponseWriter, r *http.Request) (identity any, err error)
+	// KeepHeaders names the handshake request's headers that each Conn
+	// keeps for its life (Conn.Header, Conn.Cookies); every other header is
+	// dropped after the handshake. nil means Origin and User-Agent; an empty
+	// list keeps none. Add Cookie or Authorization only if the host reads
+	// them after the upgrade: Authorize sees them all, and its identity
+	// travels with the Conn. Names are matched without regard to case, and
+	// their order is their priority under MaxKeptHeaderBytes.
+	KeepHeaders []string
+	// MaxKeptHeaderBytes bounds, per connection, what it keeps of its
+	// handshake request: the request URI, the Host and the KeepHeaders, in
+	// that order of priority, as text ("Name: value" lines). A part that
+	// would pass the bound is dropped whole, and logged; the parts after it
+	// are still kept if they fit. 0 means 4 KiB (the headers of a browser
+	// with a 2 KB Cookie fit); between 128 bytes and 1 MiB.
+	MaxKeptHeaderBytes int
 
 	// OnOpen, when set, is called once for each new connection, on the
 	// connection's own goroutine, before any message of it is delivered.
@@ -294,6 +314,26 @@ func (c Config) withDefaults() (Config, error) {
 		c.PongWait = min(DefaultPongWait, c.KeepaliveTimeout)
 	case c.PongWait > c.KeepaliveTimeout:
 		return bad("PongWait", "%v is longer than KeepaliveTimeout %v", c.PongWait, c.KeepaliveTimeout)
+	}
+	switch {
+	case c.MaxKeptHeaderBytes == 0:
+		c.MaxKeptHeaderBytes = DefaultMaxKeptHeaderBytes
+	case c.MaxKeptHeaderBytes < 128 || c.MaxKeptHeaderBytes > 1<<20:
+		return bad("MaxKeptHeaderBytes", "%d is not between 128 and %d", c.MaxKeptHeaderBytes, 1<<20)
+	}
+	if c.KeepHeaders == nil {
+		c.KeepHeaders = []string{"Origin", "User-Agent"}
+	} else {
+		keep := make([]string, 0, len(c.KeepHeaders))
+		for _, name := range c.KeepHeaders {
+			if !isHeaderName(name) {
+				return bad("KeepHeaders", "%s is not a header name", quote(name))
+			}
+			if k := http.CanonicalHeaderKey(name); !slices.Contains(keep, k) {
+				keep = append(keep, k)
+			}
+		}
+		c.KeepHeaders = keep
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

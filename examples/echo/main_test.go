@@ -238,6 +238,8 @@ func TestEchoBinary(t *testing.T) {
 			{"-log-level", "loud"},
 			{"-keepalive-timeout", "10s", "-pong-wait", "1m"},
 			{"-max", "0"},
+			{"-keep-headers", "Origin,User Agent"},
+			{"-max-kept-header-bytes", "-1"},
 			{"-tls-cert", "only-the-cert.pem"},
 			{"-no-such-flag"},
 			{"extra-argument"},
