@@ -215,12 +215,12 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 // upgrade hijacks the connection, writes the 101 and starts the connection.
 // It returns the status answered (0 when the connection was lost).
 func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp Subprotocol, unnegotiated bool, identity any) int {
-	// Join wg before the 101, so that a Shutdown that starts once the
+	// Join live before the 101, so that a Shutdown that starts once the
 	// client has its 101 waits for this connection.
 	s.mu.RLock()
 	closed := s.closed
 	if !closed {
-		s.wg.Add(1)
+		s.live.Add(1)
 	}
 	s.mu.RUnlock()
 	if closed {
@@ -229,7 +229,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	started := false
 	defer func() {
 		if !started {
-			s.wg.Done()
+			s.liveDone()
 		}
 	}()
 	extra := w.Header().Clone()
