@@ -17,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/sipws/sipws"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
 // This file checks OnClosed: exactly one event per connection, at once, with
@@ -531,7 +533,9 @@ func TestClosedShutdownExpiredContext(t *testing.T) {
 	elapsed := time.Since(start)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.Less(t, elapsed, closeTimeout, "Shutdown waited for the close replies despite its context")
-	// Every OnClosed has fired (and returned) by the time Shutdown returns.
+	// The connections were dropped; a second Shutdown waits for their ends:
+	// every OnClosed has fired (and returned) by the time it returns.
+	require.NoError(t, ts.Shutdown(context.Background()))
 	require.Len(t, ts.Closed, len(conns))
 	assert.Equal(t, 0, ts.Registry().Len())
 	assert.Zero(t, ts.Stats().CurrentConnections)
@@ -696,10 +700,18 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 			}
 			shut := make(chan error, 1)
 			go func() { shut <- ts.Shutdown(ctx) }()
+			var err error
 			if tc.expired {
 				ev := ts.nextClosed(t) // the probe, dropped after the deadline
 				require.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
 				clExpectGone(t, probe, clPrompt)
+				// Its ctx done, Shutdown returns without waiting for
+				// the held handshake.
+				select {
+				case err = <-shut:
+				case <-time.After(ioTimeout):
+					t.Fatal("Shutdown did not return once its context was done")
+				}
 			} else {
 				// Shutdown logs this once it refuses handshakes.
 				select {
@@ -707,28 +719,30 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 				case <-time.After(ioTimeout):
 					t.Fatal("Shutdown did not log that it began")
 				}
-			}
-			select {
-			case err := <-shut:
-				t.Fatalf("Shutdown returned (%v) while a connection that had its 101 was not yet registered", err)
-			default:
+				select {
+				case err := <-shut:
+					t.Fatalf("Shutdown returned (%v) while a connection that had its 101 was not yet registered", err)
+				default:
+				}
 			}
 
 			gate.open()
 			conn := ts.nextOpened(t)
 			if tc.expired {
+				// Registered after the drop, it drops itself; a second
+				// Shutdown waits for its end.
 				clExpectGone(t, d.c, clPrompt)
+				require.NoError(t, ts.Shutdown(context.Background()))
 			} else {
 				code, reason := clReadClose(t, d.c)
 				assert.Equal(t, uint16(1001), code)
 				assert.Equal(t, "Going away", reason)
 				d.c.sendClose(1001, "")
-			}
-			var err error
-			select {
-			case err = <-shut:
-			case <-time.After(ioTimeout):
-				t.Fatal("Shutdown did not return")
+				select {
+				case err = <-shut:
+				case <-time.After(ioTimeout):
+					t.Fatal("Shutdown did not return")
+				}
 			}
 			// OnClosed had fired by the time Shutdown returned.
 			require.Len(t, ts.Closed, 1, "OnClosed of the held connection, before Shutdown returned")
@@ -823,4 +837,306 @@ func TestClosedSecureConnection(t *testing.T) {
 		t.Fatalf("unexpected extra OnClosed: %+v", ev)
 	case <-time.After(clQuiet):
 	}
+}
+
+// TestClosedShutdownFromHook calls Shutdown from a hook of one connection
+// (X), with a context that never ends and with one of 1 s, while another
+// connection (Y) is open. Shutdown does not wait for its caller's own
+// connection: with no deadline it returns once Y has answered its 1001 and
+// ended; with 1 s and a Y that never answers, it returns the deadline's
+// error and drops Y. Either way X, which got its 1001 too, ends once the
+// hook has returned, and every connection has exactly one OnClosed.
+func TestClosedShutdownFromHook(t *testing.T) {
+	for _, hook := range []string{"OnOpen", "OnMessage", "OnClosed"} {
+		for _, deadline := range []bool{false, true} {
+			name := hook + "/no deadline"
+			if deadline {
+				name = hook + "/1s"
+			}
+			t.Run(name, func(t *testing.T) {
+				var srv atomic.Pointer[sipws.Server]
+				var xID atomic.Uint64
+				shut := make(chan error, 1)
+				shutdown := func() {
+					ctx, cancel := context.Background(), context.CancelFunc(func() {})
+					if deadline {
+						ctx, cancel = context.WithTimeout(ctx, time.Second)
+					}
+					defer cancel()
+					shut <- srv.Load().Shutdown(ctx)
+				}
+				cfg := sipws.Config{CloseTimeout: 5 * time.Second, Keepalive: sipws.KeepaliveNone}
+				isX := func(c *sipws.Conn) bool { return c.URL().Path == "/x" }
+				switch hook {
+				case "OnOpen":
+					cfg.OnOpen = func(c *sipws.Conn) {
+						if isX(c) {
+							shutdown()
+						}
+					}
+				case "OnMessage":
+					cfg.OnMessage = func(c *sipws.Conn, m sipws.Message) {
+						if isX(c) && string(m.Data) == "shutdown" {
+							shutdown()
+						}
+					}
+				case "OnClosed":
+					cfg.OnOpen = func(c *sipws.Conn) {
+						if isX(c) {
+							xID.Store(uint64(c.ID()))
+						}
+					}
+					cfg.OnClosed = func(ev sipws.Closed) {
+						if uint64(ev.ConnID) == xID.Load() {
+							shutdown()
+						}
+					}
+				}
+				ts := startServer(t, cfg)
+				srv.Store(ts.Server)
+
+				y, yConn := clOpen(t, ts, "sip")
+				x, resp := rawDial(t, ts.Addr, strings.Replace(handshakeRequest(ts.Addr, "sip"), "GET / ", "GET /x ", 1))
+				require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+				xConn := ts.nextOpened(t)
+				switch hook {
+				case "OnMessage":
+					x.sendText("shutdown")
+				case "OnClosed":
+					x.sendClose(1000, "bye")
+					x.expectClose(1000, ioTimeout)
+					x.expectEOF(ioTimeout)
+					ev := ts.nextClosed(t)
+					clCheckFields(t, ts, ev, x.conn, xConn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorPeer,
+						code: sipws.CloseNormal, reason: "bye", errNil: true})
+				}
+
+				// Y gets its 1001; it answers, unless Shutdown is to pass
+				// its deadline.
+				code, _ := clReadClose(t, y)
+				require.Equal(t, uint16(1001), code)
+				if !deadline {
+					y.sendClose(1001, "")
+				}
+				var err error
+				select {
+				case err = <-shut:
+				case <-time.After(10 * time.Second):
+					t.Fatalf("Shutdown called from %s did not return", hook)
+				}
+				// Y, and X, the caller's own, which had its 1001 too and
+				// ends once the hook has returned. With the deadline, both
+				// were dropped, and may end in either order.
+				want := clWant{sp: sipws.SIP, initiator: sipws.InitiatorShutdown, code: sipws.CloseGoingAway, reason: "Going away", errNil: !deadline}
+				check := func(ev sipws.Closed) {
+					t.Helper()
+					switch ev.ConnID {
+					case yConn.ID():
+						clCheckFields(t, ts, ev, y.conn, yConn, want)
+					case xConn.ID():
+						clCheckFields(t, ts, ev, x.conn, xConn, want)
+					default:
+						t.Errorf("OnClosed of an unknown connection %d", ev.ConnID)
+					}
+					if deadline {
+						assert.ErrorIs(t, ev.Err, context.DeadlineExceeded)
+					}
+				}
+				xOpen := hook != "OnClosed"
+				if xOpen {
+					code, _ := clReadClose(t, x)
+					require.Equal(t, uint16(1001), code)
+				}
+				if deadline {
+					require.ErrorIs(t, err, context.DeadlineExceeded)
+					clExpectGone(t, y, clPrompt)
+					n := 1
+					if xOpen {
+						clExpectGone(t, x, clPrompt)
+						n = 2
+					}
+					seen := map[sipws.ConnID]bool{}
+					for range n {
+						ev := ts.nextClosed(t)
+						require.False(t, seen[ev.ConnID], "a second OnClosed for %d", ev.ConnID)
+						seen[ev.ConnID] = true
+						check(ev)
+					}
+				} else {
+					require.NoError(t, err)
+					// Shutdown waited for Y's end and its OnClosed.
+					require.Len(t, ts.Closed, 1, "Y's OnClosed, before Shutdown returned")
+					ev := ts.nextClosed(t)
+					require.Equal(t, yConn.ID(), ev.ConnID)
+					check(ev)
+					if xOpen {
+						x.sendClose(1001, "")
+						x.expectEOF(ioTimeout)
+						ev := ts.nextClosed(t)
+						require.Equal(t, xConn.ID(), ev.ConnID)
+						check(ev)
+					}
+				}
+				ts.noMoreClosed(t, clQuiet)
+				assert.Equal(t, 0, ts.Registry().Len())
+			})
+		}
+	}
+}
+
+// TestClosedShutdownStuckHook checks that Shutdown returns when its context
+// is done even though a connection's OnMessage does not return: every
+// connection is dropped (the stuck one too: its peer's socket is closed),
+// the idle one's OnClosed fires at once, the stuck one's once its hook
+// returns, exactly once, and then nothing of the server is left running.
+func TestClosedShutdownStuckHook(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // should the test fail before
+	closed := make(chan sipws.Closed, 4)
+	opened := make(chan *sipws.Conn, 4)
+	srv, err := sipws.New(sipws.Config{
+		CloseTimeout: 5 * time.Second,
+		Keepalive:    sipws.KeepaliveNone,
+		OnOpen:       func(c *sipws.Conn) { opened <- c },
+		OnMessage: func(c *sipws.Conn, m sipws.Message) {
+			if string(m.Data) == "block" {
+				close(entered)
+				<-release
+			}
+		},
+		OnClosed: func(ev sipws.Closed) { closed <- ev },
+	})
+	require.NoError(t, err)
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	addr := strings.TrimPrefix(hs.URL, "http://")
+	nextOpened := func() *sipws.Conn {
+		select {
+		case c := <-opened:
+			return c
+		case <-time.After(ioTimeout):
+			t.Fatal("no connection opened")
+			return nil
+		}
+	}
+	nextClosed := func() sipws.Closed {
+		select {
+		case ev := <-closed:
+			return ev
+		case <-time.After(ioTimeout):
+			t.Fatal("OnClosed did not fire")
+			return sipws.Closed{}
+		}
+	}
+
+	stuck := dialWS(t, addr, "sip")
+	stuckConn := nextOpened()
+	idle := dialWS(t, addr, "sip")
+	idleConn := nextOpened()
+	stuck.sendText("block")
+	select {
+	case <-entered:
+	case <-time.After(ioTimeout):
+		t.Fatal("OnMessage not entered")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctx) }()
+	select {
+	case err = <-shut:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return while OnMessage was stuck")
+	}
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
+	// Both peers are dropped, the stuck one too.
+	clExpectGone(t, stuck, clPrompt)
+	clExpectGone(t, idle, clPrompt)
+	ev := nextClosed()
+	assert.Equal(t, idleConn.ID(), ev.ConnID, "the idle connection's OnClosed")
+	assert.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
+	assert.ErrorIs(t, ev.Err, context.DeadlineExceeded)
+	require.Empty(t, closed, "OnClosed of a connection whose OnMessage has not returned")
+	select {
+	case <-stuckConn.Done():
+		t.Fatal("the stuck connection ended while its hook runs")
+	default:
+	}
+
+	releaseOnce.Do(func() { close(release) })
+	ev = nextClosed()
+	assert.Equal(t, stuckConn.ID(), ev.ConnID, "the stuck connection's OnClosed, once its hook returned")
+	assert.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
+	assert.Equal(t, sipws.CloseGoingAway, ev.Code)
+	assert.ErrorIs(t, ev.Err, context.DeadlineExceeded)
+	select {
+	case ev := <-closed:
+		t.Fatalf("a second OnClosed: %+v", ev)
+	case <-time.After(clQuiet):
+	}
+
+	// A second Shutdown has nothing left to wait for.
+	require.NoError(t, srv.Shutdown(context.Background()))
+	assert.Equal(t, 0, srv.Registry().Len())
+	assert.Zero(t, srv.Stats().CurrentConnections)
+	require.NoError(t, stuck.conn.Close())
+	require.NoError(t, idle.conn.Close())
+	hs.Close()
+	goleak.VerifyNone(t, ignore)
+}
+
+// TestClosedShutdownFromTwoHooks has two connections call Shutdown from
+// their OnMessage at the same time, with no deadline: neither waits for the
+// other's goroutine, which is blocked in Shutdown too, so both return; then
+// both connections end, once each.
+func TestClosedShutdownFromTwoHooks(t *testing.T) {
+	var srv atomic.Pointer[sipws.Server]
+	var entered sync.WaitGroup
+	entered.Add(2)
+	shut := make(chan error, 2)
+	ts := startServer(t, sipws.Config{
+		CloseTimeout: 5 * time.Second,
+		Keepalive:    sipws.KeepaliveNone,
+		OnMessage: func(c *sipws.Conn, m sipws.Message) {
+			entered.Done()
+			entered.Wait() // both hooks run before either calls Shutdown
+			shut <- srv.Load().Shutdown(context.Background())
+		},
+	})
+	srv.Store(ts.Server)
+	a, aConn := clOpen(t, ts, "sip")
+	b, bConn := clOpen(t, ts, "sip")
+	a.sendText("shutdown")
+	b.sendText("shutdown")
+	for range 2 {
+		select {
+		case err := <-shut:
+			require.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("Shutdown called from two hooks did not return")
+		}
+	}
+	for _, p := range []struct {
+		c    *rawClient
+		conn *sipws.Conn
+	}{{a, aConn}, {b, bConn}} {
+		code, _ := clReadClose(t, p.c)
+		require.Equal(t, uint16(1001), code)
+		p.c.sendClose(1001, "")
+		p.c.expectEOF(ioTimeout)
+	}
+	ended := map[sipws.ConnID]int{}
+	for range 2 {
+		ev := ts.nextClosed(t)
+		assert.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
+		assert.NoError(t, ev.Err)
+		ended[ev.ConnID]++
+	}
+	assert.Equal(t, map[sipws.ConnID]int{aConn.ID(): 1, bConn.ID(): 1}, ended)
+	ts.noMoreClosed(t, clQuiet)
 }

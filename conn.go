@@ -39,7 +39,7 @@ type Conn struct {
 	secure   bool
 	remote   netip.AddrPort
 	local    netip.AddrPort
-	req      string // the handshake request, compacted: see packRequest
+	req      string // what it keeps of the handshake request: see packRequest
 	identity any
 	opened   time.Time
 
@@ -96,6 +96,7 @@ type endCause struct {
 }
 
 func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol, identity any, pre []byte) *Conn {
+	req, dropped := packRequest(r, s.cfg.KeepHeaders, s.cfg.MaxKeptHeaderBytes)
 	c := &Conn{
 		srv:      s,
 		id:       ConnID(s.nextID.Add(1)),
@@ -103,7 +104,7 @@ func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol
 		secure:   cl.secure,
 		remote:   cl.addr,
 		local:    unmap(addrPort(nc.LocalAddr())),
-		req:      packRequest(r),
+		req:      req,
 		identity: identity,
 		opened:   s.clock.Now(),
 		nc:       nc,
@@ -113,6 +114,10 @@ func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol
 	c.rb.pool = &s.readers
 	c.pre = pre
 	c.lastRecv.Store(c.opened.UnixNano())
+	if dropped != nil {
+		s.log.Info("handshake request parts not kept", "conn", c.id, "remote", c.remote,
+			"dropped", dropped, "max_kept_header_bytes", s.cfg.MaxKeptHeaderBytes)
+	}
 	return c
 }
 
@@ -138,10 +143,16 @@ func (c *Conn) LocalAddr() netip.AddrPort { return c.local }
 // Secure reports a wss connection (TLS on the socket).
 func (c *Conn) Secure() bool { return c.secure }
 
-// Header returns the handshake request's headers, less the ones that only
-// served the handshake (Upgrade, Connection, Sec-WebSocket-Key/Version/
-// Extensions). The connection keeps them compactly, as text, to stay small
-// while idle: each call parses them into a new map, which the caller owns.
+// Header returns the handshake request's headers that the connection kept
+// for its life: those Config.KeepHeaders names (by default Origin and
+// User-Agent), each with all its values, as long as they fit
+// Config.MaxKeptHeaderBytes together with the request URI and the Host (see
+// there). Every other header is dropped once the handshake is done: the
+// host's handler, CheckOrigin and Authorize see them all, and what a
+// connection needs later, such as who the user is, travels with it as
+// Conn.Identity. The headers are kept compactly, as text, to keep an idle
+// connection small: each call parses them into a new map, which the caller
+// owns.
 func (c *Conn) Header() http.Header {
 	_, _, head := unpackRequest(c.req)
 	h, err := textproto.NewReader(bufio.NewReader(strings.NewReader(head))).ReadMIMEHeader()
@@ -151,19 +162,22 @@ func (c *Conn) Header() http.Header {
 	return http.Header(h)
 }
 
-// Cookies parses the handshake request's cookies (RFC 7118 §7).
+// Cookies parses the cookies of the handshake request's Cookie header (RFC
+// 7118 §7), when the connection kept it: Config.KeepHeaders must name
+// Cookie, which it does not by default.
 func (c *Conn) Cookies() []*http.Cookie {
 	return (&http.Request{Header: c.Header()}).Cookies()
 }
 
 // Cookie returns the named cookie of the handshake request, or
-// http.ErrNoCookie.
+// http.ErrNoCookie; as Cookies, it needs Cookie in Config.KeepHeaders.
 func (c *Conn) Cookie(name string) (*http.Cookie, error) {
 	return (&http.Request{Header: c.Header()}).Cookie(name)
 }
 
 // URL returns the handshake request's URL (path and query), parsed anew on
-// each call.
+// each call. It is empty when the request URI was longer than
+// Config.MaxKeptHeaderBytes allows.
 func (c *Conn) URL() *url.URL {
 	uri, _, _ := unpackRequest(c.req)
 	u, err := url.ParseRequestURI(uri)
@@ -173,33 +187,63 @@ func (c *Conn) URL() *url.URL {
 	return u
 }
 
-// Host returns the handshake request's Host header.
+// Host returns the handshake request's Host header; "" when it was longer
+// than Config.MaxKeptHeaderBytes allows.
 func (c *Conn) Host() string {
 	_, host, _ := unpackRequest(c.req)
 	return host
 }
 
-// handshakeOnly are the request headers that served only the handshake; a
-// Conn does not keep them.
-var handshakeOnly = map[string]bool{
-	"Sec-Websocket-Key": true, "Sec-Websocket-Version": true, "Sec-Websocket-Extensions": true,
-	"Upgrade": true, "Connection": true,
-}
+// packedFraming is the bytes packRequest adds to what it keeps: the two
+// newlines after the URI and the Host, and the blank line that ends the
+// headers.
+const packedFraming = 4
 
 // packRequest keeps what a Conn tells of its handshake request in one
-// string: the request URI, the Host, and the header lines, each part ended
-// by a newline, the headers as "Name: value\r\n" lines and a blank line.
-func packRequest(r *http.Request) string {
-	var b strings.Builder
-	b.WriteString(r.RequestURI)
-	b.WriteByte('\n')
-	b.WriteString(r.Host)
-	b.WriteByte('\n')
-	for k, vs := range r.Header {
-		if handshakeOnly[k] {
-			continue
+// string of at most limit bytes: the request URI, the Host, and the headers
+// named in keep, in that order of priority. Each part ends with a newline;
+// the headers are "Name: value\r\n" lines followed by a blank line. A part
+// that does not fit in what is left is dropped whole (a header with all its
+// values), and named in dropped; the later ones may still fit. The string is
+// a fresh copy: it holds on to none of the request's memory.
+func packRequest(r *http.Request, keep []string, limit int) (packed string, dropped []string) {
+	room := limit - packedFraming
+	fits := func(n int) bool {
+		if n > room {
+			return false
 		}
-		for _, v := range vs {
+		room -= n
+		return true
+	}
+	uri, host := r.RequestURI, r.Host
+	if !fits(len(uri)) {
+		dropped, uri = append(dropped, "request URI"), ""
+	}
+	if !fits(len(host)) {
+		dropped, host = append(dropped, "Host"), ""
+	}
+	kept := make([]string, 0, len(keep))
+	for _, k := range keep {
+		n := 0
+		for _, v := range r.Header[k] {
+			n += len(k) + len(": ") + len(v) + len("\r\n")
+		}
+		switch {
+		case n == 0:
+		case fits(n):
+			kept = append(kept, k)
+		default:
+			dropped = append(dropped, k)
+		}
+	}
+	var b strings.Builder
+	b.Grow(limit - room)
+	b.WriteString(uri)
+	b.WriteByte('\n')
+	b.WriteString(host)
+	b.WriteByte('\n')
+	for _, k := range kept {
+		for _, v := range r.Header[k] {
 			b.WriteString(k)
 			b.WriteString(": ")
 			b.WriteString(v)
@@ -207,7 +251,7 @@ func packRequest(r *http.Request) string {
 		}
 	}
 	b.WriteString("\r\n")
-	return b.String()
+	return b.String(), dropped
 }
 
 // unpackRequest splits what packRequest made.

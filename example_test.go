@@ -316,9 +316,9 @@ func dialExample(httpURL, protocol string) *exampleClient {
 }
 
 // exampleShutdown shuts a server down, waiting at most 5 s for the close
-// handshakes. Shutdown then still waits for the dropped connections'
-// goroutines to end; should one never end, the example fails 10 s later
-// rather than hang.
+// handshakes; past that, Shutdown drops the connections and returns an
+// error, which fails the example, as does a Shutdown that does not return
+// within 15 s, rather than hang.
 func exampleShutdown(srv *sipws.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -94,8 +94,14 @@ var (
 
 // serve is the connection's goroutine: it calls OnOpen, reads and delivers
 // messages until the connection ends, then cleans up and calls OnClosed.
+//
+// It must stay the function every connection's goroutine starts in, and a
+// frame of its own: a Shutdown called from a hook knows it by this frame
+// (onConnGoroutine).
+//
+//go:noinline
 func (c *Conn) serve() {
-	defer c.srv.wg.Done()
+	defer c.srv.liveDone()
 	c.finish(c.run())
 }
 

@@ -114,6 +114,24 @@ func headerHasToken(h http.Header, name, token string) bool {
 	return false
 }
 
+// isHeaderName reports whether name is an HTTP field name: a token of RFC
+// 9110 §5.1 (letters, digits and !#$%&'*+-.^_`|~).
+func isHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // refuse writes an HTTP error for a failed handshake: the status, the extra
 // headers, and a one-line plain-text body that says what was wrong. The
 // connection is closed after it (Connection: close), as Kamailio does.
@@ -197,12 +215,12 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 // upgrade hijacks the connection, writes the 101 and starts the connection.
 // It returns the status answered (0 when the connection was lost).
 func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp Subprotocol, unnegotiated bool, identity any) int {
-	// Join wg before the 101, so that a Shutdown that starts once the
+	// Join live before the 101, so that a Shutdown that starts once the
 	// client has its 101 waits for this connection.
 	s.mu.RLock()
 	closed := s.closed
 	if !closed {
-		s.wg.Add(1)
+		s.live.Add(1)
 	}
 	s.mu.RUnlock()
 	if closed {
@@ -211,7 +229,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	started := false
 	defer func() {
 		if !started {
-			s.wg.Done()
+			s.liveDone()
 		}
 	}()
 	extra := w.Header().Clone()

@@ -621,11 +621,22 @@ func TestStatsConcurrent(t *testing.T) {
 		mu.Unlock()
 	}
 	// All connections are open at the same time before any ends, so the
-	// maxima are exact.
+	// maxima are exact. The barrier opens once the server has counted every
+	// one of them: a client has its 101 a moment before the server counts
+	// its connection (the count follows the write of the 101), so a barrier
+	// on the clients' 101s alone let a connection end before the last one
+	// was counted, and the maximum came out one short.
 	var ready sync.WaitGroup
 	ready.Add(n)
 	allOpen := make(chan struct{})
-	go func() { ready.Wait(); close(allOpen) }()
+	go func() {
+		defer close(allOpen)
+		ready.Wait()
+		deadline := time.Now().Add(2 * ioTimeout)
+		for ts.Stats().CurrentConnections < n && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}()
 
 	run := func(i int) error {
 		var once sync.Once

@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"reflect"
+	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -32,6 +35,10 @@ const (
 	DefaultPongWait          = 5 * time.Second
 	DefaultIPv6PrefixLen     = 64 // bits of an IPv6 client that MaxConnsPerIP counts as one
 )
+
+// DefaultMaxKeptHeaderBytes is what a zero Config.MaxKeptHeaderBytes stands
+// for: the bytes of its handshake request a connection keeps at most.
+const DefaultMaxKeptHeaderBytes = 4 << 10
 
 // DefaultPingData is the keepalive payload when Config.PingData is nil, as
 // Kamailio uses its Server: header.
@@ -190,6 +197,21 @@ type Config struct {
 	// (e.g. WWW-Authenticate) the hook set on w; any other refuses with 403.
 	// Headers it sets on w also go out with a 101 (e.g. Set-Cookie).
 	Authorize func(w http.ResponseWriter, r *http.Request) (identity any, err error)
+	// KeepHeaders names the handshake request's headers that each Conn
+	// keeps for its life (Conn.Header, Conn.Cookies); every other header is
+	// dropped after the handshake. nil means Origin and User-Agent; an empty
+	// list keeps none. Add Cookie or Authorization only if the host reads
+	// them after the upgrade: Authorize sees them all, and its identity
+	// travels with the Conn. Names are matched without regard to case, and
+	// their order is their priority under MaxKeptHeaderBytes.
+	KeepHeaders []string
+	// MaxKeptHeaderBytes bounds, per connection, what it keeps of its
+	// handshake request: the request URI, the Host and the KeepHeaders, in
+	// that order of priority, as text ("Name: value" lines). A part that
+	// would pass the bound is dropped whole, and logged; the parts after it
+	// are still kept if they fit. 0 means 4 KiB (the headers of a browser
+	// with a 2 KB Cookie fit); between 128 bytes and 1 MiB.
+	MaxKeptHeaderBytes int
 
 	// OnOpen, when set, is called once for each new connection, on the
 	// connection's own goroutine, before any message of it is delivered.
@@ -335,6 +357,26 @@ func (c Config) withDefaults() (Config, error) {
 	case c.PongWait > c.KeepaliveTimeout:
 		return bad("PongWait", "%v is longer than KeepaliveTimeout %v", c.PongWait, c.KeepaliveTimeout)
 	}
+	switch {
+	case c.MaxKeptHeaderBytes == 0:
+		c.MaxKeptHeaderBytes = DefaultMaxKeptHeaderBytes
+	case c.MaxKeptHeaderBytes < 128 || c.MaxKeptHeaderBytes > 1<<20:
+		return bad("MaxKeptHeaderBytes", "%d is not between 128 and %d", c.MaxKeptHeaderBytes, 1<<20)
+	}
+	if c.KeepHeaders == nil {
+		c.KeepHeaders = []string{"Origin", "User-Agent"}
+	} else {
+		keep := make([]string, 0, len(c.KeepHeaders))
+		for _, name := range c.KeepHeaders {
+			if !isHeaderName(name) {
+				return bad("KeepHeaders", "%s is not a header name", quote(name))
+			}
+			if k := http.CanonicalHeaderKey(name); !slices.Contains(keep, k) {
+				keep = append(keep, k)
+			}
+		}
+		c.KeepHeaders = keep
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -366,14 +408,17 @@ type Server struct {
 	shutdown atomic.Bool // Shutdown has begun: no lingering for FINs
 	disabled atomic.Bool
 
-	// mu orders handshakes against Shutdown. A handshake joins wg before
+	// mu orders handshakes against Shutdown. A handshake joins live before
 	// its 101 only while closed is false, so Shutdown waits for every
 	// connection whose client saw a 101; one that registers after Shutdown
 	// began closes itself (1001), or is dropped once dropErr is set.
-	mu      sync.RWMutex
-	closed  bool
-	dropErr error          // set when Shutdown's ctx is done: connections are dropped with it
-	wg      sync.WaitGroup // one per upgrade under way or connection goroutine
+	mu       sync.RWMutex
+	closed   bool
+	dropErr  error         // set when Shutdown's ctx is done: connections are dropped with it
+	selfWait int           // Shutdown calls waiting on the goroutine of a connection (from a hook)
+	released uint64        // counts the times every waiting Shutdown was let go
+	wake     chan struct{} // closed, while Shutdown waits, when live falls or selfWait grows
+	live     atomic.Int64  // one per upgrade under way or connection goroutine
 }
 
 // New validates cfg and returns a Server. It starts no goroutine: the
@@ -432,12 +477,26 @@ func (s *Server) Enabled() bool { return !s.disabled.Load() }
 // OnClosed has returned, or until ctx is done. A peer gets Config.CloseTimeout
 // to answer the close; once it has, its socket is closed at once (no waiting
 // for its FIN as in normal operation), so a ctx that allows CloseTimeout and a
-// little more lets every connection close cleanly. When ctx ends first, the
-// remaining connections are dropped at once (their OnClosed still fires) and
-// ctx's error is returned once they are gone. A handshake under way when
+// little more lets every connection close cleanly. A handshake under way when
 // Shutdown begins either gets 503 or, when its 101 has gone out, counts like
 // any connection: OnOpen, then 1001 (or the drop) and OnClosed, before
 // Shutdown returns. The keepalive workers end too.
+//
+// When ctx is done first, Shutdown drops every remaining connection (its
+// socket is closed) and returns ctx's error at once, whatever the hooks are
+// doing: it does not wait for them. A connection dropped while its goroutine
+// is inside a hook ends when the hook returns, and its OnClosed runs then,
+// once, as always after OnOpen; the others end and run OnClosed at once, but
+// possibly after Shutdown has returned. A later call of Shutdown waits for
+// them again, with its own ctx.
+//
+// Shutdown may be called from a hook, on a connection's goroutine: it then
+// waits for every other connection, not for its caller's own, which cannot
+// end before the hook returns; that one has its 1001 and ends after the
+// hook, with its OnClosed. (It knows such a call by the stack it runs on, and
+// takes one from a hook of another Server for one from its own: it then
+// leaves one of its connections, closing, to end after it returns.)
+//
 // http.Server.Shutdown does not touch hijacked connections: call both.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
@@ -450,16 +509,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.reg.each(func(c *Conn) { c.startClose(InitiatorShutdown, CloseGoingAway, "Going away", nil) })
 
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	var err error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		err = ctx.Err()
+	err := s.waitLive(ctx, onConnGoroutine())
+	if err != nil {
 		aerr := fmt.Errorf("sipws: shutdown deadline passed before the close handshake completed: %w", err)
 		s.mu.Lock()
 		if s.dropErr == nil {
@@ -467,10 +518,104 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.mu.Unlock()
 		s.reg.each(func(c *Conn) { c.abort(InitiatorShutdown, CloseGoingAway, "Going away", aerr) })
-		<-done
 	}
 	s.ka.stop()
 	return err
+}
+
+// waitLive waits until no handshake is under way and every connection's
+// goroutine has ended, or until ctx is done. With self (a Shutdown called
+// from a hook), it does not wait for its caller's goroutine: it waits until
+// no more goroutines are left than there are such callers, whose own cannot
+// end while they wait. Once that is so, every call that waits returns
+// (released): a caller set free must not make the others wait for the end of
+// its connection, which those others' own hooks may be holding up.
+func (s *Server) waitLive(ctx context.Context, self bool) error {
+	s.mu.Lock()
+	gen := s.released
+	if self {
+		s.selfWait++
+		s.wakeLocked()
+		defer func() {
+			s.mu.Lock()
+			s.selfWait--
+			s.mu.Unlock()
+		}()
+	}
+	s.mu.Unlock()
+	for {
+		s.mu.Lock()
+		// live is read under mu: a goroutine that ends after this read
+		// takes mu to wake this call.
+		if s.live.Load() <= int64(s.selfWait) {
+			s.released++
+			s.wakeLocked()
+		}
+		if s.released != gen {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.wake == nil {
+			s.wake = make(chan struct{})
+		}
+		wake := s.wake
+		s.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// liveDone is the end of a handshake that made no connection, or of a
+// connection's goroutine.
+func (s *Server) liveDone() {
+	s.live.Add(-1)
+	// Shutdown sets shutdown before it first reads live: either it reads
+	// this decrement or this sees shutdown and wakes it (under mu, so not
+	// between its read of live and its wait).
+	if s.shutdown.Load() {
+		s.mu.Lock()
+		s.wakeLocked()
+		s.mu.Unlock()
+	}
+}
+
+// wakeLocked wakes the Shutdown calls that wait. s.mu is held.
+func (s *Server) wakeLocked() {
+	if s.wake != nil {
+		close(s.wake)
+		s.wake = nil
+	}
+}
+
+// onConnGoroutine reports whether the caller runs on the goroutine of a
+// connection, that is, in one of its hooks: whether (*Conn).serve, where
+// every connection's goroutine starts, is on its stack. Go gives goroutines
+// no identity to compare; the stack tells this without any cost to the
+// connections. It cannot tell one Server's connections from another's.
+func onConnGoroutine() bool {
+	serve := runtime.FuncForPC(reflect.ValueOf((*Conn).serve).Pointer())
+	if serve == nil {
+		return false
+	}
+	pcs := make([]uintptr, 64)
+	n := runtime.Callers(2, pcs)
+	for n == len(pcs) {
+		pcs = make([]uintptr, 2*len(pcs))
+		n = runtime.Callers(2, pcs)
+	}
+	frames := runtime.CallersFrames(pcs[:n])
+	for {
+		f, more := frames.Next()
+		if f.Func != nil && f.Func.Entry() == serve.Entry() {
+			return true
+		}
+		if !more {
+			return false
+		}
+	}
 }
 
 // ServeHTTP implements http.Handler: it is HandleHandshake.

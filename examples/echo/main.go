@@ -111,6 +111,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.cfg.FrameTimeout, "frame-timeout", sipws.DefaultFrameTimeout, "bound between the first and last byte of one frame")
 	fs.IntVar(&o.cfg.SendQueueSize, "send-queue", sipws.DefaultSendQueueSize, "`bytes` queued for one connection before it is closed as a slow consumer")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "bound on reading a handshake request (ReadHeaderTimeout and ReadTimeout of the HTTP server)")
+	keepHeaders := fs.String("keep-headers", "Origin,User-Agent", "comma-separated handshake `headers` each connection keeps (Conn.Header); empty: none")
+	fs.IntVar(&o.cfg.MaxKeptHeaderBytes, "max-kept-header-bytes", sipws.DefaultMaxKeptHeaderBytes, "`bytes` of its handshake request (URI, Host, -keep-headers) a connection keeps at most")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info or warn")
 	fs.BoolVar(&o.cfg.VerboseList, "verbose-list", false, "log each keepalive pass (at debug level: use with -log-level debug)")
 
@@ -153,6 +155,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			return o, usageError{err: fmt.Errorf("-trusted-proxies: %w", err)}
 		}
 		o.cfg.TrustedProxies = append(o.cfg.TrustedProxies, p)
+	}
+	o.cfg.KeepHeaders = []string{}
+	for name := range strings.SplitSeq(*keepHeaders, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			o.cfg.KeepHeaders = append(o.cfg.KeepHeaders, name) // sipws.New checks it
+		}
 	}
 	if *sipFraming {
 		o.cfg.Framing = sipws.FramingReport

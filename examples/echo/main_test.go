@@ -330,6 +330,8 @@ func TestEchoBinary(t *testing.T) {
 			{"-forwarded-header", "X-Client-IP"},
 			{"-ipv6-prefix-len", "129"},
 			{"-ipv6-prefix-len", "-1"},
+			{"-keep-headers", "Origin,User Agent"},
+			{"-max-kept-header-bytes", "-1"},
 			{"-tls-cert", "only-the-cert.pem"},
 			{"-no-such-flag"},
 			{"extra-argument"},
