@@ -219,9 +219,9 @@ func (c *Conn) readFrame(st *readState) error {
 			return c.readError(err)
 		}
 	}
-	h, ok := parseHeader(hb)
-	if !ok {
-		return c.fail(CloseProtocolError, "invalid frame length")
+	h, bad := parseHeader(hb)
+	if bad != "" {
+		return c.fail(CloseProtocolError, bad)
 	}
 	if !timed && int64(c.rb.buffered()-len(hb)) < h.Length {
 		timed = true
@@ -240,7 +240,7 @@ func (c *Conn) readFrame(st *readState) error {
 	switch h.OpCode {
 	case opPing, opPong, opClose:
 		if !h.Fin {
-			return c.fail(CloseProtocolError, "st.fragmented control frame")
+			return c.fail(CloseProtocolError, "fragmented control frame")
 		}
 		if h.Length > maxControlPayload {
 			return c.fail(CloseProtocolError, "control frame payload over 125 bytes")
@@ -272,7 +272,7 @@ func (c *Conn) readFrame(st *readState) error {
 		case h.OpCode == opContinuation && !st.fragmented:
 			return c.fail(CloseProtocolError, "continuation frame without a message to continue")
 		case h.OpCode != opContinuation && st.fragmented:
-			return c.fail(CloseProtocolError, "new message inside a st.fragmented message")
+			return c.fail(CloseProtocolError, "new data frame inside a fragmented message")
 		case h.OpCode != opContinuation:
 			st.typ, st.msg, st.checked = Binary, nil, 0
 			if h.OpCode == opText {
@@ -372,9 +372,10 @@ func headerLen(b1 byte) int {
 }
 
 // parseHeader parses a whole frame header (RFC 6455 §5.2), as peekHeader
-// returns it. It reports false for a 64-bit length with its most significant
-// bit set.
-func parseHeader(b []byte) (h ws.Header, ok bool) {
+// returns it. It returns why the length field breaks §5.2 — the most
+// significant bit of a 64-bit length set, or a length not in the minimal
+// number of bytes — or "" when it is sound.
+func parseHeader(b []byte) (h ws.Header, bad string) {
 	h.Fin = b[0]&0x80 != 0
 	h.Rsv = (b[0] & 0x70) >> 4
 	h.OpCode = ws.OpCode(b[0] & 0x0f)
@@ -383,12 +384,18 @@ func parseHeader(b []byte) (h ws.Header, ok bool) {
 	switch l := b[1] & 0x7f; l {
 	case 126:
 		h.Length = int64(binary.BigEndian.Uint16(rest))
+		if h.Length < 126 {
+			return h, "non-minimal payload length"
+		}
 		rest = rest[2:]
 	case 127:
 		if rest[0]&0x80 != 0 {
-			return h, false
+			return h, "64-bit payload length with the most significant bit set"
 		}
 		h.Length = int64(binary.BigEndian.Uint64(rest))
+		if h.Length <= 0xffff {
+			return h, "non-minimal payload length"
+		}
 		rest = rest[8:]
 	default:
 		h.Length = int64(l)
@@ -396,7 +403,7 @@ func parseHeader(b []byte) (h ws.Header, ok bool) {
 	if h.Masked {
 		copy(h.Mask[:], rest)
 	}
-	return h, true
+	return h, ""
 }
 
 // readError turns a read error into the end of the loop; a frame deadline
