@@ -567,7 +567,8 @@ func viablePrefix(p []byte) bool {
 
 // finish ends the connection: the socket is closed (gracefully after a close
 // handshake), the connection leaves the registry and the counters, and
-// OnClosed fires.
+// OnClosed fires; its slot under the connection caps is given back once the
+// socket is closed.
 func (c *Conn) finish(readErr error) {
 	graceful := readErr == errPeerClose || readErr == errFailed
 	c.wmu.Lock()
@@ -594,12 +595,15 @@ func (c *Conn) finish(readErr error) {
 			c.linger()
 			_ = c.nc.Close()
 		}
+		// The connection holds its MaxConns and MaxConnsPerIP slot as long
+		// as its socket is open: a peer that never sends its FIN keeps it
+		// for CloseTimeout after the close handshake.
+		c.srv.limits.release(c.remote.Addr())
 	}()
 
 	c.srv.reg.remove(c)
 	c.srv.reg.unroute(c)
 	c.srv.ka.remove(c)
-	c.srv.limits.release(c.remote.Addr())
 	c.srv.stats.closed(c.sp, end.by, end.err != nil)
 	if o := c.srv.obs; o != nil {
 		o.Closed(end.code, end.by)

@@ -82,7 +82,9 @@ type Config struct {
 	SendQueueSize int
 
 	// MaxConns caps the connections open at once; a handshake past it is
-	// refused with 503 and Retry-After, before the hijack. 0 means no cap.
+	// refused with 503 and Retry-After, before the hijack. A connection
+	// counts until its socket is closed: after a close handshake, until the
+	// peer's FIN arrives or CloseTimeout passes. 0 means no cap.
 	MaxConns int
 	// MaxConnsPerIP caps the connections open at once from one client IP
 	// (the real client behind a trusted proxy). 0 means no cap.
@@ -174,7 +176,9 @@ type Config struct {
 	// own goroutine. By then the connection has left the Registry and the
 	// counters, and its socket is closed — or, after a close handshake, our
 	// FIN is sent and the socket is closed once the peer's FIN arrives (at
-	// most Config.CloseTimeout later).
+	// most Config.CloseTimeout later). It holds its MaxConns and
+	// MaxConnsPerIP slot until its socket is closed, which may be after
+	// OnClosed returns.
 	OnClosed func(ev Closed)
 }
 
