@@ -196,7 +196,7 @@ type readState struct {
 	byMessage  bool        // the current frame's deadline is the message's
 	checked    int         // bytes of msg known to be valid UTF-8
 	held       int         // bytes of msg charged to Config.MaxPartialBytes
-	deadline   int64       // UnixNano by which a fragmented message must end
+	deadline   time.Time   // when a message in fragments must have ended
 }
 
 // readLoop reads frames to the letter of RFC 6455 until the connection ends.
@@ -245,10 +245,10 @@ func (c *Conn) release(st *readState) {
 func (c *Conn) frameDeadline(st *readState) time.Time {
 	dl := time.Now().Add(c.srv.cfg.FrameTimeout)
 	st.armed = false
-	st.byMessage = st.fragmented && st.deadline <= dl.UnixNano()
+	st.byMessage = st.fragmented && !st.deadline.After(dl)
 	if st.byMessage {
 		c.graced = true
-		return time.Unix(0, st.deadline)
+		return st.deadline
 	}
 	return dl
 }
@@ -258,7 +258,8 @@ func (c *Conn) frameDeadline(st *readState) time.Time {
 func (c *Conn) readFrame(st *readState) error {
 	maxSize := c.srv.cfg.MaxMessageSize
 	// A frame already whole in the buffer is read without a deadline; any
-	// other has FrameTimeout to arrive, from its first byte on.
+	// other has FrameTimeout to arrive, from its first byte on, or less
+	// when the message it continues must end sooner.
 	c.graced = false
 	timed := false
 	hb := c.bufferedHeader()
@@ -331,7 +332,7 @@ func (c *Conn) readFrame(st *readState) error {
 			}
 			if !h.Fin {
 				// A message in fragments: MessageTimeout from now on.
-				st.deadline = time.Now().Add(c.srv.cfg.MessageTimeout).UnixNano()
+				st.deadline = time.Now().Add(c.srv.cfg.MessageTimeout)
 			}
 		}
 		if h.Length > maxSize-int64(len(st.msg)) {
@@ -371,7 +372,7 @@ func (c *Conn) readFrame(st *readState) error {
 	switch {
 	case st.fragmented && (timed || !st.armed):
 		st.armed = true
-		c.setReadDeadline(time.Unix(0, st.deadline))
+		c.setReadDeadline(st.deadline)
 	case !st.fragmented && (timed || st.armed):
 		st.armed = false
 		c.setReadDeadline(time.Time{})

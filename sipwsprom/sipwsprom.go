@@ -32,7 +32,8 @@
 // private ranges (so that peers cannot make up series at will), and "other"
 // otherwise; initiator is sipws.Initiator's name ("peer", "peer-lost",
 // "protocol-error", "host", "write-failure", "keepalive-timeout",
-// "shutdown", "slow-consumer").
+// "shutdown", "slow-consumer", "replaced", "message-timeout",
+// "partial-bytes").
 package sipwsprom
 
 import (
