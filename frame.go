@@ -229,6 +229,13 @@ func (c *Conn) endInput(st *readState) {
 	c.release(st)
 }
 
+// dropMessage lets go of the partial message before the connection fails,
+// which may take a while (the close frame is written first).
+func (c *Conn) dropMessage(st *readState) {
+	st.msg = nil
+	c.release(st)
+}
+
 // release uncharges a message that is no longer partial: delivered, or
 // dropped with the connection.
 func (c *Conn) release(st *readState) {
@@ -475,10 +482,12 @@ func parseHeader(b []byte) (h ws.Header, bad string) {
 func (c *Conn) readError(err error, st *readState) error {
 	switch {
 	case c.doomed.Load():
+		c.dropMessage(st)
 		return c.failBy(InitiatorPartialBytes, CloseMessageTooBig, partialBytesReason)
 	case !isTimeout(err) || c.closeDL.Load() != 0:
 		return err
 	case st.fragmented && (st.byMessage || st.armed):
+		c.dropMessage(st)
 		return c.failBy(InitiatorMessageTimeout, ClosePolicyViolation, "message not finished in time")
 	}
 	return c.fail(ClosePolicyViolation, "frame not finished in time")
