@@ -239,10 +239,10 @@ func TestPartialConfigErrors(t *testing.T) {
 // Stats.PartialBytes counts it) and once MessageTimeout or the budget has
 // closed them all (MiB-after-close), against the heap before.
 func BenchmarkPartialMessagesPinned(b *testing.B) {
-	const conns, fragment, budget = 8, 4 << 20, 16 << 20
+	const conns, fragment, budget = 8, 8 << 20, 16 << 20
 	for b.Loop() {
 		ts := startServer(b, sipws.Config{
-			MaxMessageSize:  sipws.MaxMaxMessageSize,
+			MaxMessageSize:  budget,
 			MaxPartialBytes: budget,
 			MessageTimeout:  time.Second,
 			FrameTimeout:    time.Second,
@@ -265,6 +265,7 @@ func BenchmarkPartialMessagesPinned(b *testing.B) {
 			<-ts.Closed
 		}
 		after := ptHeap()
+		runtime.KeepAlive(frame)
 		mib := func(n int64) float64 { return float64(n) / (1 << 20) }
 		b.ReportMetric(mib(held-base), "MiB-held")
 		b.ReportMetric(mib(int64(partial)), "MiB-partial")
