@@ -2,6 +2,7 @@ package sipws_test
 
 import (
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -114,7 +115,48 @@ var benchInvite = func() string {
 // larger than the read buffer.
 func BenchmarkReceiveInvite(b *testing.B) {
 	var got atomic.Int64
-	conn := benchConn(b, func(*sipws.Conn, sipws.Message) { got.Add(1) })
+	benchReceiveInvite(b, benchConn(b, func(*sipws.Conn, sipws.Message) { got.Add(1) }), &got)
+}
+
+// BenchmarkReceiveInviteTLS is BenchmarkReceiveInvite over wss.
+func BenchmarkReceiveInviteTLS(b *testing.B) {
+	var got atomic.Int64
+	benchReceiveInvite(b, benchConnTLS(b, func(*sipws.Conn, sipws.Message) { got.Add(1) }), &got)
+}
+
+// benchConnTLS is benchConn over TLS.
+func benchConnTLS(b *testing.B, onMsg func(*sipws.Conn, sipws.Message)) net.Conn {
+	b.Helper()
+	srv, err := sipws.New(sipws.Config{OnMessage: onMsg, Keepalive: sipws.KeepaliveNone})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs := httptest.NewTLSServer(srv)
+	addr := strings.TrimPrefix(hs.URL, "https://")
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // a loopback test server
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = conn.Close()
+		_ = srv.Shutdown(b.Context())
+		hs.Close()
+	})
+	if _, err := io.WriteString(conn, handshakeRequest(addr, "sip")); err != nil {
+		b.Fatal(err)
+	}
+	var resp []byte
+	buf := make([]byte, 1)
+	for !bytes.HasSuffix(resp, []byte("\r\n\r\n")) {
+		if _, err := conn.Read(buf); err != nil {
+			b.Fatal(err)
+		}
+		resp = append(resp, buf[0])
+	}
+	return conn
+}
+
+func benchReceiveInvite(b *testing.B, conn net.Conn, got *atomic.Int64) {
 	frame := encodeFrame(true, 0, 0x1, []byte(benchInvite), true)
 	const batch = 16
 	burst := bytes.Repeat(frame, batch)

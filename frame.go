@@ -36,6 +36,13 @@ const (
 // what came in.
 const growAhead = 512
 
+// growAheadBlind is growAhead on a connection whose socket cannot be asked
+// what has arrived (TLS, or not Linux): room for a SIP message with a WebRTC
+// offer in one allocation. Over TLS it costs little more: bytes arrive a
+// record at a time, and crypto/tls keeps a buffer of the largest record
+// (16 KiB) a peer sent for the life of the connection anyway.
+const growAheadBlind = 4 << 10
+
 // appendHeader appends an unmasked final-frame header (server to client).
 func appendHeader(b []byte, op ws.OpCode, n int) []byte {
 	b = append(b, 0x80|byte(op))
@@ -526,7 +533,10 @@ func (c *Conn) readPayload(st *readState, n int, fin bool, mask [4]byte) error {
 	}
 	for len(msg) < end {
 		if len(msg) == cap(msg) {
-			room := max(growAhead, cap(msg))
+			room := max(growAheadBlind, cap(msg))
+			if c.raw != nil {
+				room = max(growAhead, cap(msg))
+			}
 			if len(msg)+room < end {
 				room = max(room, c.arrived())
 			}
