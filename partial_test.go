@@ -134,6 +134,23 @@ func TestPartialBytesBudgetClosesLargestHolder(t *testing.T) {
 	assert.Zero(t, ts.Stats().PartialBytes, "nothing is held once every message is delivered")
 }
 
+// A hog stalled in the middle of a frame is woken and failed at once when
+// the budget dooms it: it does not wait for FrameTimeout.
+func TestPartialBytesBudgetWakesHogInsideFrame(t *testing.T) {
+	const kib = 1 << 10
+	ts := startServer(t, sipws.Config{MaxMessageSize: 64 * kib, MaxPartialBytes: 64 * kib, FrameTimeout: time.Hour, MessageTimeout: time.Hour})
+	hog, _ := frDial(t, ts)
+	f := frMasked(true, frOpBinary, frBin(60*kib, 1))
+	hog.writeRaw(f[:len(f)-10*kib]) // 50 KiB of a 60 KiB frame, then silence
+	ptWaitHeld(t, ts, 50*kib)
+	other, _ := frDial(t, ts)
+	other.writeRaw(frMasked(true, frOpBinary, frBin(20*kib, 2)))
+	ptExpectClosedBy(t, ts, hog, 1009, "server out of memory for partial messages", sipws.InitiatorPartialBytes)
+	assert.Len(t, ts.nextMsg(t).Msg.Data, 20*kib)
+	assert.Zero(t, len(ts.Closed))
+	require.Eventually(t, func() bool { return ts.Stats().PartialBytes == 0 }, ioTimeout, time.Millisecond)
+}
+
 // A connection whose own growth passes the budget while it holds the most
 // is the one failed; the smaller holders stay.
 func TestPartialBytesBudgetClosesGrowerWhenLargest(t *testing.T) {
