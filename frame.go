@@ -732,20 +732,23 @@ func (c *Conn) finish(readErr error) {
 		_ = c.nc.Close()
 	}
 	c.wwg.Wait()
+	// The connection holds its MaxConns and MaxConnsPerIP slot as long as
+	// its socket is open: a peer that never sends its FIN after a close
+	// handshake keeps it for CloseTimeout.
 	defer func() {
 		if graceful {
 			c.linger()
 			_ = c.nc.Close()
+			c.srv.limits.release(c.remote.Addr())
 		}
-		// The connection holds its MaxConns and MaxConnsPerIP slot as long
-		// as its socket is open: a peer that never sends its FIN keeps it
-		// for CloseTimeout after the close handshake.
-		c.srv.limits.release(c.remote.Addr())
 	}()
 
 	c.srv.reg.remove(c)
 	c.srv.reg.unroute(c)
 	c.srv.ka.remove(c)
+	if !graceful {
+		c.srv.limits.release(c.remote.Addr())
+	}
 	c.srv.stats.closed(c.sp, end.by, end.err != nil)
 	if o := c.srv.obs; o != nil {
 		o.Closed(end.code, end.by)
