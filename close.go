@@ -196,11 +196,19 @@ const (
 	// (Server.BindInstance) and this one was closed with 1000 "Replaced by a
 	// new flow".
 	InitiatorReplaced
+	// InitiatorMessageTimeout: the peer started a message in fragments and
+	// did not finish it within Config.MessageTimeout; we failed the
+	// connection with 1008.
+	InitiatorMessageTimeout
+	// InitiatorPartialBytes: the messages still being received by all
+	// connections together reached Config.MaxPartialBytes, and this
+	// connection held the most; we failed it with 1009.
+	InitiatorPartialBytes
 )
 
 // String returns a short stable name: "peer", "peer-lost", "protocol-error",
 // "host", "write-failure", "keepalive-timeout", "shutdown", "slow-consumer",
-// "replaced".
+// "replaced", "message-timeout", "partial-bytes".
 func (i Initiator) String() string {
 	switch i {
 	case InitiatorPeer:
@@ -221,6 +229,10 @@ func (i Initiator) String() string {
 		return "slow-consumer"
 	case InitiatorReplaced:
 		return "replaced"
+	case InitiatorMessageTimeout:
+		return "message-timeout"
+	case InitiatorPartialBytes:
+		return "partial-bytes"
 	}
 	return "Initiator(" + strconv.Itoa(int(i)) + ")"
 }

@@ -67,7 +67,9 @@ type Conn struct {
 	sockMu  sync.Mutex    // held while writing to nc
 	done    chan struct{} // closed when the connection has ended
 
-	graced bool // the current frame had its grace read (read goroutine only)
+	graced bool        // the current frame had its grace read (read goroutine only)
+	hidx   int32       // 1 + index among partialBudget.holders; 0 when not there (partialBudget.mu)
+	doomed atomic.Bool // closed by partialBudget: its reads fail at once (set under partialBudget.mu)
 }
 
 // outFrame is a complete frame waiting to be written.

@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
-	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -29,10 +28,20 @@ const (
 	opPong         = ws.OpPong
 )
 
-// preallocLimit is the largest declared payload allocated before its bytes
-// arrive; a larger one grows as data actually comes in, so that a peer cannot
-// make the server allocate what it only announces.
-const preallocLimit = 16 << 10
+// growAhead is the most room a payload buffer is given ahead of the bytes
+// that have arrived, when none or few have: a frame header alone costs no more,
+// whatever length it declares. Past it, a buffer grows with what has arrived
+// (what the read buffer and the socket hold) or, while the bytes trickle in,
+// doubles each time it fills up, so it never holds much more than twice
+// what came in.
+const growAhead = 512
+
+// growAheadBlind is growAhead on a connection whose socket cannot be asked
+// what has arrived (TLS, or not Linux): room for a SIP message with a WebRTC
+// offer in one allocation. Over TLS it costs little more: bytes arrive a
+// record at a time, and crypto/tls keeps a buffer of the largest record
+// (16 KiB) a peer sent for the life of the connection anyway.
+const growAheadBlind = 4 << 10
 
 // appendHeader appends an unmasked final-frame header (server to client).
 func appendHeader(b []byte, op ws.OpCode, n int) []byte {
@@ -140,15 +149,22 @@ func (c *Conn) recoverHook(err *error) {
 // fail fails the connection for a protocol violation (RFC 6455 §7.1.7): our
 // close frame with code and reason, then the end.
 func (c *Conn) fail(code CloseCode, reason string) error {
-	c.srv.log.Info("protocol error", "conn", c.id, "remote", c.remote, "code", code, "reason", reason)
-	c.finalFrame(endCause{by: InitiatorProtocolError, code: code, reason: reason, err: &CloseError{Code: code, Reason: reason}},
+	return c.failBy(InitiatorProtocolError, code, reason)
+}
+
+// failBy fails the connection for what the peer sent, as by says: our close
+// frame with code and reason, then the end.
+func (c *Conn) failBy(by Initiator, code CloseCode, reason string) error {
+	c.srv.log.Info("failing the connection", "conn", c.id, "remote", c.remote, "code", code, "reason", reason, "by", by)
+	c.finalFrame(endCause{by: by, code: code, reason: reason, err: &CloseError{Code: code, Reason: reason}},
 		closeFrame(code, reason))
 	return errFailed
 }
 
 // setReadDeadline sets the socket's read deadline to frame (zero for none),
 // or to the close deadline when that is sooner. It re-checks the close
-// deadline afterwards, as Close may arm it from another goroutine.
+// deadline afterwards, as Close may arm it from another goroutine, and
+// whether the connection was doomed meanwhile (see partialBudget.wake).
 func (c *Conn) setReadDeadline(frame time.Time) {
 	dl := frame
 	cd := c.closeDL.Load()
@@ -159,7 +175,13 @@ func (c *Conn) setReadDeadline(frame time.Time) {
 	if cd2 := c.closeDL.Load(); cd2 != cd && (frame.IsZero() || cd2 < frame.UnixNano()) {
 		_ = c.nc.SetReadDeadline(time.Unix(0, cd2))
 	}
+	if c.doomed.Load() {
+		_ = c.nc.SetReadDeadline(longAgo)
+	}
 }
+
+// longAgo is a read deadline that has passed: it wakes a read at once.
+var longAgo = time.Unix(1, 0)
 
 // bufferedHeader returns the next frame's header when it is already whole
 // in the read buffer (in place, valid until the next read), else nil. It
@@ -183,7 +205,11 @@ type readState struct {
 	msg        []byte      // the message being assembled
 	typ        MessageType // its type
 	fragmented bool        // a message has started and not finished
+	armed      bool        // the socket's read deadline is the message's
+	byMessage  bool        // the current frame's deadline is the message's
 	checked    int         // bytes of msg known to be valid UTF-8
+	held       int         // bytes of msg charged to Config.MaxPartialBytes
+	deadline   time.Time   // when a message in fragments must have ended
 }
 
 // readLoop reads frames to the letter of RFC 6455 until the connection ends.
@@ -193,13 +219,14 @@ type readState struct {
 // not 6.5, at 10,000 connections).
 func (c *Conn) readLoop() error {
 	var st readState
-	defer c.dropInput()
+	defer c.endInput(&st)
 	for {
-		// Wait, without a deadline, for the first byte of the next frame.
-		// On plain TCP an idle connection waits holding no read buffer.
+		// Wait for the first byte of the next frame: without a deadline,
+		// or until MessageTimeout while a message is unfinished. On plain
+		// TCP an idle connection waits holding no read buffer.
 		if c.rb.buffered() == 0 {
 			if err := c.fill(); err != nil {
-				return err
+				return c.readError(err, &st)
 			}
 		}
 		if err := c.readFrame(&st); err != nil {
@@ -208,30 +235,69 @@ func (c *Conn) readLoop() error {
 	}
 }
 
+// endInput ends the reading: the read buffer goes back, and the partial
+// message, dropped, no longer counts against Config.MaxPartialBytes.
+func (c *Conn) endInput(st *readState) {
+	c.dropInput()
+	c.release(st)
+}
+
+// dropMessage lets go of the partial message before the connection fails,
+// which may take a while (the close frame is written first).
+func (c *Conn) dropMessage(st *readState) {
+	st.msg = nil
+	c.release(st)
+}
+
+// release uncharges a message that is no longer partial: delivered, or
+// dropped with the connection.
+func (c *Conn) release(st *readState) {
+	if st.held != 0 {
+		c.srv.partial.release(c, st.held)
+		st.held = 0
+	}
+}
+
+// frameDeadline returns the deadline of a frame that starts now: FrameTimeout
+// from now, or the end of the message it belongs to when that is sooner —
+// and then the frame gets no grace, so that a peer cannot stretch its
+// message one grace per frame.
+func (c *Conn) frameDeadline(st *readState) time.Time {
+	dl := time.Now().Add(c.srv.cfg.FrameTimeout)
+	st.armed = false
+	st.byMessage = st.fragmented && !st.deadline.After(dl)
+	if st.byMessage {
+		c.graced = true
+		return st.deadline
+	}
+	return dl
+}
+
 // readFrame reads and handles one frame, whose first byte is in the read
 // buffer.
 func (c *Conn) readFrame(st *readState) error {
 	maxSize := c.srv.cfg.MaxMessageSize
 	// A frame already whole in the buffer is read without a deadline; any
-	// other has FrameTimeout to arrive, from its first byte on.
+	// other has FrameTimeout to arrive, from its first byte on, or less
+	// when the message it continues must end sooner.
 	c.graced = false
 	timed := false
 	hb := c.bufferedHeader()
 	var err error
 	if hb == nil {
 		timed = true
-		c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
+		c.setReadDeadline(c.frameDeadline(st))
 		if hb, err = c.peekHeader(); err != nil {
-			return c.readError(err)
+			return c.readError(err, st)
 		}
 	}
-	h, ok := parseHeader(hb)
-	if !ok {
-		return c.fail(CloseProtocolError, "invalid frame length")
+	h, bad := parseHeader(hb)
+	if bad != "" {
+		return c.fail(CloseProtocolError, bad)
 	}
 	if !timed && int64(c.rb.buffered()-len(hb)) < h.Length {
 		timed = true
-		c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
+		c.setReadDeadline(c.frameDeadline(st))
 	}
 	c.rb.discard(len(hb))
 	c.lastRecv.Store(c.srv.clock.Now().UnixNano())
@@ -246,7 +312,7 @@ func (c *Conn) readFrame(st *readState) error {
 	switch h.OpCode {
 	case opPing, opPong, opClose:
 		if !h.Fin {
-			return c.fail(CloseProtocolError, "st.fragmented control frame")
+			return c.fail(CloseProtocolError, "fragmented control frame")
 		}
 		if h.Length > maxControlPayload {
 			return c.fail(CloseProtocolError, "control frame payload over 125 bytes")
@@ -258,7 +324,7 @@ func (c *Conn) readFrame(st *readState) error {
 			p, err = c.peek(int(h.Length))
 		}
 		if err != nil {
-			return c.readError(err)
+			return c.readError(err, st)
 		}
 		c.rb.discard(len(p))
 		ws.Cipher(p, h.Mask, 0)
@@ -278,26 +344,29 @@ func (c *Conn) readFrame(st *readState) error {
 		case h.OpCode == opContinuation && !st.fragmented:
 			return c.fail(CloseProtocolError, "continuation frame without a message to continue")
 		case h.OpCode != opContinuation && st.fragmented:
-			return c.fail(CloseProtocolError, "new message inside a st.fragmented message")
+			return c.fail(CloseProtocolError, "new data frame inside a fragmented message")
 		case h.OpCode != opContinuation:
 			st.typ, st.msg, st.checked = Binary, nil, 0
 			if h.OpCode == opText {
 				st.typ = Text
 			}
+			if !h.Fin {
+				// A message in fragments: MessageTimeout from now on.
+				st.deadline = time.Now().Add(c.srv.cfg.MessageTimeout)
+			}
 		}
 		if h.Length > maxSize-int64(len(st.msg)) {
 			return c.fail(CloseMessageTooBig, fmt.Sprintf("message over %d bytes", maxSize))
 		}
-		var check *int
-		if st.typ == Text {
-			check = &st.checked
-		}
-		st.msg, err = c.readPayload(st.msg, int(h.Length), h.Mask, check)
+		err = c.readPayload(st, int(h.Length), h.Fin, h.Mask)
 		if err == errBadUTF8 {
 			return c.fail(CloseInvalidPayload, "invalid UTF-8 in a text message")
 		}
+		if err == nil && !h.Fin && cap(st.msg) > st.held && !c.charge(st, cap(st.msg)) {
+			err = errPartialBudget
+		}
 		if err != nil {
-			return c.readError(err)
+			return c.readError(err, st)
 		}
 		c.srv.stats.countRx(c.sp, true)
 		if st.typ == Text {
@@ -311,13 +380,21 @@ func (c *Conn) readFrame(st *readState) error {
 		if h.Fin {
 			m := Message{Type: st.typ, Data: st.msg}
 			st.msg = nil
+			c.release(st)
 			c.deliver(m)
 		}
 
 	default:
 		return c.fail(CloseProtocolError, fmt.Sprintf("reserved opcode %#x", byte(h.OpCode)))
 	}
-	if timed {
+	// Between frames the socket waits without a deadline, or until the
+	// end of the unfinished message.
+	switch {
+	case st.fragmented && (timed || !st.armed):
+		st.armed = true
+		c.setReadDeadline(st.deadline)
+	case !st.fragmented && (timed || st.armed):
+		st.armed = false
 		c.setReadDeadline(time.Time{})
 	}
 	return nil
@@ -333,7 +410,7 @@ const frameGrace = 100 * time.Millisecond
 // per frame, after its FrameTimeout, with a short deadline that only lets
 // bytes already there be read.
 func (c *Conn) grace(err error) bool {
-	if !isTimeout(err) || c.closeDL.Load() != 0 || c.graced {
+	if !isTimeout(err) || c.closeDL.Load() != 0 || c.graced || c.doomed.Load() {
 		return false
 	}
 	c.graced = true
@@ -378,9 +455,10 @@ func headerLen(b1 byte) int {
 }
 
 // parseHeader parses a whole frame header (RFC 6455 §5.2), as peekHeader
-// returns it. It reports false for a 64-bit length with its most significant
-// bit set.
-func parseHeader(b []byte) (h ws.Header, ok bool) {
+// returns it. It returns why the length field breaks §5.2 — the most
+// significant bit of a 64-bit length set, or a length not in the minimal
+// number of bytes — or "" when it is sound.
+func parseHeader(b []byte) (h ws.Header, bad string) {
 	h.Fin = b[0]&0x80 != 0
 	h.Rsv = (b[0] & 0x70) >> 4
 	h.OpCode = ws.OpCode(b[0] & 0x0f)
@@ -389,12 +467,18 @@ func parseHeader(b []byte) (h ws.Header, ok bool) {
 	switch l := b[1] & 0x7f; l {
 	case 126:
 		h.Length = int64(binary.BigEndian.Uint16(rest))
+		if h.Length < 126 {
+			return h, "non-minimal payload length"
+		}
 		rest = rest[2:]
 	case 127:
 		if rest[0]&0x80 != 0 {
-			return h, false
+			return h, "64-bit payload length with the most significant bit set"
 		}
 		h.Length = int64(binary.BigEndian.Uint64(rest))
+		if h.Length <= 0xffff {
+			return h, "non-minimal payload length"
+		}
 		rest = rest[8:]
 	default:
 		h.Length = int64(l)
@@ -402,42 +486,72 @@ func parseHeader(b []byte) (h ws.Header, ok bool) {
 	if h.Masked {
 		copy(h.Mask[:], rest)
 	}
-	return h, true
+	return h, ""
 }
 
-// readError turns a read error into the end of the loop; a frame deadline
-// that passed fails the connection.
-func (c *Conn) readError(err error) error {
-	if isTimeout(err) && c.closeDL.Load() == 0 {
-		return c.fail(ClosePolicyViolation, "frame not finished in time")
+// readError turns a read error into the end of the loop: a frame or message
+// deadline that passed fails the connection (1008), and so does a refusal by
+// the budget of partial messages, or a wake-up by it (1009).
+func (c *Conn) readError(err error, st *readState) error {
+	switch {
+	case c.doomed.Load():
+		c.dropMessage(st)
+		return c.failBy(InitiatorPartialBytes, CloseMessageTooBig, partialBytesReason)
+	case !isTimeout(err) || c.closeDL.Load() != 0:
+		return err
+	case st.fragmented && (st.byMessage || st.armed):
+		c.dropMessage(st)
+		return c.failBy(InitiatorMessageTimeout, ClosePolicyViolation, "message not finished in time")
 	}
-	return err
+	return c.fail(ClosePolicyViolation, "frame not finished in time")
 }
 
 // errBadUTF8 reports invalid UTF-8 found while a text frame arrives.
 var errBadUTF8 = errors.New("sipws: invalid UTF-8")
 
-// readPayload reads n payload bytes onto msg and unmasks them. Memory grows
-// with the bytes that actually arrive, not with the declared length. With
-// checked set (a text message), the bytes are checked for UTF-8 as they
-// arrive, from *checked on, so that a bad sequence fails the connection at
-// once (errBadUTF8) rather than when the frame ends; the end of the message
-// is checked by the caller.
-func (c *Conn) readPayload(msg []byte, n int, mask [4]byte, checked *int) ([]byte, error) {
+// readPayload reads n payload bytes onto st.msg and unmasks them. Memory
+// grows with the bytes that actually arrive, not with the declared length
+// (see growAhead); in a frame that continues a message and is not its last,
+// the buffer may grow past the frame, doubling, up to MaxMessageSize, so
+// that a message in many frames is not copied over and over. A buffer that grows
+// while its bytes are still on their way is charged to the budget of partial
+// messages first (errPartialBudget when refused). In a text message, the
+// bytes are checked for UTF-8 as they arrive, from st.checked on, so that a
+// bad sequence fails the connection at once (errBadUTF8) rather than when
+// the frame ends; the end of the message is checked by the caller.
+func (c *Conn) readPayload(st *readState, n int, fin bool, mask [4]byte) error {
+	msg := st.msg
 	start := len(msg)
 	if n == 0 {
 		if msg == nil {
-			msg = []byte{}
+			st.msg = []byte{}
 		}
-		return msg, nil
-	}
-	if cap(msg)-start < n && (n <= preallocLimit || n <= c.rb.buffered()) {
-		msg = slices.Grow(msg, n)
+		return nil
 	}
 	end := start + n
+	limit := end
+	if !fin && start > 0 {
+		limit = max(end, int(c.srv.cfg.MaxMessageSize))
+	}
+	if cap(msg) < end && n <= c.rb.buffered() {
+		// The whole payload is here: one allocation.
+		msg = regrow(msg, min(limit, max(end, 2*cap(msg))))
+	}
 	for len(msg) < end {
 		if len(msg) == cap(msg) {
-			msg = slices.Grow(msg, min(max(cap(msg), preallocLimit), end-len(msg)))
+			room := max(growAheadBlind, cap(msg))
+			if c.raw != nil {
+				room = max(growAhead, cap(msg))
+			}
+			if len(msg)+room < end {
+				room = max(room, c.arrived())
+			}
+			want := min(limit, len(msg)+room)
+			if !c.charge(st, want) {
+				st.msg = msg
+				return errPartialBudget
+			}
+			msg = regrow(msg, want)
 		}
 		k, err := c.read(msg[len(msg):min(cap(msg), end)])
 		ws.Cipher(msg[len(msg):len(msg)+k], mask, len(msg)-start)
@@ -449,17 +563,52 @@ func (c *Conn) readPayload(msg []byte, n int, mask [4]byte, checked *int) ([]byt
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return msg, err
+			st.msg = msg
+			return err
 		}
-		if checked != nil && len(msg) < end {
-			v, ok := validUTF8Prefix(msg[*checked:], false)
+		if st.typ == Text && len(msg) < end {
+			v, ok := validUTF8Prefix(msg[st.checked:], false)
 			if !ok {
-				return msg, errBadUTF8
+				st.msg = msg
+				return errBadUTF8
 			}
-			*checked += v
+			st.checked += v
 		}
 	}
-	return msg, nil
+	st.msg = msg
+	return nil
+}
+
+// charge charges the budget of partial messages for st.msg to hold want
+// bytes; false when it refuses (the connection is then doomed).
+func (c *Conn) charge(st *readState, want int) bool {
+	if want <= st.held {
+		return true
+	}
+	if !c.srv.partial.charge(c, int64(st.held), int64(want)) {
+		return false
+	}
+	st.held = want
+	return true
+}
+
+// regrow returns msg with room for c bytes (c ≥ len(msg)), in a new array
+// of exactly that capacity.
+func regrow(msg []byte, c int) []byte {
+	b := make([]byte, len(msg), c)
+	copy(b, msg)
+	return b
+}
+
+// arrived returns how many bytes have arrived and can be read without
+// waiting: in the read buffer, past the handshake, and, on plain TCP, in the
+// socket's receive queue.
+func (c *Conn) arrived() int {
+	n := c.rb.buffered() + len(c.pre)
+	if c.raw != nil {
+		n += c.raw.queued()
+	}
+	return n
 }
 
 // crlfcrlf is the RFC 5626 §4.4.1 keepalive ping; crlf its pong.
@@ -566,7 +715,8 @@ func viablePrefix(p []byte) bool {
 
 // finish ends the connection: the socket is closed (gracefully after a close
 // handshake), the connection leaves the registry and the counters, and
-// OnClosed fires.
+// OnClosed fires; its slot under the connection caps is given back once the
+// socket is closed.
 func (c *Conn) finish(readErr error) {
 	graceful := readErr == errPeerClose || readErr == errFailed
 	c.wmu.Lock()
@@ -588,17 +738,23 @@ func (c *Conn) finish(readErr error) {
 		_ = c.nc.Close()
 	}
 	c.wwg.Wait()
+	// The connection holds its MaxConns and MaxConnsPerIP slot as long as
+	// its socket is open: a peer that never sends its FIN after a close
+	// handshake keeps it for CloseTimeout.
 	defer func() {
 		if graceful {
 			c.linger()
 			_ = c.nc.Close()
+			c.srv.limits.release(c.remote.Addr())
 		}
 	}()
 
 	c.srv.reg.remove(c)
 	c.srv.reg.unroute(c)
 	c.srv.ka.remove(c)
-	c.srv.limits.release(c.remote.Addr())
+	if !graceful {
+		c.srv.limits.release(c.remote.Addr())
+	}
 	c.srv.stats.closed(c.sp, end.by, end.err != nil)
 	if o := c.srv.obs; o != nil {
 		o.Closed(end.code, end.by)

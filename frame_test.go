@@ -240,7 +240,10 @@ func TestFrameDribbled(t *testing.T) {
 	}
 }
 
-func TestFrameNonMinimalLengthAccepted(t *testing.T) {
+// RFC 6455 §5.2: "the minimal number of bytes MUST be used to encode the
+// length". A length in a longer form than it needs fails the connection with
+// 1002, whatever the frame; the shortest lengths of each form are accepted.
+func TestFrameNonMinimalLengthRefused(t *testing.T) {
 	cases := []struct {
 		name string
 		op   byte
@@ -248,38 +251,59 @@ func TestFrameNonMinimalLengthAccepted(t *testing.T) {
 		form int
 	}{
 		{"text 5 B in 16-bit form", frOpText, 5, 16},
+		{"text 125 B in 16-bit form", frOpText, 125, 16},
 		{"text 5 B in 64-bit form", frOpText, 5, 64},
 		{"binary 0 B in 64-bit form", frOpBinary, 0, 64},
 		{"binary 200 B in 64-bit form", frOpBinary, 200, 64},
+		{"binary 65535 B in 64-bit form", frOpBinary, 0xffff, 64},
+		{"continuation 5 B in 16-bit form", frOpCont, 5, 16},
 		{"ping 5 B in 16-bit form", frOpPing, 5, 16},
 		{"ping 5 B in 64-bit form", frOpPing, 5, 64},
+		{"close 2 B in 16-bit form", frOpClose, 2, 16},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			ts := startServer(t, sipws.Config{})
+			ts := startServer(t, sipws.Config{MaxMessageSize: 1 << 20})
 			c, _ := frDial(t, ts)
 			p := frText(tc.n, tc.n)
-			if tc.op == frOpBinary {
+			switch tc.op {
+			case frOpBinary:
 				p = frBin(tc.n, tc.n)
+			case frOpClose:
+				p = []byte{0x03, 0xe8}
+			}
+			if tc.op == frOpCont {
+				c.writeRaw(frMasked(false, frOpText, []byte("first")))
 			}
 			c.writeRaw(frEncodeForm(true, tc.op, p, tc.form))
-			if tc.op == frOpPing {
-				f := c.mustReadFrame()
-				frServerFrame(t, f)
-				require.Equal(t, frOpPong, f.Op)
-				frEqualBytes(t, p, f.Payload, "pong payload")
-				c.sendText("after")
-				assert.Equal(t, "after", string(ts.nextMsg(t).Msg.Data))
-				return
-			}
+			f := c.expectClose(1002, time.Second)
+			_, reason := f.closeCode()
+			assert.Equal(t, "non-minimal payload length", reason)
+			ev := frEnded(t, ts, c)
+			assert.Equal(t, sipws.InitiatorProtocolError, ev.Initiator)
+			assert.Equal(t, sipws.CloseProtocolError, ev.Code)
+			assert.Zero(t, len(ts.Msgs), "no message may be delivered")
+		})
+	}
+	for _, tc := range []struct {
+		name string
+		n    int
+		form int
+	}{
+		{"126 B in 16-bit form", 126, 16},
+		{"65535 B in 16-bit form", 0xffff, 16},
+		{"65536 B in 64-bit form", 0x10000, 64},
+	} {
+		t.Run("minimal "+tc.name, func(t *testing.T) {
+			t.Parallel()
+			ts := startServer(t, sipws.Config{MaxMessageSize: 1 << 20})
+			c, _ := frDial(t, ts)
+			p := frBin(tc.n, tc.n)
+			c.writeRaw(frEncodeForm(true, frOpBinary, p, tc.form))
 			m := ts.nextMsg(t)
+			assert.Equal(t, sipws.Binary, m.Msg.Type)
 			frEqualBytes(t, p, m.Msg.Data, "payload")
-			want := sipws.Text
-			if tc.op == frOpBinary {
-				want = sipws.Binary
-			}
-			assert.Equal(t, want, m.Msg.Type)
 		})
 	}
 }
@@ -588,6 +612,52 @@ func TestFrameHeaderViolations(t *testing.T) {
 			c, _ := frDial(t, ts)
 			c.writeRaw(tc.frame)
 			frExpectFail(t, ts, c, 1002)
+		})
+	}
+}
+
+// Every close reason the read path sends for a violation, as the peer reads
+// it: plain RFC prose, with no name from inside the package.
+func TestFrameViolationReasons(t *testing.T) {
+	cases := []struct {
+		name   string
+		frames [][]byte
+		code   uint16
+		reason string
+	}{
+		{"fragmented ping", [][]byte{frMasked(false, frOpPing, []byte("x"))}, 1002, "fragmented control frame"},
+		{"fragmented close", [][]byte{frMasked(false, frOpClose, []byte{0x03, 0xe8})}, 1002, "fragmented control frame"},
+		{"text inside a fragmented message", [][]byte{
+			frMasked(false, frOpText, []byte("a")), frMasked(true, frOpText, []byte("b")),
+		}, 1002, "new data frame inside a fragmented message"},
+		{"binary inside a fragmented message", [][]byte{
+			frMasked(false, frOpBinary, []byte("a")), frMasked(false, frOpBinary, []byte("b")),
+		}, 1002, "new data frame inside a fragmented message"},
+		{"orphan continuation", [][]byte{frMasked(true, frOpCont, []byte("a"))}, 1002, "continuation frame without a message to continue"},
+		{"control frame over 125 bytes", [][]byte{frMasked(true, frOpPing, frBin(126, 1))}, 1002, "control frame payload over 125 bytes"},
+		{"reserved bits", [][]byte{encodeFrame(true, 4, frOpText, []byte("x"), true)}, 1002, "reserved bits set"},
+		{"unmasked", [][]byte{encodeFrame(true, 0, frOpText, []byte("x"), false)}, 1002, "unmasked frame"},
+		{"reserved opcode", [][]byte{frMasked(true, 0xB, nil)}, 1002, "reserved opcode 0xb"},
+		{"64-bit length MSB", [][]byte{append([]byte{0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4}, "hello"...)},
+			1002, "64-bit payload length with the most significant bit set"},
+		{"non-minimal length", [][]byte{frEncodeForm(true, frOpText, []byte("x"), 16)}, 1002, "non-minimal payload length"},
+		{"close with a 1-byte payload", [][]byte{frMasked(true, frOpClose, []byte{3})}, 1002, "close frame with a 1-byte payload"},
+		{"invalid close code", [][]byte{frMasked(true, frOpClose, []byte{0x03, 0xed})}, 1002, "invalid close code 1005"},
+		{"invalid UTF-8 in a close reason", [][]byte{frMasked(true, frOpClose, []byte{0x03, 0xe8, 0xff})}, 1007, "invalid UTF-8 in the close reason"},
+		{"invalid UTF-8 in a text message", [][]byte{frMasked(true, frOpText, []byte{0xff})}, 1007, "invalid UTF-8 in a text message"},
+		{"message too big", [][]byte{frMasked(true, frOpBinary, frBin(1025, 1))}, 1009, "message over 1024 bytes"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ts := startServer(t, sipws.Config{MaxMessageSize: 1024})
+			c, _ := frDial(t, ts)
+			c.writeRaw(bytes.Join(tc.frames, nil))
+			f := c.expectClose(tc.code, time.Second)
+			_, reason := f.closeCode()
+			assert.Equal(t, tc.reason, reason)
+			ev := frEnded(t, ts, c)
+			assert.Equal(t, tc.reason, ev.Reason, "Closed.Reason")
 		})
 	}
 }

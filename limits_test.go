@@ -59,13 +59,67 @@ func TestMaxConns(t *testing.T) {
 	assert.Equal(t, before.FailedHandshakes+1, ts.Stats().FailedHandshakes)
 	assert.Equal(t, 3, ts.Registry().Len())
 
-	// A connection that ends gives its slot back.
+	// A connection that ends gives its slot back once its socket is closed.
 	clients[0].sendClose(1000, "")
 	clients[0].expectClose(1000, time.Second)
 	ts.nextClosed(t)
-	dialWS(t, ts.Addr, "sip")
+	_ = clients[0].conn.Close()
+	dialWhenFree(t, ts.Addr, "127.0.0.1")
 	ts.nextOpened(t)
 	assert.Equal(t, 3, ts.Registry().Len())
+}
+
+// dialWhenFree dials from src until the handshake is accepted: a slot given
+// back when a socket closes is free a moment after the client closed it.
+func dialWhenFree(t testing.TB, addr, src string) *rawClient {
+	t.Helper()
+	var c *rawClient
+	require.Eventually(t, func() bool {
+		cl, resp := dialFrom(t, addr, src)
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			_ = cl.conn.Close()
+			return false
+		}
+		c = cl
+		return true
+	}, ioTimeout, 5*time.Millisecond, "no slot came free for %s", src)
+	return c
+}
+
+// A connection keeps its slot under the caps until its socket is closed, not
+// only until the close handshake ends: a peer that completes the handshake
+// and never sends its FIN holds it (for at most CloseTimeout).
+func TestCapsHeldUntilSocketClosed(t *testing.T) {
+	ts := startServer(t, sipws.Config{MaxConns: 3, MaxConnsPerIP: 2, CloseTimeout: time.Minute})
+	lingering := make([]*rawClient, 2)
+	for i := range lingering {
+		c, resp := dialFrom(t, ts.Addr, "127.0.0.2")
+		require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+		ts.nextOpened(t)
+		// The close handshake completes, the server's FIN comes; the
+		// client keeps its socket open and sends no FIN.
+		c.sendClose(1000, "")
+		c.expectClose(1000, ioTimeout)
+		ev := ts.nextClosed(t)
+		require.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+		lingering[i] = c
+	}
+	require.Zero(t, ts.Registry().Len())
+
+	_, resp := dialFrom(t, ts.Addr, "127.0.0.2")
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "per-IP cap while both sockets are open")
+	_, resp = dialFrom(t, ts.Addr, "127.0.0.3")
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	ts.nextOpened(t)
+	_, resp = dialFrom(t, ts.Addr, "127.0.0.4")
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "total cap while both sockets are open")
+
+	// The peer's FIN ends the linger: the socket is closed, the slot is back.
+	_ = lingering[0].conn.Close()
+	dialWhenFree(t, ts.Addr, "127.0.0.2")
+	ts.nextOpened(t)
+	_, resp = dialFrom(t, ts.Addr, "127.0.0.4")
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "one slot came back, not more")
 }
 
 func TestMaxConnsPerIP(t *testing.T) {

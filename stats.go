@@ -35,6 +35,10 @@ type Stats struct {
 	// InvalidMessages counts the messages that failed the framing check
 	// (Config.Framing); Kamailio has no such counter, so List leaves it out.
 	InvalidMessages uint64
+	// PartialBytes is a gauge: the bytes held at this moment in messages
+	// still being received, against Config.MaxPartialBytes. Kamailio has no
+	// such statistic, so List leaves it out.
+	PartialBytes uint64
 }
 
 // SubprotocolStats are the counters of one sub-protocol.
@@ -96,6 +100,7 @@ type counters struct {
 	txFrames      atomic.Uint64
 	failedHS      atomic.Uint64
 	invalid       atomic.Uint64
+	partial       atomic.Int64 // bytes in partial messages (a gauge kept by partialBudget)
 	sp            [2]spCounters
 }
 
@@ -177,6 +182,7 @@ func (c *counters) snapshot() Stats {
 		TransmittedFrames:        c.txFrames.Load(),
 		FailedHandshakes:         c.failedHS.Load(),
 		InvalidMessages:          c.invalid.Load(),
+		PartialBytes:             uint64(max(c.partial.Load(), 0)),
 		SIP:                      c.sp[0].snapshot(),
 		MSRP:                     c.sp[1].snapshot(),
 	}

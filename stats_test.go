@@ -31,37 +31,43 @@ import (
 // whether it ended abnormally (ws_failed_connections).
 var (
 	stLocal = map[sipws.Initiator]bool{
-		sipws.InitiatorPeer:          false,
-		sipws.InitiatorPeerLost:      false,
-		sipws.InitiatorProtocolError: true,
-		sipws.InitiatorHost:          true,
-		sipws.InitiatorWriteFailure:  true,
-		sipws.InitiatorKeepalive:     true,
-		sipws.InitiatorShutdown:      true,
-		sipws.InitiatorSlowConsumer:  true,
+		sipws.InitiatorPeer:           false,
+		sipws.InitiatorPeerLost:       false,
+		sipws.InitiatorProtocolError:  true,
+		sipws.InitiatorHost:           true,
+		sipws.InitiatorWriteFailure:   true,
+		sipws.InitiatorKeepalive:      true,
+		sipws.InitiatorShutdown:       true,
+		sipws.InitiatorSlowConsumer:   true,
+		sipws.InitiatorMessageTimeout: true,
+		sipws.InitiatorPartialBytes:   true,
 	}
 	stFailed = map[sipws.Initiator]bool{
-		sipws.InitiatorPeer:          false,
-		sipws.InitiatorPeerLost:      true,
-		sipws.InitiatorProtocolError: true,
-		sipws.InitiatorHost:          false,
-		sipws.InitiatorWriteFailure:  true,
-		sipws.InitiatorKeepalive:     true,
-		sipws.InitiatorShutdown:      false,
-		sipws.InitiatorSlowConsumer:  true,
+		sipws.InitiatorPeer:           false,
+		sipws.InitiatorPeerLost:       true,
+		sipws.InitiatorProtocolError:  true,
+		sipws.InitiatorHost:           false,
+		sipws.InitiatorWriteFailure:   true,
+		sipws.InitiatorKeepalive:      true,
+		sipws.InitiatorShutdown:       false,
+		sipws.InitiatorSlowConsumer:   true,
+		sipws.InitiatorMessageTimeout: true,
+		sipws.InitiatorPartialBytes:   true,
 	}
 )
 
 func TestInitiatorClassification(t *testing.T) {
 	names := map[sipws.Initiator]string{
-		sipws.InitiatorPeer:          "peer",
-		sipws.InitiatorPeerLost:      "peer-lost",
-		sipws.InitiatorProtocolError: "protocol-error",
-		sipws.InitiatorHost:          "host",
-		sipws.InitiatorWriteFailure:  "write-failure",
-		sipws.InitiatorKeepalive:     "keepalive-timeout",
-		sipws.InitiatorShutdown:      "shutdown",
-		sipws.InitiatorSlowConsumer:  "slow-consumer",
+		sipws.InitiatorPeer:           "peer",
+		sipws.InitiatorPeerLost:       "peer-lost",
+		sipws.InitiatorProtocolError:  "protocol-error",
+		sipws.InitiatorHost:           "host",
+		sipws.InitiatorWriteFailure:   "write-failure",
+		sipws.InitiatorKeepalive:      "keepalive-timeout",
+		sipws.InitiatorShutdown:       "shutdown",
+		sipws.InitiatorSlowConsumer:   "slow-consumer",
+		sipws.InitiatorMessageTimeout: "message-timeout",
+		sipws.InitiatorPartialBytes:   "partial-bytes",
 	}
 	for i, name := range names {
 		assert.Equal(t, name, i.String())

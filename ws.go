@@ -28,6 +28,8 @@ const (
 	DefaultCloseTimeout      = 2 * time.Second  // wait for the peer's close reply
 	DefaultWriteTimeout      = 10 * time.Second // one write to the socket
 	DefaultFrameTimeout      = 30 * time.Second // a frame that has started must end within it
+	DefaultMessageTimeout    = 60 * time.Second // a message that has started must end within it
+	DefaultMaxPartialBytes   = 64 << 20         // bytes held in partial messages, server-wide
 	DefaultSendQueueSize     = 1 << 20          // bytes queued per connection before it is a slow consumer
 	DefaultKeepaliveTimeout  = 180 * time.Second
 	DefaultKeepaliveInterval = time.Second
@@ -82,6 +84,28 @@ type Config struct {
 	// frame, so that a half-sent frame cannot hold a connection; it does not
 	// limit idle time. 0 means 30 s.
 	FrameTimeout time.Duration
+	// MessageTimeout bounds the time from the first frame of a message to
+	// its last, so that a message sent in fragments that never ends — a
+	// first fragment, then silence or only control frames — cannot hold its
+	// buffer; a message not finished in time fails the connection with 1008
+	// (InitiatorMessageTimeout). It does not limit idle time. 0 means 60 s,
+	// or FrameTimeout when that is longer; it may not be shorter than
+	// FrameTimeout, which bounds a message of one frame.
+	MessageTimeout time.Duration
+	// MaxPartialBytes bounds the bytes that all connections together hold in
+	// messages they are still receiving (whose bytes are still on their
+	// way: a message in fragments, or one frame larger than what has
+	// arrived). When a message would grow past it, the connections holding
+	// the most are failed with 1009 (InitiatorPartialBytes), largest first,
+	// until the growth fits — the growing connection itself once it would
+	// hold the most — so that one or a few hogs go and every other
+	// connection keeps receiving. The bytes are counted as buffers grow,
+	// which is with the bytes that arrive (Stats.PartialBytes). 0 means
+	// 64 MiB, or 4 × MaxMessageSize when that is larger: room for 1,024
+	// messages of the default size limit at once, while a legitimate message
+	// is partial only for the moment its bytes take to arrive. It may not be
+	// less than MaxMessageSize.
+	MaxPartialBytes int64
 	// SendQueueSize bounds the bytes queued for one connection and not yet
 	// written to its socket. A Send that would go past it closes the
 	// connection as a slow consumer (1008) and returns ErrSendQueueFull;
@@ -90,7 +114,9 @@ type Config struct {
 	SendQueueSize int
 
 	// MaxConns caps the connections open at once; a handshake past it is
-	// refused with 503 and Retry-After, before the hijack. 0 means no cap.
+	// refused with 503 and Retry-After, before the hijack. A connection
+	// counts until its socket is closed: after a close handshake, until the
+	// peer's FIN arrives or CloseTimeout passes. 0 means no cap.
 	MaxConns int
 	// MaxConnsPerIP caps the connections open at once from one client IP
 	// (the real client behind a trusted proxy): one IPv4 address, or one
@@ -225,7 +251,9 @@ type Config struct {
 	// own goroutine. By then the connection has left the Registry and the
 	// counters, and its socket is closed — or, after a close handshake, our
 	// FIN is sent and the socket is closed once the peer's FIN arrives (at
-	// most Config.CloseTimeout later).
+	// most Config.CloseTimeout later). It holds its MaxConns and
+	// MaxConnsPerIP slot until its socket is closed, which may be after
+	// OnClosed returns.
 	OnClosed func(ev Closed)
 }
 
@@ -291,6 +319,22 @@ func (c Config) withDefaults() (Config, error) {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
+	}
+	switch {
+	case c.MessageTimeout < 0:
+		return bad("MessageTimeout", "negative duration %v", c.MessageTimeout)
+	case c.MessageTimeout == 0:
+		c.MessageTimeout = max(DefaultMessageTimeout, c.FrameTimeout)
+	case c.MessageTimeout < c.FrameTimeout:
+		return bad("MessageTimeout", "%v is shorter than FrameTimeout %v", c.MessageTimeout, c.FrameTimeout)
+	}
+	switch {
+	case c.MaxPartialBytes < 0:
+		return bad("MaxPartialBytes", "negative size %d", c.MaxPartialBytes)
+	case c.MaxPartialBytes == 0:
+		c.MaxPartialBytes = max(DefaultMaxPartialBytes, 4*c.MaxMessageSize)
+	case c.MaxPartialBytes < c.MaxMessageSize:
+		return bad("MaxPartialBytes", "%d is less than MaxMessageSize %d: no message of the largest size could be received", c.MaxPartialBytes, c.MaxMessageSize)
 	}
 	if c.MaxConns < 0 {
 		return bad("MaxConns", "negative cap %d", c.MaxConns)
@@ -398,7 +442,9 @@ type Server struct {
 	stats  counters
 	limits connLimits
 	ka     *keepalive
-	obs    Observer // nil when none
+
+	partial partialBudget // Config.MaxPartialBytes
+	obs     Observer      // nil when none
 
 	flows    atomic.Pointer[FlowTokens]
 	flowRun  flowRun   // this Server's lifetime nonce, in every flow token it issues
@@ -434,6 +480,7 @@ func New(cfg Config) (*Server, error) {
 		s.flows.Store(c.FlowTokens)
 	}
 	s.limits.init(c.MaxConns, c.MaxConnsPerIP, c.IPv6PrefixLen)
+	s.partial.init(c.MaxPartialBytes, &s.stats.partial)
 	size := c.ReadBufferSize
 	s.readers.New = func() any {
 		b := make([]byte, size)

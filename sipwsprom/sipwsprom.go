@@ -38,9 +38,9 @@
 // private ranges (so that peers cannot make up series at will), and "other"
 // otherwise; initiator is sipws.Initiator's name ("peer", "peer-lost",
 // "protocol-error", "host", "write-failure", "keepalive-timeout",
-// "shutdown", "slow-consumer", "replaced"); "replaced" counts the
-// connections closed because a new one bound the same registration flow
-// (sipws.Server.BindInstance).
+// "shutdown", "slow-consumer", "replaced", "message-timeout",
+// "partial-bytes"); "replaced" counts the connections closed because a new
+// one bound the same registration flow (sipws.Server.BindInstance).
 package sipwsprom
 
 import (

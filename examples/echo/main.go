@@ -109,6 +109,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.cfg.CloseTimeout, "close-timeout", sipws.DefaultCloseTimeout, "wait for the peer's close reply and FIN")
 	fs.DurationVar(&o.cfg.WriteTimeout, "write-timeout", sipws.DefaultWriteTimeout, "bound of every write to a socket")
 	fs.DurationVar(&o.cfg.FrameTimeout, "frame-timeout", sipws.DefaultFrameTimeout, "bound between the first and last byte of one frame")
+	fs.DurationVar(&o.cfg.MessageTimeout, "message-timeout", 0, "bound between the first and last frame of one message (0: 60s, or -frame-timeout when longer)")
+	fs.Int64Var(&o.cfg.MaxPartialBytes, "max-partial-bytes", 0, "`bytes` all connections together may hold in messages still being received; past it the largest holders are closed with 1009 (0: 64 MiB, or 4 × -max when larger)")
 	fs.IntVar(&o.cfg.SendQueueSize, "send-queue", sipws.DefaultSendQueueSize, "`bytes` queued for one connection before it is closed as a slow consumer")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "bound on reading a handshake request (ReadHeaderTimeout and ReadTimeout of the HTTP server)")
 	keepHeaders := fs.String("keep-headers", "Origin,User-Agent", "comma-separated handshake `headers` each connection keeps (Conn.Header); empty: none")

@@ -326,6 +326,8 @@ func TestEchoBinary(t *testing.T) {
 			{"-cors", "maybe"},
 			{"-log-level", "loud"},
 			{"-keepalive-timeout", "10s", "-pong-wait", "1m"},
+			{"-frame-timeout", "1m", "-message-timeout", "30s"},
+			{"-max", "1048576", "-max-partial-bytes", "65536"},
 			{"-max", "0"},
 			{"-forwarded-header", "X-Client-IP"},
 			{"-ipv6-prefix-len", "129"},
