@@ -166,72 +166,72 @@ func CloseStatus(err error) CloseCode {
 	return 0
 }
 
-// Initiator says why a connection ended.
-type Initiator uint8
+// CloseCause says why a connection ended.
+type CloseCause uint8
 
 const (
-	// InitiatorPeer: the peer started the close handshake with a close frame.
-	InitiatorPeer Initiator = iota + 1
-	// InitiatorPeerLost: the TCP connection ended (FIN, RST, read error)
+	// CausePeer: the peer started the close handshake with a close frame.
+	CausePeer CloseCause = iota + 1
+	// CausePeerLost: the TCP connection ended (FIN, RST, read error)
 	// without a close frame.
-	InitiatorPeerLost
-	// InitiatorProtocolError: the peer broke RFC 6455 or a limit (bad frame,
+	CausePeerLost
+	// CauseProtocolError: the peer broke RFC 6455 or a limit (bad frame,
 	// invalid UTF-8, message too big, unfinished frame); we failed the
 	// connection with the matching close code.
-	InitiatorProtocolError
-	// InitiatorHost: the host closed it (Conn.Close, Registry.Close, the RPC
+	CauseProtocolError
+	// CauseHost: the host closed it (Conn.Close, Registry.Close, the RPC
 	// ws.close).
-	InitiatorHost
-	// InitiatorWriteFailure: a write to the peer failed or timed out.
-	InitiatorWriteFailure
-	// InitiatorKeepalive: keepalive timeout — no answer to a keepalive Ping
+	CauseHost
+	// CauseWriteFailure: a write to the peer failed or timed out.
+	CauseWriteFailure
+	// CauseKeepaliveTimeout: keepalive timeout — no answer to a keepalive Ping
 	// in time, or idle for longer than Config.IdleTimeout.
-	InitiatorKeepalive
-	// InitiatorShutdown: Server.Shutdown closed it with 1001.
-	InitiatorShutdown
-	// InitiatorSlowConsumer: the peer did not read what was sent to it and
+	CauseKeepaliveTimeout
+	// CauseShutdown: Server.Shutdown closed it with 1001.
+	CauseShutdown
+	// CauseSlowConsumer: the peer did not read what was sent to it and
 	// its send queue overflowed.
-	InitiatorSlowConsumer
-	// InitiatorReplaced: a new connection bound the same registration flow
+	CauseSlowConsumer
+	// CauseReplaced: a new connection bound the same registration flow
 	// (Server.BindInstance) and this one was closed with 1000 "Replaced by a
 	// new flow".
-	InitiatorReplaced
-	// InitiatorMessageTimeout: the peer started a message in fragments and
+	CauseReplaced
+	// CauseMessageTimeout: the peer started a message in fragments and
 	// did not finish it within Config.MessageTimeout; we failed the
 	// connection with 1008.
-	InitiatorMessageTimeout
-	// InitiatorPartialBytes: the messages still being received by all
+	CauseMessageTimeout
+	// CausePartialBytes: the messages still being received by all
 	// connections together reached Config.MaxPartialBytes, and this
 	// connection held the most; we failed it with 1009.
-	InitiatorPartialBytes
+	CausePartialBytes
 )
 
 // String returns a short stable name: "peer", "peer-lost", "protocol-error",
 // "host", "write-failure", "keepalive-timeout", "shutdown", "slow-consumer",
 // "replaced", "message-timeout", "partial-bytes".
-func (i Initiator) String() string {
+func (i CloseCause) String() string {
 	switch i {
-	case InitiatorPeer:
+	case CausePeer:
 		return "peer"
-	case InitiatorPeerLost:
+	case CausePeerLost:
 		return "peer-lost"
-	case InitiatorProtocolError:
+	case CauseProtocolError:
 		return "protocol-error"
-	case InitiatorHost:
+	case CauseHost:
 		return "host"
-	case InitiatorWriteFailure:
+	case CauseWriteFailure:
 		return "write-failure"
-	case InitiatorKeepalive:
+	case CauseKeepaliveTimeout:
 		return "keepalive-timeout"
-	case InitiatorShutdown:
+	case CauseShutdown:
 		return "shutdown"
-	case InitiatorSlowConsumer:
+	case CauseSlowConsumer:
 		return "slow-consumer"
-	case InitiatorReplaced:
+	case CauseReplaced:
 		return "replaced"
-	case InitiatorMessageTimeout:
+	case CauseMessageTimeout:
 		return "message-timeout"
-	case InitiatorPartialBytes:
+	case CausePartialBytes:
 		return "partial-bytes"
 	}
 	return "Initiator(" + strconv.Itoa(int(i)) + ")"
@@ -240,17 +240,17 @@ func (i Initiator) String() string {
 // Local reports whether this side ended the connection. It decides whether the
 // connection counts in ws_local_closed_connections or
 // ws_remote_closed_connections: every connection counts in exactly one.
-func (i Initiator) Local() bool {
-	return i != InitiatorPeer && i != InitiatorPeerLost
+func (i CloseCause) Local() bool {
+	return i != CausePeer && i != CausePeerLost
 }
 
 // Failed reports whether this initiator always means an abnormal end (a
 // Closed.Err that is not nil, counted in ws_failed_connections): anything but
 // a close handshake started by either side, a shutdown or a replacement —
 // which are abnormal too when the handshake does not complete.
-func (i Initiator) Failed() bool {
+func (i CloseCause) Failed() bool {
 	switch i {
-	case InitiatorPeer, InitiatorHost, InitiatorShutdown, InitiatorReplaced:
+	case CausePeer, CauseHost, CauseShutdown, CauseReplaced:
 		return false
 	}
 	return true

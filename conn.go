@@ -91,7 +91,7 @@ func (f *outFrame) own(s *Server) {
 
 // endCause records how a connection ends.
 type endCause struct {
-	by     Initiator
+	by     CloseCause
 	code   CloseCode
 	reason string
 	err    error
@@ -310,9 +310,9 @@ func (c *Conn) scheme() string {
 // closing, ErrMessageTooBig past Config.MaxMessageSize, and ErrSendQueueFull
 // when the peer does not read (the connection is then closed).
 func (c *Conn) Send(data []byte) error {
-	typ := Binary
+	typ := MessageBinary
 	if utf8.Valid(data) {
-		typ = Text
+		typ = MessageText
 	}
 	return c.send(typ, data)
 }
@@ -321,11 +321,11 @@ func (c *Conn) Send(data []byte) error {
 // must be valid UTF-8.
 func (c *Conn) SendMessage(typ MessageType, data []byte) error {
 	switch typ {
-	case Text:
+	case MessageText:
 		if !utf8.Valid(data) {
 			return fmt.Errorf("sipws: send on %d: text message is not valid UTF-8", c.id)
 		}
-	case Binary:
+	case MessageBinary:
 	default:
 		return fmt.Errorf("sipws: send on %d: unknown message type %d", c.id, typ)
 	}
@@ -397,7 +397,7 @@ func (c *Conn) Close(code CloseCode, reason string) error {
 	if err := checkClose(code, reason); err != nil {
 		return err
 	}
-	return c.startClose(InitiatorHost, code, reason, nil)
+	return c.startClose(CauseHost, code, reason, nil)
 }
 
 // pongReply queues the answer to a Ping (RFC 6455 §5.5.2): also while our
@@ -441,7 +441,7 @@ func (c *Conn) enqueue(f outFrame) error {
 		c.wmu.Unlock()
 		c.srv.putScratch(&f)
 		err := fmt.Errorf("%w: connection %d has %d bytes waiting, the bound is %d", ErrSendQueueFull, c.id, queued, c.srv.cfg.SendQueueSize)
-		c.abort(InitiatorSlowConsumer, ClosePolicyViolation, "send queue full", err)
+		c.abort(CauseSlowConsumer, ClosePolicyViolation, "send queue full", err)
 		return err
 	}
 	if c.raw != nil && !c.writing && len(c.queue) == 0 {
@@ -469,7 +469,7 @@ func (c *Conn) writeNow(f outFrame) {
 	c.sockMu.Unlock()
 	if err != nil {
 		c.srv.putScratch(&f)
-		c.abort(InitiatorWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
+		c.abort(CauseWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
 		c.wmu.Lock()
 		clear(c.queue)
 		c.queue, c.queued, c.writing = c.queue[:0], 0, false
@@ -538,7 +538,7 @@ func (c *Conn) writeLoop() {
 		c.spare = batch[:0]
 		c.wmu.Unlock()
 		if err != nil {
-			c.abort(InitiatorWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
+			c.abort(CauseWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
 			c.wmu.Lock()
 			clear(c.queue)
 			c.queue, c.queued, c.writing = c.queue[:0], 0, false
@@ -576,7 +576,7 @@ func (c *Conn) writeFrames(frames []outFrame) (int, error) {
 
 // recordEnd sets why the connection ends, unless that is already known.
 // c.wmu is held.
-func (c *Conn) recordEnd(by Initiator, code CloseCode, reason string, err error) {
+func (c *Conn) recordEnd(by CloseCause, code CloseCode, reason string, err error) {
 	if c.end.by == 0 {
 		c.end = endCause{by: by, code: code, reason: reason, err: err}
 	}
@@ -584,7 +584,7 @@ func (c *Conn) recordEnd(by Initiator, code CloseCode, reason string, err error)
 
 // startClose sends our close frame and gives the peer Config.CloseTimeout to
 // answer it.
-func (c *Conn) startClose(by Initiator, code CloseCode, reason string, err error) error {
+func (c *Conn) startClose(by CloseCause, code CloseCode, reason string, err error) error {
 	c.wmu.Lock()
 	if c.state != stateOpen {
 		c.wmu.Unlock()
@@ -610,7 +610,7 @@ func (c *Conn) armCloseDeadline() {
 // closed, which ends the read goroutine and any write in progress. When a
 // close handshake was under way, its cause stays and err tells why it did
 // not complete.
-func (c *Conn) abort(by Initiator, code CloseCode, reason string, err error) {
+func (c *Conn) abort(by CloseCause, code CloseCode, reason string, err error) {
 	c.wmu.Lock()
 	c.recordEnd(by, code, reason, err)
 	if c.end.err == nil {

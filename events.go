@@ -9,18 +9,18 @@ import (
 type MessageType uint8
 
 const (
-	// Text is a text message (opcode 0x1); its payload is valid UTF-8.
-	Text MessageType = 1
-	// Binary is a binary message (opcode 0x2).
-	Binary MessageType = 2
+	// MessageText is a text message (opcode 0x1); its payload is valid UTF-8.
+	MessageText MessageType = 1
+	// MessageBinary is a binary message (opcode 0x2).
+	MessageBinary MessageType = 2
 )
 
 // String returns "text" or "binary".
 func (t MessageType) String() string {
 	switch t {
-	case Text:
+	case MessageText:
 		return "text"
-	case Binary:
+	case MessageBinary:
 		return "binary"
 	}
 	return "unknown"
@@ -37,12 +37,12 @@ type Message struct {
 	Data []byte
 }
 
-// Closed describes a connection that has ended. Config.OnClosed receives
+// CloseEvent describes a connection that has ended. Config.OnClosed receives
 // exactly one per connection that completed its handshake — the counterpart of
 // Kamailio's event_route[websocket:closed] with $ws_conid, $si and $sp.
-type Closed struct {
-	// ConnID is the connection's ID ($ws_conid).
-	ConnID ConnID
+type CloseEvent struct {
+	// ID is the connection's ID ($ws_conid).
+	ID ConnID
 	// RemoteAddr is the client's address ($si:$sp).
 	RemoteAddr netip.AddrPort
 	// LocalAddr is the server's address the connection came in on.
@@ -58,8 +58,8 @@ type Closed struct {
 	// CloseAbnormal (1006) when no close frame was exchanged (TCP lost).
 	Code   CloseCode
 	Reason string
-	// Initiator says who or what ended the connection.
-	Initiator Initiator
+	// Cause says who or what ended the connection.
+	Cause CloseCause
 	// Err is the error behind an abnormal end (a read or write error, a
 	// *CloseError for a protocol violation, ErrSendQueueFull); nil for a
 	// clean close handshake.
@@ -104,5 +104,5 @@ type Observer interface {
 	RTT(d time.Duration)
 	// Closed is called once for each connection that ends, with its close
 	// code and initiator.
-	Closed(code CloseCode, by Initiator)
+	Closed(code CloseCode, by CloseCause)
 }

@@ -96,7 +96,7 @@ func ExampleServer_BindInstance() {
 		fmt.Printf("first connection got close %d %q\n", ce.Code, ce.Reason)
 	}
 	ev := edge.nextClosed()
-	fmt.Println("OnClosed:", ev.Initiator, ev.Code, ev.Reason)
+	fmt.Println("OnClosed:", ev.Cause, ev.Code, ev.Reason)
 	now, _ := edge.srv.Registry().ByInstance("sip:alice@example.com", "<urn:uuid:3e5b1e5c-8b9f-4f7a-9d4e-2c6f0a1b7d21>", 1)
 	fmt.Println("ByInstance finds the new connection:", now == conn2)
 	// Output:
@@ -157,7 +157,7 @@ func ExampleFlowURI() {
 	// the request to the node it names.)
 	route := func(m exrMsg) {
 		req := exrParse(m.data).(*sip.Request)
-		token, _ := sipws.TokenFromURI(req.Route().Value())
+		token, _ := sipws.FlowTokenFromURI(req.Route().Value())
 		conn, err := edge.srv.ResolveFlow(token)
 		if err == nil {
 			req.RemoveHeader("Route") // the edge's own Route (RFC 3261 §16.4)
@@ -173,7 +173,7 @@ func ExampleFlowURI() {
 
 	// alice closes the tab before she answers; bob retransmits the BYE.
 	_ = alice.Close()
-	fmt.Println("alice's connection ended:", edge.nextClosed().Initiator)
+	fmt.Println("alice's connection ended:", edge.nextClosed().Cause)
 	exrWrite(bob, bye)
 	route(edge.next())
 	fmt.Println("bob got", exrParse(exrRead(bob)).(*sip.Response).StartLine())
@@ -300,7 +300,7 @@ type exrEdge struct {
 	hs     *httptest.Server
 	opened chan *sipws.Conn
 	in     chan exrMsg
-	closed chan sipws.Closed
+	closed chan sipws.CloseEvent
 }
 
 // exrMsg is a message an exrEdge received, with its connection.
@@ -319,13 +319,13 @@ func exrStart() *exrEdge {
 	e := &exrEdge{
 		opened: make(chan *sipws.Conn, 8),
 		in:     make(chan exrMsg, 8),
-		closed: make(chan sipws.Closed, 8),
+		closed: make(chan sipws.CloseEvent, 8),
 	}
 	e.srv, err = sipws.New(sipws.Config{
 		FlowTokens: tokens,
 		OnOpen:     func(c *sipws.Conn) { e.opened <- c },
 		OnMessage:  func(c *sipws.Conn, m sipws.Message) { e.in <- exrMsg{c, m.Data} },
-		OnClosed: func(ev sipws.Closed) {
+		OnClosed: func(ev sipws.CloseEvent) {
 			select {
 			case e.closed <- ev:
 			default: // nobody waits for it
@@ -361,7 +361,7 @@ func (e *exrEdge) next() exrMsg {
 }
 
 // nextClosed returns the next connection that ended.
-func (e *exrEdge) nextClosed() sipws.Closed {
+func (e *exrEdge) nextClosed() sipws.CloseEvent {
 	select {
 	case ev := <-e.closed:
 		return ev
@@ -406,7 +406,7 @@ func exrParse[T string | []byte](data T) sip.Message {
 // exrMask writes "TOKEN" for the flow token in a URI: tokens change at every
 // run.
 func exrMask(uri string) string {
-	if tok, ok := sipws.TokenFromURI(uri); ok {
+	if tok, ok := sipws.FlowTokenFromURI(uri); ok {
 		return strings.Replace(uri, tok, "TOKEN", 1)
 	}
 	return uri

@@ -298,7 +298,7 @@ func writeHostPort(sb *strings.Builder, host string, port int) {
 	}
 }
 
-// TokenFromURI returns the user part of the SIP or SIPS URI in uri — where an
+// FlowTokenFromURI returns the user part of the SIP or SIPS URI in uri — where an
 // edge node finds its flow token again — and whether there was one. uri may
 // be a Request-URI ("sip:TOKEN@host;lr") or a Route header value: a
 // name-addr with or without display name ("Edge" <sip:TOKEN@host;lr>), an
@@ -307,7 +307,7 @@ func writeHostPort(sb *strings.Builder, host string, port int) {
 // 3261 does not allow there (other than escaped) is no user part. The
 // extraction is syntactic: Server.ResolveFlow says whether the result is a
 // token.
-func TokenFromURI(uri string) (string, bool) {
+func FlowTokenFromURI(uri string) (string, bool) {
 	addr, ok := firstAddr(uri)
 	if !ok {
 		return "", false

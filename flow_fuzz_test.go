@@ -123,7 +123,7 @@ func FuzzTokenFromURI(f *testing.F) {
 		f.Add(s, tok, "kjhd37s2s20w2a")
 	}
 	f.Fuzz(func(t *testing.T, uri, token, session string) {
-		if user, ok := TokenFromURI(uri); ok {
+		if user, ok := FlowTokenFromURI(uri); ok {
 			if user == "" || !strings.Contains(uri, user) || strings.ContainsAny(user, "@<") {
 				t.Fatalf("TokenFromURI(%q) = %q", uri, user)
 			}
@@ -146,7 +146,7 @@ func FuzzTokenFromURI(f *testing.F) {
 				"<" + FlowURI(token, "2001:db8::1", 0, false) + ">, <sip:core;lr>",
 				`"Edge, \"one\"" <` + FlowURI(token, "192.0.2.1", 8443, true) + ">",
 			} {
-				if got, ok := TokenFromURI(route); !ok || got != token {
+				if got, ok := FlowTokenFromURI(route); !ok || got != token {
 					t.Fatalf("TokenFromURI(%q) = %q, %v; want %q", route, got, ok, token)
 				}
 			}

@@ -34,7 +34,7 @@ func TestResolveFlow(t *testing.T) {
 
 	tok := fcToken(t, conn)
 	uri := sipws.FlowURI(tok, "edge1.example.com", 443, true)
-	got, ok := sipws.TokenFromURI("<" + uri + ">")
+	got, ok := sipws.FlowTokenFromURI("<" + uri + ">")
 	require.True(t, ok)
 	require.Equal(t, tok, got)
 	back, err := ts.ResolveFlow(got)

@@ -72,7 +72,7 @@ func dataFrame(t MessageType, p []byte) []byte {
 // appendDataFrame appends a complete, unfragmented data frame to b.
 func appendDataFrame(b []byte, t MessageType, p []byte) []byte {
 	op := opBinary
-	if t == Text {
+	if t == MessageText {
 		op = opText
 	}
 	return append(appendHeader(b, op, len(p)), p...)
@@ -141,7 +141,7 @@ func (c *Conn) recoverHook(err *error) {
 	}
 	c.srv.log.Error("panic in a hook", "conn", c.id, "remote", c.remote, "panic", p, "stack", string(debug.Stack()))
 	perr := fmt.Errorf("sipws: panic in a hook: %v", p)
-	c.finalFrame(endCause{by: InitiatorHost, code: CloseInternalError, reason: "Internal error", err: perr},
+	c.finalFrame(endCause{by: CauseHost, code: CloseInternalError, reason: "Internal error", err: perr},
 		closeFrame(CloseInternalError, "Internal error"))
 	*err = errFailed
 }
@@ -149,12 +149,12 @@ func (c *Conn) recoverHook(err *error) {
 // fail fails the connection for a protocol violation (RFC 6455 §7.1.7): our
 // close frame with code and reason, then the end.
 func (c *Conn) fail(code CloseCode, reason string) error {
-	return c.failBy(InitiatorProtocolError, code, reason)
+	return c.failBy(CauseProtocolError, code, reason)
 }
 
 // failBy fails the connection for what the peer sent, as by says: our close
 // frame with code and reason, then the end.
-func (c *Conn) failBy(by Initiator, code CloseCode, reason string) error {
+func (c *Conn) failBy(by CloseCause, code CloseCode, reason string) error {
 	c.srv.log.Info("failing the connection", "conn", c.id, "remote", c.remote, "code", code, "reason", reason, "by", by)
 	c.finalFrame(endCause{by: by, code: code, reason: reason, err: &CloseError{Code: code, Reason: reason}},
 		closeFrame(code, reason))
@@ -346,9 +346,9 @@ func (c *Conn) readFrame(st *readState) error {
 		case h.OpCode != opContinuation && st.fragmented:
 			return c.fail(CloseProtocolError, "new data frame inside a fragmented message")
 		case h.OpCode != opContinuation:
-			st.typ, st.msg, st.checked = Binary, nil, 0
+			st.typ, st.msg, st.checked = MessageBinary, nil, 0
 			if h.OpCode == opText {
-				st.typ = Text
+				st.typ = MessageText
 			}
 			if !h.Fin {
 				// A message in fragments: MessageTimeout from now on.
@@ -369,7 +369,7 @@ func (c *Conn) readFrame(st *readState) error {
 			return c.readError(err, st)
 		}
 		c.srv.stats.countRx(c.sp, true)
-		if st.typ == Text {
+		if st.typ == MessageText {
 			n, ok := validUTF8Prefix(st.msg[st.checked:], h.Fin)
 			if !ok {
 				return c.fail(CloseInvalidPayload, "invalid UTF-8 in a text message")
@@ -496,12 +496,12 @@ func (c *Conn) readError(err error, st *readState) error {
 	switch {
 	case c.doomed.Load():
 		c.dropMessage(st)
-		return c.failBy(InitiatorPartialBytes, CloseMessageTooBig, partialBytesReason)
+		return c.failBy(CausePartialBytes, CloseMessageTooBig, partialBytesReason)
 	case !isTimeout(err) || c.closeDL.Load() != 0:
 		return err
 	case st.fragmented && (st.byMessage || st.armed):
 		c.dropMessage(st)
-		return c.failBy(InitiatorMessageTimeout, ClosePolicyViolation, "message not finished in time")
+		return c.failBy(CauseMessageTimeout, ClosePolicyViolation, "message not finished in time")
 	}
 	return c.fail(ClosePolicyViolation, "frame not finished in time")
 }
@@ -566,7 +566,7 @@ func (c *Conn) readPayload(st *readState, n int, fin bool, mask [4]byte) error {
 			st.msg = msg
 			return err
 		}
-		if st.typ == Text && len(msg) < end {
+		if st.typ == MessageText && len(msg) < end {
 			v, ok := validUTF8Prefix(msg[st.checked:], false)
 			if !ok {
 				st.msg = msg
@@ -661,7 +661,7 @@ func (c *Conn) peerClose(p []byte) error {
 	if echo == CloseNoStatus {
 		echo = CloseNormal
 	}
-	c.finalFrame(endCause{by: InitiatorPeer, code: code, reason: reason}, closeFrame(echo, ""))
+	c.finalFrame(endCause{by: CausePeer, code: code, reason: reason}, closeFrame(echo, ""))
 	return errPeerClose
 }
 
@@ -722,7 +722,7 @@ func (c *Conn) finish(readErr error) {
 	c.wmu.Lock()
 	switch {
 	case c.end.by == 0:
-		c.end = endCause{by: InitiatorPeerLost, code: CloseAbnormal, err: readErr}
+		c.end = endCause{by: CausePeerLost, code: CloseAbnormal, err: readErr}
 	case !graceful && c.end.err == nil && c.state == stateClosing:
 		c.end.err = fmt.Errorf("sipws: no close reply from the peer: %w", readErr)
 	}
@@ -769,8 +769,8 @@ func (c *Conn) finish(readErr error) {
 				c.srv.log.Error("panic in OnClosed", "conn", c.id, "remote", c.remote, "panic", p, "stack", string(debug.Stack()))
 			}
 		}()
-		h(Closed{
-			ConnID:      c.id,
+		h(CloseEvent{
+			ID:      c.id,
 			RemoteAddr:  c.remote,
 			LocalAddr:   c.local,
 			Subprotocol: c.sp,
@@ -778,7 +778,7 @@ func (c *Conn) finish(readErr error) {
 			Identity:    c.identity,
 			Code:        end.code,
 			Reason:      end.reason,
-			Initiator:   end.by,
+			Cause:   end.by,
 			Err:         end.err,
 			Opened:      c.opened,
 			Ended:       ended,

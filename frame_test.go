@@ -155,7 +155,7 @@ func frExpectFail(t *testing.T, ts *testServer, c *rawClient, code uint16) {
 	_, reason := f.closeCode()
 	assert.True(t, utf8.ValidString(reason), "close reason %q", reason)
 	ev := frEnded(t, ts, c)
-	assert.Equal(t, sipws.InitiatorProtocolError, ev.Initiator)
+	assert.Equal(t, sipws.CauseProtocolError, ev.Cause)
 	assert.Equal(t, sipws.CloseCode(code), ev.Code)
 	assert.Equal(t, sipws.CloseCode(code), sipws.CloseStatus(ev.Err), "Closed.Err %v", ev.Err)
 	assert.Zero(t, len(ts.Msgs), "no message may be delivered")
@@ -164,7 +164,7 @@ func frExpectFail(t *testing.T, ts *testServer, c *rawClient, code uint16) {
 // frEnded waits for OnClosed, then closes the client socket and shuts the
 // server down — Shutdown returns only once every connection goroutine and its
 // hooks have returned — and checks that OnClosed fired exactly once.
-func frEnded(t *testing.T, ts *testServer, c *rawClient) sipws.Closed {
+func frEnded(t *testing.T, ts *testServer, c *rawClient) sipws.CloseEvent {
 	t.Helper()
 	ev := ts.nextClosed(t)
 	_ = c.conn.Close()
@@ -178,14 +178,14 @@ func frEnded(t *testing.T, ts *testServer, c *rawClient) sipws.Closed {
 // ---------------------------------------------------------------- data frames
 
 func TestFrameDataDeliveredByteExact(t *testing.T) {
-	for _, typ := range []sipws.MessageType{sipws.Text, sipws.Binary} {
+	for _, typ := range []sipws.MessageType{sipws.MessageText, sipws.MessageBinary} {
 		for _, n := range []int{0, 1, 125, 126, 127, 128, 65535, 65536, 70000} {
 			t.Run(fmt.Sprintf("%s/%d", typ, n), func(t *testing.T) {
 				t.Parallel()
 				ts := startServer(t, sipws.Config{MaxMessageSize: 1 << 20})
 				c, conn := frDial(t, ts)
 				op, p := frOpText, frText(n, n)
-				if typ == sipws.Binary {
+				if typ == sipws.MessageBinary {
 					op, p = frOpBinary, frBin(n, n)
 				}
 				c.writeFrame(true, 0, op, p, true)
@@ -220,9 +220,9 @@ func TestFrameDribbled(t *testing.T) {
 			t.Parallel()
 			ts := startServer(t, sipws.Config{MaxMessageSize: 1 << 20})
 			c, _ := frDial(t, ts)
-			p, typ := frText(tc.n, 3), sipws.Text
+			p, typ := frText(tc.n, 3), sipws.MessageText
 			if tc.op == frOpBinary {
-				p, typ = frBin(tc.n, 3), sipws.Binary
+				p, typ = frBin(tc.n, 3), sipws.MessageBinary
 			}
 			b := frMasked(true, tc.op, p)
 			for len(b) > 0 {
@@ -281,7 +281,7 @@ func TestFrameNonMinimalLengthRefused(t *testing.T) {
 			_, reason := f.closeCode()
 			assert.Equal(t, "non-minimal payload length", reason)
 			ev := frEnded(t, ts, c)
-			assert.Equal(t, sipws.InitiatorProtocolError, ev.Initiator)
+			assert.Equal(t, sipws.CauseProtocolError, ev.Cause)
 			assert.Equal(t, sipws.CloseProtocolError, ev.Code)
 			assert.Zero(t, len(ts.Msgs), "no message may be delivered")
 		})
@@ -302,7 +302,7 @@ func TestFrameNonMinimalLengthRefused(t *testing.T) {
 			p := frBin(tc.n, tc.n)
 			c.writeRaw(frEncodeForm(true, frOpBinary, p, tc.form))
 			m := ts.nextMsg(t)
-			assert.Equal(t, sipws.Binary, m.Msg.Type)
+			assert.Equal(t, sipws.MessageBinary, m.Msg.Type)
 			frEqualBytes(t, p, m.Msg.Data, "payload")
 		})
 	}
@@ -314,13 +314,13 @@ func TestFrameEmptyTextDelivered(t *testing.T) {
 
 	c.writeFrame(true, 0, frOpText, nil, true)
 	m := ts.nextMsg(t)
-	assert.Equal(t, sipws.Text, m.Msg.Type)
+	assert.Equal(t, sipws.MessageText, m.Msg.Type)
 	assert.Empty(t, m.Msg.Data)
 
 	// An empty message in two empty fragments is one empty message.
 	c.writeRaw(append(frMasked(false, frOpText, nil), frMasked(true, frOpCont, nil)...))
 	m = ts.nextMsg(t)
-	assert.Equal(t, sipws.Text, m.Msg.Type)
+	assert.Equal(t, sipws.MessageText, m.Msg.Type)
 	assert.Empty(t, m.Msg.Data)
 
 	// The connection is still open and the next message is the next one.
@@ -344,10 +344,10 @@ func TestFramePipelinedAfterHandshake(t *testing.T) {
 	require.Equal(t, 101, resp.StatusCode)
 	ts.nextOpened(t)
 	m := ts.nextMsg(t)
-	assert.Equal(t, sipws.Text, m.Msg.Type)
+	assert.Equal(t, sipws.MessageText, m.Msg.Type)
 	assert.Equal(t, "first", string(m.Msg.Data))
 	m = ts.nextMsg(t)
-	assert.Equal(t, sipws.Binary, m.Msg.Type)
+	assert.Equal(t, sipws.MessageBinary, m.Msg.Type)
 	assert.Equal(t, "second", string(m.Msg.Data))
 	f := c.mustReadFrame()
 	require.Equal(t, frOpPong, f.Op)
@@ -386,9 +386,9 @@ func TestFrameFragmentsReassembled(t *testing.T) {
 			c.sendText("marker")
 			m := ts.nextMsg(t)
 			assert.Equal(t, strings.Join(tc.parts, ""), string(m.Msg.Data))
-			want := sipws.Text
+			want := sipws.MessageText
 			if tc.op == frOpBinary {
-				want = sipws.Binary
+				want = sipws.MessageBinary
 			}
 			assert.Equal(t, want, m.Msg.Type)
 			// Delivered once: the next message is the marker.
@@ -423,7 +423,7 @@ func TestFramePingBetweenFragments(t *testing.T) {
 			assert.Equal(t, "late", string(f.Payload))
 
 			m := ts.nextMsg(t)
-			assert.Equal(t, sipws.Text, m.Msg.Type)
+			assert.Equal(t, sipws.MessageText, m.Msg.Type)
 			assert.Equal(t, "OPTIONS sip:a@b SIP/2.0\r\n\r\n", string(m.Msg.Data))
 			assert.Equal(t, "marker", string(ts.nextMsg(t).Msg.Data), "the message must be delivered once")
 		})
@@ -525,7 +525,7 @@ func TestFrameControlFramesWithSmallReadBuffer(t *testing.T) {
 			c.sendClose(4001, reason)
 			frServerFrame(t, c.expectClose(4001, time.Second))
 			ev := frEnded(t, ts, c)
-			assert.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+			assert.Equal(t, sipws.CausePeer, ev.Cause)
 			assert.Equal(t, reason, ev.Reason)
 		})
 	}
@@ -721,7 +721,7 @@ func TestFrameUTF8SplitAcrossFragmentsDelivered(t *testing.T) {
 	want = append(want, s)
 	for i, w := range want {
 		m := ts.nextMsg(t)
-		require.Equal(t, sipws.Text, m.Msg.Type, "message %d", i)
+		require.Equal(t, sipws.MessageText, m.Msg.Type, "message %d", i)
 		require.Equal(t, w, string(m.Msg.Data), "message %d", i)
 	}
 	assert.Zero(t, len(ts.Closed))
@@ -856,10 +856,10 @@ func TestFrameBinaryNeverUTF8Checked(t *testing.T) {
 	c.writeFrame(false, 0, frOpCont, []byte("\xc0"), true)
 	c.writeFrame(true, 0, frOpCont, []byte("\xed\xa0\x80\xe2\x82"), true)
 	m := ts.nextMsg(t)
-	assert.Equal(t, sipws.Binary, m.Msg.Type)
+	assert.Equal(t, sipws.MessageBinary, m.Msg.Type)
 	assert.Equal(t, []byte("\xff\xfe\xfd"), m.Msg.Data)
 	m = ts.nextMsg(t)
-	assert.Equal(t, sipws.Binary, m.Msg.Type)
+	assert.Equal(t, sipws.MessageBinary, m.Msg.Type)
 	assert.Equal(t, []byte("ok\xf5\xc0\xed\xa0\x80\xe2\x82"), m.Msg.Data)
 	assert.Zero(t, len(ts.Closed))
 }
@@ -924,7 +924,7 @@ func TestFrameSizeLimitWholeFrameSent(t *testing.T) {
 	assert.Equal(t, uint16(1009), code)
 	c.expectEOF(3 * time.Second)
 	ev := ts.nextClosed(t)
-	assert.Equal(t, sipws.InitiatorProtocolError, ev.Initiator)
+	assert.Equal(t, sipws.CauseProtocolError, ev.Cause)
 	assert.Equal(t, sipws.CloseMessageTooBig, ev.Code)
 	assert.Zero(t, len(ts.Msgs))
 }
@@ -958,7 +958,7 @@ func TestFrameHugeDeclaredLengthFailsAtOnce(t *testing.T) {
 	assert.Less(t, elapsed, time.Second, "the close frame must come at once")
 	c.expectEOF(time.Second)
 	ev := frEnded(t, ts, c)
-	assert.Equal(t, sipws.InitiatorProtocolError, ev.Initiator)
+	assert.Equal(t, sipws.CauseProtocolError, ev.Cause)
 	assert.Equal(t, sipws.CloseMessageTooBig, ev.Code)
 
 	allocated := after.TotalAlloc - before.TotalAlloc
@@ -1040,7 +1040,7 @@ func TestFrameClientCloseEchoed(t *testing.T) {
 	f := c.expectClose(1000, time.Second)
 	frServerFrame(t, f)
 	ev := frEnded(t, ts, c)
-	assert.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+	assert.Equal(t, sipws.CausePeer, ev.Cause)
 	assert.Equal(t, sipws.CloseNormal, ev.Code)
 	assert.Equal(t, "bye", ev.Reason)
 	assert.NoError(t, ev.Err)
@@ -1053,7 +1053,7 @@ func TestFrameClientCloseEmptyPayload(t *testing.T) {
 	c.writeFrame(true, 0, frOpClose, nil, true)
 	frServerFrame(t, c.expectClose(1000, time.Second))
 	ev := frEnded(t, ts, c)
-	assert.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+	assert.Equal(t, sipws.CausePeer, ev.Cause)
 	assert.Equal(t, sipws.CloseNoStatus, ev.Code, "no code received is 1005 (RFC 6455 §7.1.5)")
 	assert.Empty(t, ev.Reason)
 }
@@ -1068,7 +1068,7 @@ func TestFrameClientCloseCodesEchoed(t *testing.T) {
 			c.sendClose(code, reason)
 			frServerFrame(t, c.expectClose(code, time.Second))
 			ev := frEnded(t, ts, c)
-			assert.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+			assert.Equal(t, sipws.CausePeer, ev.Cause)
 			assert.Equal(t, sipws.CloseCode(code), ev.Code)
 			assert.Equal(t, reason, ev.Reason)
 		})
@@ -1081,7 +1081,7 @@ func TestFrameClientCloseCodesEchoed(t *testing.T) {
 		c.sendClose(4000, reason)
 		frServerFrame(t, c.expectClose(4000, time.Second))
 		ev := frEnded(t, ts, c)
-		assert.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+		assert.Equal(t, sipws.CausePeer, ev.Cause)
 		assert.Equal(t, reason, ev.Reason)
 	})
 }
@@ -1143,7 +1143,7 @@ func TestFrameDataAfterCloseNotDelivered(t *testing.T) {
 			c.writeRaw(bytes.Join(tc.frames, nil))
 			frServerFrame(t, c.expectClose(1000, time.Second))
 			ev := frEnded(t, ts, c)
-			assert.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+			assert.Equal(t, sipws.CausePeer, ev.Cause)
 			// OnMessage runs on the goroutine that ran OnClosed, so every
 			// delivery is already in the channel.
 			var got []string
@@ -1177,7 +1177,7 @@ func TestFrameServerClose(t *testing.T) {
 		c.sendClose(4000, "")
 		c.expectEOF(time.Second) // at once, far before CloseTimeout
 		ev := frEnded(t, ts, c)
-		assert.Equal(t, sipws.InitiatorHost, ev.Initiator)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
 		assert.Equal(t, sipws.CloseCode(4000), ev.Code)
 		assert.Equal(t, "because", ev.Reason)
 		assert.NoError(t, ev.Err, "a completed close handshake")
@@ -1194,7 +1194,7 @@ func TestFrameServerClose(t *testing.T) {
 		elapsed := time.Since(start)
 		assert.GreaterOrEqual(t, elapsed, 250*time.Millisecond, "TCP closed before CloseTimeout")
 		ev := frEnded(t, ts, c)
-		assert.Equal(t, sipws.InitiatorHost, ev.Initiator)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
 		assert.Equal(t, sipws.CloseCode(4000), ev.Code)
 		assert.Equal(t, "because", ev.Reason)
 		assert.Error(t, ev.Err, "the close handshake did not complete")
@@ -1215,7 +1215,7 @@ func TestFrameServerClose(t *testing.T) {
 		c.sendClose(4000, "")
 		c.expectEOF(time.Second)
 		ev := frEnded(t, ts, c)
-		assert.Equal(t, sipws.InitiatorHost, ev.Initiator)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
 		assert.Zero(t, len(ts.Msgs), "a message sent after the server's close was delivered")
 	})
 	t.Run("default code and reason", func(t *testing.T) {
@@ -1313,12 +1313,12 @@ func TestFrameServerSendPicksType(t *testing.T) {
 		frEqualBytes(t, tc.data, f.Payload, fmt.Sprintf("frame %d", i))
 	}
 	// SendMessage keeps the type it is given, and refuses text that is not UTF-8.
-	require.NoError(t, conn.SendMessage(sipws.Binary, []byte("plain ascii")))
+	require.NoError(t, conn.SendMessage(sipws.MessageBinary, []byte("plain ascii")))
 	f := c.mustReadFrame()
 	frServerFrame(t, f)
 	assert.Equal(t, frOpBinary, f.Op)
 	assert.Equal(t, "plain ascii", string(f.Payload))
-	assert.Error(t, conn.SendMessage(sipws.Text, []byte{0xff}))
+	assert.Error(t, conn.SendMessage(sipws.MessageText, []byte{0xff}))
 }
 
 // Sends from many goroutines at once go out as whole frames, each
@@ -1557,9 +1557,9 @@ func TestFrameOrderedExactlyOnceWithEcho(t *testing.T) {
 	for seq, m := range msgs {
 		op, p, _ := frSeqMessage(seq)
 		require.Equal(t, conn.ID(), m.Conn.ID())
-		want := sipws.Text
+		want := sipws.MessageText
 		if op == frOpBinary {
-			want = sipws.Binary
+			want = sipws.MessageBinary
 		}
 		require.Equal(t, want, m.Msg.Type, "message %d", seq)
 		frEqualBytes(t, p, m.Msg.Data, fmt.Sprintf("message %d", seq))

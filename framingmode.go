@@ -35,10 +35,10 @@ func (m FramingMode) String() string {
 func (c *Conn) invalid(m Message, err error) {
 	c.srv.stats.invalid.Add(1)
 	c.srv.log.Info("invalid message", "conn", c.id, "remote", c.remote, "subprotocol", c.sp, "size", len(m.Data), "err", err)
-	if h := c.srv.cfg.OnInvalid; h != nil {
+	if h := c.srv.cfg.OnInvalidMessage; h != nil {
 		h(c, m, err)
 	}
 	if c.srv.cfg.Framing == FramingClose {
-		_ = c.startClose(InitiatorProtocolError, CloseInvalidPayload, "invalid "+c.sp.Token()+" message", err)
+		_ = c.startClose(CauseProtocolError, CloseInvalidPayload, "invalid "+c.sp.Token()+" message", err)
 	}
 }

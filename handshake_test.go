@@ -263,7 +263,7 @@ func hsRoundTrip(t *testing.T, ts *testServer, c *rawClient, conn *sipws.Conn, m
 	c.sendText(msg)
 	m := ts.nextMsg(t)
 	assert.Same(t, conn, m.Conn, "delivered on another connection")
-	assert.Equal(t, sipws.Text, m.Msg.Type)
+	assert.Equal(t, sipws.MessageText, m.Msg.Type)
 	assert.Equal(t, msg, string(m.Msg.Data))
 	f := c.mustReadFrame()
 	assert.Equal(t, byte(0x1), f.Op, "echo opcode")
@@ -801,7 +801,7 @@ func TestHandshakeTLS(t *testing.T) {
 	first.c.sendClose(1000, "bye")
 	first.c.expectClose(1000, ioTimeout)
 	ev := ts.nextClosed(t)
-	assert.Equal(t, conn.ID(), ev.ConnID)
+	assert.Equal(t, conn.ID(), ev.ID)
 	assert.True(t, ev.Secure, "Closed.Secure")
 }
 
@@ -1073,7 +1073,7 @@ func TestHandshakeAfterShutdown(t *testing.T) {
 func TestHandshakeNoSubprotocol(t *testing.T) {
 	for _, sp := range []sipws.Subprotocol{sipws.SIP, sipws.MSRP} {
 		t.Run(sp.String(), func(t *testing.T) {
-			ts := startServer(t, sipws.Config{NoSubprotocol: sp, OnMessage: hsEcho})
+			ts := startServer(t, sipws.Config{ImplicitSubprotocol: sp, OnMessage: hsEcho})
 
 			for _, offer := range []string{"", " , "} {
 				req := newHSRequest(ts.Addr, "sip").del("Sec-WebSocket-Protocol")
@@ -1117,10 +1117,10 @@ func TestHandshakeNoSubprotocol(t *testing.T) {
 // enabled sub-protocol.
 func TestNoSubprotocolConfigErrors(t *testing.T) {
 	for _, cfg := range []sipws.Config{
-		{NoSubprotocol: sipws.SIP | sipws.MSRP},
-		{NoSubprotocol: 4},
-		{Subprotocols: sipws.SIP, NoSubprotocol: sipws.MSRP},
-		{Subprotocols: sipws.MSRP, NoSubprotocol: sipws.SIP},
+		{ImplicitSubprotocol: sipws.SIP | sipws.MSRP},
+		{ImplicitSubprotocol: 4},
+		{Subprotocols: sipws.SIP, ImplicitSubprotocol: sipws.MSRP},
+		{Subprotocols: sipws.MSRP, ImplicitSubprotocol: sipws.SIP},
 	} {
 		_, err := sipws.New(cfg)
 		var ce *sipws.ConfigError
@@ -1129,8 +1129,8 @@ func TestNoSubprotocolConfigErrors(t *testing.T) {
 		}
 	}
 	for _, cfg := range []sipws.Config{
-		{NoSubprotocol: sipws.SIP},
-		{Subprotocols: sipws.MSRP, NoSubprotocol: sipws.MSRP},
+		{ImplicitSubprotocol: sipws.SIP},
+		{Subprotocols: sipws.MSRP, ImplicitSubprotocol: sipws.MSRP},
 	} {
 		s, err := sipws.New(cfg)
 		require.NoError(t, err, "%+v", cfg)

@@ -345,5 +345,5 @@ func (w *kaWorker) pass(now int64) passStats {
 // (1001 "keepalive timeout"), then the socket after Config.CloseTimeout at
 // most — a dead peer does not answer.
 func (ka *keepalive) closeDead(c *Conn, err error) {
-	_ = c.startClose(InitiatorKeepalive, CloseGoingAway, "keepalive timeout", err) // ErrClosed: already closing
+	_ = c.startClose(CauseKeepaliveTimeout, CloseGoingAway, "keepalive timeout", err) // ErrClosed: already closing
 }

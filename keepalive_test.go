@@ -195,10 +195,10 @@ func TestKeepaliveSilentPeerClosed(t *testing.T) {
 
 	// The client stays silent (a dead peer): the server drops TCP anyway.
 	ev := ts.nextClosed(t)
-	assert.Equal(t, sipws.InitiatorKeepalive, ev.Initiator)
+	assert.Equal(t, sipws.CauseKeepaliveTimeout, ev.Cause)
 	assert.Equal(t, sipws.CloseGoingAway, ev.Code)
 	assert.Error(t, ev.Err)
-	assert.Equal(t, conn.ID(), ev.ConnID)
+	assert.Equal(t, conn.ID(), ev.ID)
 	c.expectEOF(2 * time.Second)
 	// And on the server's side the socket is really gone: no socket of the
 	// server's port paired with the client's port is still established.
@@ -258,7 +258,7 @@ func TestKeepaliveIdleTimeout(t *testing.T) {
 			assert.Equal(t, 1, ts.Registry().Len())
 			clk.step(t, time.Second, time.Second)
 			ev := ts.nextClosed(t)
-			assert.Equal(t, sipws.InitiatorKeepalive, ev.Initiator)
+			assert.Equal(t, sipws.CauseKeepaliveTimeout, ev.Cause)
 			for {
 				f := c.mustReadFrame()
 				if f.Op == 0x8 {

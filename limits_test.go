@@ -101,7 +101,7 @@ func TestCapsHeldUntilSocketClosed(t *testing.T) {
 		c.sendClose(1000, "")
 		c.expectClose(1000, ioTimeout)
 		ev := ts.nextClosed(t)
-		require.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+		require.Equal(t, sipws.CausePeer, ev.Cause)
 		lingering[i] = c
 	}
 	require.Zero(t, ts.Registry().Len())

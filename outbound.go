@@ -299,7 +299,7 @@ func (s *Server) BindInstance(c *Conn, aor, instance string, regID int) (replace
 	r.routeMu.Unlock()
 	if replaced != nil {
 		s.log.Info("flow replaced", "conn", replaced.id, "remote", replaced.remote, "by", c.id, "aor", key.aor, "instance", key.instance, "reg_id", regID)
-		_ = replaced.startClose(InitiatorReplaced, CloseNormal, ReplacedReason, nil)
+		_ = replaced.startClose(CauseReplaced, CloseNormal, ReplacedReason, nil)
 	}
 	return replaced, nil
 }

@@ -110,9 +110,9 @@ func TestBindInstanceReplacesOldFlow(t *testing.T) {
 	old.sendClose(code, "")
 	old.expectEOF(time.Second)
 	ev := ts.nextClosed(t)
-	assert.Equal(t, co.ID(), ev.ConnID)
-	assert.Equal(t, sipws.InitiatorReplaced, ev.Initiator)
-	assert.False(t, ev.Initiator.Failed())
+	assert.Equal(t, co.ID(), ev.ID)
+	assert.Equal(t, sipws.CauseReplaced, ev.Cause)
+	assert.False(t, ev.Cause.Failed())
 	obStillOpen(t, c2, other)
 
 	got, ok = ts.Registry().ByInstance(obAlice, obInst, 1)

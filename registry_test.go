@@ -166,7 +166,7 @@ func TestRegistryGetAndLen(t *testing.T) {
 
 	require.NoError(t, cs[1].conn.Close())
 	ev := ts.nextClosed(t)
-	require.Equal(t, conns[1].ID(), ev.ConnID)
+	require.Equal(t, conns[1].ID(), ev.ID)
 	assert.Equal(t, 2, reg.Len())
 	_, ok = reg.Get(conns[1].ID())
 	assert.False(t, ok)
@@ -506,7 +506,7 @@ func TestRegistryUnknownIDs(t *testing.T) {
 	c, conn := clOpen(t, ts, "sip")
 	gone := conn.ID()
 	require.NoError(t, c.conn.Close())
-	require.Equal(t, gone, ts.nextClosed(t).ConnID)
+	require.Equal(t, gone, ts.nextClosed(t).ID)
 	_, live := clOpen(t, ts, "sip")
 
 	for _, id := range []sipws.ConnID{0, gone, live.ID() + 1, 1 << 40} {
@@ -552,7 +552,7 @@ func TestRegistryIDsNeverReused(t *testing.T) {
 			c.expectEOF(ioTimeout)
 		}
 		ev := ts.nextClosed(t)
-		require.Equal(t, id, ev.ConnID)
+		require.Equal(t, id, ev.ID)
 		_, ok := reg.Get(id)
 		require.False(t, ok)
 	}
@@ -662,7 +662,7 @@ func TestRegistryByRemoteAddrShared(t *testing.T) {
 		t.Helper()
 		clients[i].sendClose(1000, "")
 		clients[i].expectClose(1000, time.Second)
-		assert.Equal(t, conns[i].ID(), ts.nextClosed(t).ConnID)
+		assert.Equal(t, conns[i].ID(), ts.nextClosed(t).ID)
 	}
 	assert.Equal(t, conns[3].ID(), lookup(), "the most recent")
 	end(1) // one in the middle

@@ -547,10 +547,10 @@ func TestRPCClose(t *testing.T) {
 
 	c.sendClose(4000, "Because I say so")
 	ev := env.nextClosed(t)
-	assert.Equal(t, conn.ID(), ev.ConnID)
+	assert.Equal(t, conn.ID(), ev.ID)
 	assert.Equal(t, sipws.CloseCode(4000), ev.Code)
 	assert.Equal(t, "Because I say so", ev.Reason)
-	assert.Equal(t, sipws.InitiatorHost, ev.Initiator)
+	assert.Equal(t, sipws.CauseHost, ev.Cause)
 	c.expectEOF(ioTimeout)
 	assert.Empty(t, rpcDumpCall(t, env.URL, nil).Connections)
 	rpcExpectErr(t, env.URL, "ws.close", []any{id}, 500, "Unknown connection ID")
@@ -577,9 +577,9 @@ func TestRPCClose(t *testing.T) {
 		assert.Equal(t, tc.reason, reason)
 		c.sendClose(code, reason)
 		ev := env.nextClosed(t)
-		assert.Equal(t, conn.ID(), ev.ConnID)
+		assert.Equal(t, conn.ID(), ev.ID)
 		assert.Equal(t, sipws.CloseCode(tc.code), ev.Code)
-		assert.Equal(t, sipws.InitiatorHost, ev.Initiator)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
 	}
 
 	// Invalid codes and reasons send nothing: the next frame is a ping.

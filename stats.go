@@ -133,7 +133,7 @@ func (c *counters) opened(sp Subprotocol) {
 }
 
 // closed counts the end of a connection.
-func (c *counters) closed(sp Subprotocol, by Initiator, failed bool) {
+func (c *counters) closed(sp Subprotocol, by CloseCause, failed bool) {
 	s := &c.sp[sp.index()]
 	if failed {
 		s.failed.Add(1)

@@ -53,13 +53,13 @@ type Config struct {
 	// Subprotocols is the set of enabled sub-protocols (sub_protocols).
 	// 0 means SIP|MSRP.
 	Subprotocols Subprotocol
-	// NoSubprotocol is how a client that offers no Sec-WebSocket-Protocol
+	// ImplicitSubprotocol is how a client that offers no Sec-WebSocket-Protocol
 	// at all is served: 0 (the default, as Kamailio) refuses it with 400,
 	// since SIP and MSRP clients always offer one (RFC 7118 §4.1, RFC 7977
 	// §4); SIP or MSRP, an enabled one, serves it as that sub-protocol, with
 	// no Sec-WebSocket-Protocol in the 101 (RFC 6455 §4.2.2). It is for
 	// generic WebSocket tools, such as conformance suites, that offer none.
-	NoSubprotocol Subprotocol
+	ImplicitSubprotocol Subprotocol
 	// CORS is the cross-origin mode of the 101 response (cors_mode).
 	CORS CORSMode
 
@@ -168,11 +168,11 @@ type Config struct {
 	// (RFC 7118 §5, RFC 7977; see CheckMessage). FramingOff, the default,
 	// delivers the bytes as they are.
 	Framing FramingMode
-	// OnInvalid, when set, receives each message that fails the framing
+	// OnInvalidMessage, when set, receives each message that fails the framing
 	// check under FramingReport, with the reason, on the connection's
 	// goroutine; the message is not given to OnMessage. Every such message
 	// is also counted (Stats.InvalidMessages) and logged.
-	OnInvalid func(c *Conn, m Message, err error)
+	OnInvalidMessage func(c *Conn, m Message, err error)
 
 	// Keepalive is the keepalive mechanism (keepalive_mechanism); the zero
 	// value is KeepalivePing, Kamailio's default.
@@ -254,7 +254,7 @@ type Config struct {
 	// most Config.CloseTimeout later). It holds its MaxConns and
 	// MaxConnsPerIP slot until its socket is closed, which may be after
 	// OnClosed returns.
-	OnClosed func(ev Closed)
+	OnClosed func(ev CloseEvent)
 }
 
 // ConfigError reports an invalid Config field.
@@ -282,8 +282,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Subprotocols&^allSubprotocols != 0 {
 		return bad("Subprotocols", "unknown bits %#x (SIP=1, MSRP=2)", uint8(c.Subprotocols&^allSubprotocols))
 	}
-	if c.NoSubprotocol != 0 && (c.NoSubprotocol.Token() == "" || c.Subprotocols&c.NoSubprotocol == 0) {
-		return bad("NoSubprotocol", "%s is not one enabled sub-protocol (enabled: %s)", c.NoSubprotocol, c.Subprotocols)
+	if c.ImplicitSubprotocol != 0 && (c.ImplicitSubprotocol.Token() == "" || c.Subprotocols&c.ImplicitSubprotocol == 0) {
+		return bad("NoSubprotocol", "%s is not one enabled sub-protocol (enabled: %s)", c.ImplicitSubprotocol, c.Subprotocols)
 	}
 	if c.CORS > CORSEcho {
 		return bad("CORS", "unknown mode %d", c.CORS)
@@ -554,7 +554,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if first {
 		s.log.Info("shutting down", "connections", s.reg.Len())
 	}
-	s.reg.each(func(c *Conn) { c.startClose(InitiatorShutdown, CloseGoingAway, "Going away", nil) })
+	s.reg.each(func(c *Conn) { c.startClose(CauseShutdown, CloseGoingAway, "Going away", nil) })
 
 	err := s.waitLive(ctx, onConnGoroutine())
 	if err != nil {
@@ -564,7 +564,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			s.dropErr = aerr
 		}
 		s.mu.Unlock()
-		s.reg.each(func(c *Conn) { c.abort(InitiatorShutdown, CloseGoingAway, "Going away", aerr) })
+		s.reg.each(func(c *Conn) { c.abort(CauseShutdown, CloseGoingAway, "Going away", aerr) })
 	}
 	s.ka.stop()
 	return err

@@ -33,7 +33,7 @@ func TestDocListsEveryInitiator(t *testing.T) {
 
 	var names []string
 	for i := 1; i < 256; i++ {
-		if s := sipws.Initiator(i).String(); !strings.HasPrefix(s, "Initiator(") {
+		if s := sipws.CloseCause(i).String(); !strings.HasPrefix(s, "Initiator(") {
 			names = append(names, s)
 		}
 	}

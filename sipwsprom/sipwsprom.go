@@ -53,8 +53,8 @@ import (
 	"github.com/sipws/sipws"
 )
 
-// Namespace prefixes every metric name.
-const Namespace = "sipws"
+// namespace prefixes every metric name.
+const namespace = "sipws"
 
 // Metrics is a sipws.Observer that keeps histograms of what it observes and
 // a prometheus.Collector of them and, once Watch is called, of a server's
@@ -84,14 +84,14 @@ type statDesc struct {
 
 // Buckets of the histograms.
 var (
-	// HandshakeBuckets are the buckets of sipws_handshake_duration_seconds:
+	// handshakeBuckets are the buckets of sipws_handshake_duration_seconds:
 	// 0.5 ms to 2.5 s (an Authorize hook may query a database).
-	HandshakeBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
-	// MessageSizeBuckets are the buckets of sipws_message_size_bytes: 64 B
+	handshakeBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+	// messageSizeBuckets are the buckets of sipws_message_size_bytes: 64 B
 	// to 1 MiB by powers of 4 (sipws.DefaultMaxMessageSize is 64 KiB).
-	MessageSizeBuckets = prometheus.ExponentialBuckets(64, 4, 8)
-	// RTTBuckets are the buckets of sipws_keepalive_rtt_seconds: 1 ms to 5 s.
-	RTTBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+	messageSizeBuckets = prometheus.ExponentialBuckets(64, 4, 8)
+	// rttBuckets are the buckets of sipws_keepalive_rtt_seconds: 1 ms to 5 s.
+	rttBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
 )
 
 // New returns a Metrics with empty histograms. Set it as sipws.Config.Observer,
@@ -99,25 +99,25 @@ var (
 func New() *Metrics {
 	m := &Metrics{
 		handshake: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: Namespace,
+			Namespace: namespace,
 			Name:      "handshake_duration_seconds",
 			Help:      "Time from the start of a WebSocket handshake to its response, by status class (1xx: accepted).",
-			Buckets:   HandshakeBuckets,
+			Buckets:   handshakeBuckets,
 		}, []string{"status_class"}),
 		size: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: Namespace,
+			Namespace: namespace,
 			Name:      "message_size_bytes",
 			Help:      "Size of WebSocket messages received (in) and sent (out), by sub-protocol.",
-			Buckets:   MessageSizeBuckets,
+			Buckets:   messageSizeBuckets,
 		}, []string{"direction", "subprotocol"}),
 		rtt: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: Namespace,
+			Namespace: namespace,
 			Name:      "keepalive_rtt_seconds",
 			Help:      "Round-trip time from a Ping to its Pong.",
-			Buckets:   RTTBuckets,
+			Buckets:   rttBuckets,
 		}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: Namespace,
+			Namespace: namespace,
 			Name:      "closes_total",
 			Help:      "Connections ended, by close code and by who or what ended them.",
 		}, []string{"code", "initiator"}),
@@ -137,7 +137,7 @@ func New() *Metrics {
 		}
 		m.stats = append(m.stats, statDesc{
 			name: st.Name,
-			desc: prometheus.NewDesc(Namespace+"_"+st.Name, statHelp(st.Name), nil, nil),
+			desc: prometheus.NewDesc(namespace+"_"+st.Name, statHelp(st.Name), nil, nil),
 			typ:  typ,
 		})
 	}
@@ -204,7 +204,7 @@ func (m *Metrics) Message(dir sipws.Direction, sp sipws.Subprotocol, size int) {
 func (m *Metrics) RTT(d time.Duration) { m.rtt.Observe(d.Seconds()) }
 
 // Closed implements sipws.Observer.
-func (m *Metrics) Closed(code sipws.CloseCode, by sipws.Initiator) {
+func (m *Metrics) Closed(code sipws.CloseCode, by sipws.CloseCause) {
 	m.closes.WithLabelValues(codeLabel(code), by.String()).Inc()
 }
 

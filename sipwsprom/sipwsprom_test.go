@@ -31,19 +31,19 @@ type promEnv struct {
 	addr       string
 	metricsURL string
 	opened     chan *sipws.Conn
-	closed     chan sipws.Closed
+	closed     chan sipws.CloseEvent
 }
 
 func startEnv(t *testing.T) *promEnv {
 	t.Helper()
-	e := &promEnv{opened: make(chan *sipws.Conn, 64), closed: make(chan sipws.Closed, 64)}
+	e := &promEnv{opened: make(chan *sipws.Conn, 64), closed: make(chan sipws.CloseEvent, 64)}
 	m := sipwsprom.New()
 	srv, err := sipws.New(sipws.Config{
 		Observer:     m,
 		CloseTimeout: ioTimeout,
 		OnOpen:       func(c *sipws.Conn) { e.opened <- c },
 		OnMessage:    func(c *sipws.Conn, msg sipws.Message) { _ = c.SendMessage(msg.Type, msg.Data) },
-		OnClosed:     func(ev sipws.Closed) { e.closed <- ev },
+		OnClosed:     func(ev sipws.CloseEvent) { e.closed <- ev },
 	})
 	require.NoError(t, err)
 	m.Watch(srv)
@@ -84,14 +84,14 @@ func (e *promEnv) dial(t *testing.T, proto string) (net.Conn, *sipws.Conn) {
 	}
 }
 
-func (e *promEnv) nextClosed(t *testing.T) sipws.Closed {
+func (e *promEnv) nextClosed(t *testing.T) sipws.CloseEvent {
 	t.Helper()
 	select {
 	case ev := <-e.closed:
 		return ev
 	case <-time.After(ioTimeout):
 		t.Fatal("OnClosed did not fire")
-		return sipws.Closed{}
+		return sipws.CloseEvent{}
 	}
 }
 
@@ -187,13 +187,13 @@ func TestMetrics(t *testing.T) {
 	// Closes: the peer with 1000; the host with 4001.
 	require.NoError(t, ws.WriteFrame(clients[1].nc, ws.MaskFrameInPlace(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))))
 	ev := e.nextClosed(t)
-	require.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+	require.Equal(t, sipws.CausePeer, ev.Cause)
 	_ = clients[1].nc.Close() // the server waits for our FIN
 	require.NoError(t, e.srv.Registry().Close(clients[2].conn.ID(), 4001, "go"))
 	_, _, err = wsutil.ReadServerData(clients[2].nc) // answers the close
 	require.Error(t, err)
 	ev = e.nextClosed(t)
-	require.Equal(t, sipws.InitiatorHost, ev.Initiator)
+	require.Equal(t, sipws.CauseHost, ev.Cause)
 	_ = clients[2].nc.Close()
 
 	// The RTT is measured when the Pong is read, which may be after the
@@ -292,7 +292,7 @@ func TestMetricsWithoutServer(t *testing.T) {
 	m.Message(sipws.In, sipws.SIP, 100)
 	m.RTT(20 * time.Millisecond)
 	for _, code := range []sipws.CloseCode{1000, 1015, 3001, 3999, 4000, 4999, 1016, 2000, 5000, 0} {
-		m.Closed(code, sipws.InitiatorPeer)
+		m.Closed(code, sipws.CausePeer)
 	}
 	fams, err := reg.Gather()
 	require.NoError(t, err)

@@ -343,7 +343,7 @@ func TestPrintResult(t *testing.T) {
 // the examples serve the RPC: the address their -admin help, the READMEs
 // and SECURITY.md give, and the path they mount the handler at.
 func TestDefaultURLIsTheExamplesAdmin(t *testing.T) {
-	u, err := neturl.Parse(DefaultURL)
+	u, err := neturl.Parse(defaultURL)
 	require.NoError(t, err)
 	read := func(name string) string {
 		b, err := os.ReadFile(filepath.Join("..", "..", filepath.FromSlash(name)))

@@ -138,7 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if *noSubprotocol != "" {
 		// sipws.New checks that it is one of the enabled ones.
-		if o.cfg.NoSubprotocol, err = sipws.ParseSubprotocols(*noSubprotocol); err != nil {
+		if o.cfg.ImplicitSubprotocol, err = sipws.ParseSubprotocols(*noSubprotocol); err != nil {
 			return o, usageError{err: fmt.Errorf("-no-subprotocol: %w", err)}
 		}
 	}

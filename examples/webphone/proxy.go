@@ -107,21 +107,21 @@ func (p *proxy) onMessage(c *sipws.Conn, m sipws.Message) {
 // onClosed is the sipws OnClosed hook: the connection's bindings go, its
 // pending downstream branches fail with 480, and INVITEs it was the caller
 // of are cancelled downstream.
-func (p *proxy) onClosed(ev sipws.Closed) {
-	if n := p.reg.dropConn(ev.ConnID); n > 0 {
-		p.log.Info("bindings removed with their connection", "conn", ev.ConnID, "bindings", n)
+func (p *proxy) onClosed(ev sipws.CloseEvent) {
+	if n := p.reg.dropConn(ev.ID); n > 0 {
+		p.log.Info("bindings removed with their connection", "conn", ev.ID, "bindings", n)
 	}
 	var out []outbound
 	p.txns.mu.Lock()
 	for _, t := range p.txns.byKey {
-		if t.key.src == ev.ConnID {
+		if t.key.src == ev.ID {
 			if t.invite() && t.final == 0 {
 				out = append(out, p.cancelBranchesLocked(t)...)
 			}
 			continue
 		}
 		for _, b := range t.branches {
-			if b.dst == ev.ConnID && b.status == 0 {
+			if b.dst == ev.ID && b.status == 0 {
 				res := p.newResponse(t.orig, 480, "Temporarily Unavailable")
 				out = append(out, p.branchFinalLocked(b, res)...)
 			}
@@ -328,7 +328,7 @@ func (p *proxy) popRoutes(req *sip.Request) []string {
 			return tokens
 		}
 		req.RemoveHeader("Route")
-		if tok, ok := sipws.TokenFromURI(rh.Address.String()); ok {
+		if tok, ok := sipws.FlowTokenFromURI(rh.Address.String()); ok {
 			tokens = append(tokens, tok)
 		}
 	}

@@ -472,7 +472,7 @@ func establish(t *testing.T, a, b *phone) dialogState {
 		t.Fatalf("Record-Route = %q", d.calleeRoutes)
 	}
 	for _, rr := range d.calleeRoutes {
-		if tok, ok := sipws.TokenFromURI(rr); !ok || tok == "" || !strings.Contains(rr, "@"+testDomain+";transport=ws;lr") {
+		if tok, ok := sipws.FlowTokenFromURI(rr); !ok || tok == "" || !strings.Contains(rr, "@"+testDomain+";transport=ws;lr") {
 			t.Fatalf("Record-Route %q is not a flow URI", rr)
 		}
 	}
