@@ -32,8 +32,8 @@ const (
 // Default close code and reason of Conn.Close and Registry.Close, as
 // Kamailio's ws_close().
 const (
-	DefaultCloseCode   = CloseNormal
-	DefaultCloseReason = "Normal closure"
+	defaultCloseCode   = CloseNormal
+	defaultCloseReason = "Normal closure"
 )
 
 // maxCloseReason is the longest reason that fits a control frame (125 bytes
@@ -100,13 +100,13 @@ func (c CloseCode) validOnWire() bool {
 // checkClose validates a code and reason a host wants to send.
 func checkClose(code CloseCode, reason string) error {
 	if !code.validOnWire() {
-		return fmt.Errorf("%w: %d may not be sent (RFC 6455 §7.4)", ErrInvalidCloseCode, code)
+		return fmt.Errorf("%w: %d may not be sent (RFC 6455 §7.4)", errInvalidCloseCode, code)
 	}
 	if len(reason) > maxCloseReason {
-		return fmt.Errorf("%w: reason is %d bytes, at most %d fit a close frame", ErrInvalidCloseReason, len(reason), maxCloseReason)
+		return fmt.Errorf("%w: reason is %d bytes, at most %d fit a close frame", errInvalidCloseReason, len(reason), maxCloseReason)
 	}
 	if !utf8.ValidString(reason) {
-		return fmt.Errorf("%w: reason is not valid UTF-8", ErrInvalidCloseReason)
+		return fmt.Errorf("%w: reason is not valid UTF-8", errInvalidCloseReason)
 	}
 	return nil
 }
@@ -120,12 +120,12 @@ var (
 	// ErrNotFound: no live connection has that ID (Kamailio's
 	// "Unknown connection ID").
 	ErrNotFound = errors.New("sipws: unknown connection ID")
-	// ErrInvalidCloseCode: a close code that may not be sent.
-	ErrInvalidCloseCode = errors.New("sipws: invalid close code")
-	// ErrInvalidCloseReason: a close reason that is too long or not UTF-8.
-	ErrInvalidCloseReason = errors.New("sipws: invalid close reason")
-	// ErrControlTooLong: a Ping or Pong payload over 125 bytes.
-	ErrControlTooLong = errors.New("sipws: control frame payload over 125 bytes")
+	// errInvalidCloseCode: a close code that may not be sent.
+	errInvalidCloseCode = errors.New("sipws: invalid close code")
+	// errInvalidCloseReason: a close reason that is too long or not UTF-8.
+	errInvalidCloseReason = errors.New("sipws: invalid close reason")
+	// errControlTooLong: a Ping or Pong payload over 125 bytes.
+	errControlTooLong = errors.New("sipws: control frame payload over 125 bytes")
 	// ErrMessageTooBig: a message over Config.MaxMessageSize.
 	ErrMessageTooBig = errors.New("sipws: message too big")
 	// ErrSendQueueFull: the peer does not read fast enough; the connection
@@ -135,13 +135,10 @@ var (
 	// handshake with 401; the hook sets the challenge headers on the
 	// ResponseWriter.
 	ErrUnauthorized = errors.New("sipws: unauthorized")
-	// ErrForbidden is returned by a Config.Authorize hook to refuse a
-	// handshake with 403 (any other error does the same).
-	ErrForbidden = errors.New("sipws: forbidden")
 )
 
 // CloseError is the close code and reason a connection ended with. It is
-// Closed.Err for a connection that ended with a close handshake, and the error
+// CloseEvent.Err for a connection that ended with a close handshake, and the error
 // a protocol violation is reported as.
 type CloseError struct {
 	Code   CloseCode
@@ -193,7 +190,7 @@ const (
 	// its send queue overflowed.
 	CauseSlowConsumer
 	// CauseReplaced: a new connection bound the same registration flow
-	// (Server.BindInstance) and this one was closed with 1000 "Replaced by a
+	// (Conn.BindInstance) and this one was closed with 1000 "Replaced by a
 	// new flow".
 	CauseReplaced
 	// CauseMessageTimeout: the peer started a message in fragments and
@@ -234,7 +231,7 @@ func (i CloseCause) String() string {
 	case CausePartialBytes:
 		return "partial-bytes"
 	}
-	return "Initiator(" + strconv.Itoa(int(i)) + ")"
+	return "CloseCause(" + strconv.Itoa(int(i)) + ")"
 }
 
 // Local reports whether this side ended the connection. It decides whether the
@@ -244,11 +241,11 @@ func (i CloseCause) Local() bool {
 	return i != CausePeer && i != CausePeerLost
 }
 
-// Failed reports whether this initiator always means an abnormal end (a
-// Closed.Err that is not nil, counted in ws_failed_connections): anything but
-// a close handshake started by either side, a shutdown or a replacement —
+// failed reports whether this cause always means an abnormal end (a
+// CloseEvent.Err that is not nil, counted in ws_failed_connections): anything
+// but a close handshake started by either side, a shutdown or a replacement —
 // which are abnormal too when the handshake does not complete.
-func (i CloseCause) Failed() bool {
+func (i CloseCause) failed() bool {
 	switch i {
 	case CausePeer, CauseHost, CauseShutdown, CauseReplaced:
 		return false

@@ -254,7 +254,7 @@ func TestClosedByHost(t *testing.T) {
 
 			// While it waits for the reply: listed as CLOSING, nothing more
 			// can be sent, a second close is refused, no event yet.
-			d := ts.Registry().Dump(sipws.DumpByID, -1)
+			d := ts.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: -1})
 			require.Len(t, d.Conns, 1)
 			assert.Equal(t, "CLOSING", d.Conns[0].State)
 			assert.ErrorIs(t, conn.Send([]byte("late")), sipws.ErrClosed)
@@ -634,8 +634,8 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 			gate := newGateClock()
 			logged := &msgHandler{msg: "shutting down", seen: make(chan struct{})}
 			// No keepalive: its workers read the clock too.
-			ts := startServer(t, sipws.Config{CloseTimeout: 5 * time.Second, Clock: gate, Logger: slog.New(logged),
-				Keepalive: sipws.KeepaliveNone})
+			ts := startServer(t, sipws.WithClock(sipws.Config{CloseTimeout: 5 * time.Second, Logger: slog.New(logged),
+				Keepalive: sipws.KeepaliveNone}, gate))
 			// Registered after startServer's cleanup, so run before it: a
 			// test that fails while the handshake is held must not leave
 			// Shutdown waiting for it.
@@ -761,7 +761,7 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 }
 
 // The connections Shutdown dropped without a close handshake ended
-// abnormally: Closed.Err says so, as it does when Conn.Close gets no reply.
+// abnormally: CloseEvent.Err says so, as it does when Conn.Close gets no reply.
 func TestClosedShutdownExpiredContextReportsErr(t *testing.T) {
 	ts := startServer(t, sipws.Config{CloseTimeout: 5 * time.Second})
 	_, conn := clOpen(t, ts, "sip")

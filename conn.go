@@ -350,7 +350,7 @@ func (c *Conn) send(typ MessageType, data []byte) error {
 		return err
 	}
 	if o := c.srv.obs; o != nil {
-		o.Message(Out, c.sp, len(data))
+		o.MessageSent(c.sp, len(data))
 	}
 	return nil
 }
@@ -359,7 +359,7 @@ func (c *Conn) send(typ MessageType, data []byte) error {
 // not wait for the Pong; the Pong's round-trip time shows in Registry.Dump.
 func (c *Conn) Ping(data []byte) error {
 	if len(data) > maxControlPayload {
-		return ErrControlTooLong
+		return errControlTooLong
 	}
 	// Note the Ping before it can go out, so that no Pong can come first.
 	c.srv.ka.pingSent(c)
@@ -374,7 +374,7 @@ func (c *Conn) Ping(data []byte) error {
 // one-way heartbeat (RFC 6455 §5.5.3).
 func (c *Conn) Pong(data []byte) error {
 	if len(data) > maxControlPayload {
-		return ErrControlTooLong
+		return errControlTooLong
 	}
 	return c.enqueue(outFrame{b: controlFrame(opPong, data)})
 }
@@ -382,16 +382,16 @@ func (c *Conn) Pong(data []byte) error {
 // Close starts the close handshake with code and reason, as Kamailio's
 // ws_close(): 0 and "" stand for 1000 "Normal closure". The code must be one
 // that may be sent (RFC 6455 §7.4: 1000–1003, 1007–1014, 3000–4999) and the
-// reason at most 123 bytes of UTF-8, or an error wrapping ErrInvalidCloseCode
-// or ErrInvalidCloseReason is returned and nothing is sent. Close returns at
+// reason at most 123 bytes of UTF-8, or an error saying which is wrong is
+// returned and nothing is sent. Close returns at
 // once; the TCP connection is closed when the peer answers, or after
 // Config.CloseTimeout, and then OnClosed fires. Closing a connection that is
 // already closing returns ErrClosed.
 func (c *Conn) Close(code CloseCode, reason string) error {
 	if code == 0 {
-		code = DefaultCloseCode
+		code = defaultCloseCode
 		if reason == "" {
-			reason = DefaultCloseReason
+			reason = defaultCloseReason
 		}
 	}
 	if err := checkClose(code, reason); err != nil {

@@ -65,26 +65,8 @@ type CloseEvent struct {
 	// clean close handshake.
 	Err error
 	// Opened is when the handshake completed; Ended is when the TCP
-	// connection was closed (from Config.Clock).
+	// connection was closed.
 	Opened, Ended time.Time
-}
-
-// Direction is the direction of a message: In from the peer, Out to it.
-type Direction uint8
-
-const (
-	// In is a message received from the peer.
-	In Direction = iota + 1
-	// Out is a message sent to the peer.
-	Out
-)
-
-// String returns "in" or "out".
-func (d Direction) String() string {
-	if d == Out {
-		return "out"
-	}
-	return "in"
 }
 
 // Observer receives measurements as they happen, for metrics that counters
@@ -97,12 +79,15 @@ type Observer interface {
 	// a success, the refusal's status otherwise; d is the time from the
 	// start of HandleHandshake to the response.
 	Handshake(status int, d time.Duration)
-	// Message is called for every message received (In, when it is
-	// delivered) and sent (Out, when it is queued), with its size in bytes.
-	Message(dir Direction, sp Subprotocol, size int)
+	// MessageReceived is called for every message received, when it is
+	// delivered, with its size in bytes.
+	MessageReceived(sp Subprotocol, size int)
+	// MessageSent is called for every message sent, when it is queued,
+	// with its size in bytes.
+	MessageSent(sp Subprotocol, size int)
 	// RTT is called with each Ping's round-trip time as it is measured.
 	RTT(d time.Duration)
 	// Closed is called once for each connection that ends, with its close
-	// code and initiator.
-	Closed(code CloseCode, by CloseCause)
+	// code and cause.
+	Closed(code CloseCode, cause CloseCause)
 }

@@ -219,12 +219,12 @@ func ExampleRegistry_Dump() {
 		exampleRecv(opened, "OnOpen", exampleWait) // registered before OnOpen is called
 	}
 
-	d := srv.Registry().Dump(sipws.DumpByID, 1)
+	d := srv.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: 1})
 	fmt.Printf("listed %d of %d, truncated: %v\n", len(d.Conns), d.Total, d.Truncated)
 	for _, ci := range d.Conns {
 		fmt.Println(" ", ci.ID, ci.Subprotocol, ci.State)
 	}
-	d = srv.Registry().Dump(sipws.DumpByID, 0) // 0: the default limit, 50
+	d = srv.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: 0}) // 0: the default limit, 50
 	fmt.Printf("listed %d of %d, truncated: %v\n", len(d.Conns), d.Total, d.Truncated)
 	for _, ci := range d.Conns {
 		fmt.Println(" ", ci.ID, ci.Subprotocol, ci.State)

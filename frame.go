@@ -633,7 +633,7 @@ func (c *Conn) deliver(m Message) {
 		}
 	}
 	if o := c.srv.obs; o != nil {
-		o.Message(In, c.sp, len(m.Data))
+		o.MessageReceived(c.sp, len(m.Data))
 	}
 	if h := c.srv.cfg.OnMessage; h != nil {
 		h(c, m)
@@ -770,7 +770,7 @@ func (c *Conn) finish(readErr error) {
 			}
 		}()
 		h(CloseEvent{
-			ID:      c.id,
+			ID:          c.id,
 			RemoteAddr:  c.remote,
 			LocalAddr:   c.local,
 			Subprotocol: c.sp,
@@ -778,7 +778,7 @@ func (c *Conn) finish(readErr error) {
 			Identity:    c.identity,
 			Code:        end.code,
 			Reason:      end.reason,
-			Cause:   end.by,
+			Cause:       end.by,
 			Err:         end.err,
 			Opened:      c.opened,
 			Ended:       ended,

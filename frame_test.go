@@ -146,7 +146,7 @@ func frReadMinimal(t *testing.T, c *rawClient) frame {
 
 // frExpectFail reads the server's close frame for a violation, checks its
 // code, a valid UTF-8 reason and that TCP is closed within 1 s, then checks
-// OnClosed (exactly once, InitiatorProtocolError, the same code) and that no
+// OnClosed (exactly once, CauseProtocolError, the same code) and that no
 // message was delivered.
 func frExpectFail(t *testing.T, ts *testServer, c *rawClient, code uint16) {
 	t.Helper()

@@ -10,11 +10,11 @@ const (
 	// FramingOff delivers every message as it is (the default).
 	FramingOff FramingMode = iota
 	// FramingReport counts and logs a message that fails, gives it to
-	// Config.OnInvalid instead of OnMessage, and keeps the connection.
+	// Config.OnInvalidMessage instead of OnMessage, and keeps the connection.
 	FramingReport
 	// FramingClose fails the connection with 1007 (invalid payload) on the
 	// first message that fails; it is counted, logged and given to
-	// Config.OnInvalid first.
+	// Config.OnInvalidMessage first.
 	FramingClose
 )
 

@@ -33,8 +33,8 @@ type refusal struct {
 
 // checkRequest applies RFC 6455 §4.2.1 to r. It returns the sub-protocol the
 // connection will speak, or the refusal to send. The sub-protocol is
-// unnegotiated when the client offered none and Config.NoSubprotocol stood
-// in: the 101 then names none.
+// unnegotiated when the client offered none and
+// Config.ImplicitSubprotocol stood in: the 101 then names none.
 func (s *Server) checkRequest(r *http.Request) (sp Subprotocol, unnegotiated bool, ref *refusal) {
 	if r.Method != http.MethodGet {
 		return 0, false, &refusal{

@@ -617,7 +617,7 @@ func TestHandshakeAuthorize(t *testing.T) {
 		case ck.Value == "suspended":
 			return nil, errors.New("account suspended")
 		case ck.Value == "forbidden":
-			return nil, fmt.Errorf("user banned: %w", sipws.ErrForbidden)
+			return nil, errors.New("user banned")
 		}
 		w.Header().Set("Set-Cookie", "seen=1")
 		return hsIdentity{User: "alice/" + ck.Value}, nil
@@ -1065,7 +1065,7 @@ func TestHandshakeAfterShutdown(t *testing.T) {
 	hsExpectRefused(t, ts, res, before, hsRefusal{status: http.StatusServiceUnavailable, body: []string{"shutting down"}})
 }
 
-// TestHandshakeNoSubprotocol checks Config.NoSubprotocol: a client that
+// TestHandshakeNoSubprotocol checks Config.ImplicitSubprotocol: a client that
 // offers no sub-protocol (a generic WebSocket tool) is served as the
 // configured one with no Sec-WebSocket-Protocol in the 101, while a client
 // that offers only unknown ones is still refused, and one that offers sip
@@ -1113,7 +1113,7 @@ func TestHandshakeNoSubprotocol(t *testing.T) {
 	}
 }
 
-// TestNoSubprotocolConfigErrors checks that NoSubprotocol must name one
+// TestNoSubprotocolConfigErrors checks that ImplicitSubprotocol must name one
 // enabled sub-protocol.
 func TestNoSubprotocolConfigErrors(t *testing.T) {
 	for _, cfg := range []sipws.Config{
@@ -1125,7 +1125,7 @@ func TestNoSubprotocolConfigErrors(t *testing.T) {
 		_, err := sipws.New(cfg)
 		var ce *sipws.ConfigError
 		if assert.ErrorAs(t, err, &ce, "%+v", cfg) {
-			assert.Equal(t, "NoSubprotocol", ce.Field)
+			assert.Equal(t, "ImplicitSubprotocol", ce.Field)
 		}
 	}
 	for _, cfg := range []sipws.Config{

@@ -65,7 +65,7 @@ func TestSoak(t *testing.T) {
 		serverBad []string
 		opened    atomic.Int64
 		closedEvs atomic.Int64
-		closedBy  sync.Map // ConnID → sipws.Initiator
+		closedBy  sync.Map // ConnID → sipws.CloseCause
 		reasons   sync.Map // protocol error reason → *atomic.Int64
 	)
 	cfg := sipws.Config{

@@ -26,53 +26,53 @@ import (
 // goroutine behind.
 
 // stLocal and stFailed are the documented classification of the ways a
-// connection ends (Initiator, Stats): whether this side ended it
+// connection ends (CloseCause, Stats): whether this side ended it
 // (ws_local_closed_connections, else ws_remote_closed_connections) and
 // whether it ended abnormally (ws_failed_connections).
 var (
 	stLocal = map[sipws.CloseCause]bool{
-		sipws.CausePeer:           false,
-		sipws.CausePeerLost:       false,
-		sipws.CauseProtocolError:  true,
-		sipws.CauseHost:           true,
-		sipws.CauseWriteFailure:   true,
-		sipws.CauseKeepaliveTimeout:      true,
-		sipws.CauseShutdown:       true,
-		sipws.CauseSlowConsumer:   true,
-		sipws.CauseMessageTimeout: true,
-		sipws.CausePartialBytes:   true,
+		sipws.CausePeer:             false,
+		sipws.CausePeerLost:         false,
+		sipws.CauseProtocolError:    true,
+		sipws.CauseHost:             true,
+		sipws.CauseWriteFailure:     true,
+		sipws.CauseKeepaliveTimeout: true,
+		sipws.CauseShutdown:         true,
+		sipws.CauseSlowConsumer:     true,
+		sipws.CauseMessageTimeout:   true,
+		sipws.CausePartialBytes:     true,
 	}
 	stFailed = map[sipws.CloseCause]bool{
-		sipws.CausePeer:           false,
-		sipws.CausePeerLost:       true,
-		sipws.CauseProtocolError:  true,
-		sipws.CauseHost:           false,
-		sipws.CauseWriteFailure:   true,
-		sipws.CauseKeepaliveTimeout:      true,
-		sipws.CauseShutdown:       false,
-		sipws.CauseSlowConsumer:   true,
-		sipws.CauseMessageTimeout: true,
-		sipws.CausePartialBytes:   true,
+		sipws.CausePeer:             false,
+		sipws.CausePeerLost:         true,
+		sipws.CauseProtocolError:    true,
+		sipws.CauseHost:             false,
+		sipws.CauseWriteFailure:     true,
+		sipws.CauseKeepaliveTimeout: true,
+		sipws.CauseShutdown:         false,
+		sipws.CauseSlowConsumer:     true,
+		sipws.CauseMessageTimeout:   true,
+		sipws.CausePartialBytes:     true,
 	}
 )
 
 func TestInitiatorClassification(t *testing.T) {
 	names := map[sipws.CloseCause]string{
-		sipws.CausePeer:           "peer",
-		sipws.CausePeerLost:       "peer-lost",
-		sipws.CauseProtocolError:  "protocol-error",
-		sipws.CauseHost:           "host",
-		sipws.CauseWriteFailure:   "write-failure",
-		sipws.CauseKeepaliveTimeout:      "keepalive-timeout",
-		sipws.CauseShutdown:       "shutdown",
-		sipws.CauseSlowConsumer:   "slow-consumer",
-		sipws.CauseMessageTimeout: "message-timeout",
-		sipws.CausePartialBytes:   "partial-bytes",
+		sipws.CausePeer:             "peer",
+		sipws.CausePeerLost:         "peer-lost",
+		sipws.CauseProtocolError:    "protocol-error",
+		sipws.CauseHost:             "host",
+		sipws.CauseWriteFailure:     "write-failure",
+		sipws.CauseKeepaliveTimeout: "keepalive-timeout",
+		sipws.CauseShutdown:         "shutdown",
+		sipws.CauseSlowConsumer:     "slow-consumer",
+		sipws.CauseMessageTimeout:   "message-timeout",
+		sipws.CausePartialBytes:     "partial-bytes",
 	}
 	for i, name := range names {
 		assert.Equal(t, name, i.String())
 		assert.Equal(t, stLocal[i], i.Local(), "%s: Local", name)
-		assert.Equal(t, stFailed[i], i.Failed(), "%s: Failed", name)
+		assert.Equal(t, stFailed[i], sipws.CauseFailed(i), "%s: failed", name)
 	}
 }
 
@@ -109,7 +109,7 @@ func (m *stModel) open(sp sipws.Subprotocol) {
 }
 
 // end counts the end of a connection; failed is whether it ended abnormally
-// (Closed.Err set): every stFailed initiator, and a close handshake that got
+// (CloseEvent.Err set): every stFailed cause, and a close handshake that got
 // no reply.
 func (m *stModel) end(sp sipws.Subprotocol, by sipws.CloseCause, failed bool) {
 	m.mu.Lock()
@@ -485,12 +485,11 @@ func TestStatsList(t *testing.T) {
 	}
 	checkList := func(s sipws.Stats) {
 		t.Helper()
-		list := s.List()
 		var names []string
 		byName := stByName(s)
-		for _, st := range list {
-			names = append(names, st.Name)
-			assert.Equal(t, byName[st.Name], st.Value, "value of %s", st.Name)
+		for name, v := range s.All() {
+			names = append(names, name)
+			assert.Equal(t, byName[name], v, "value of %s", name)
 		}
 		assert.Equal(t, kamailio, names)
 	}
@@ -805,7 +804,7 @@ func TestShutdownLeavesNoGoroutines(t *testing.T) {
 		require.Equal(t, fmt.Sprintf("hello %d", i), string(c.mustReadFrame().Payload))
 		cs = append(cs, c)
 	}
-	conns := srv.Registry().Dump(sipws.DumpByID, -1).Conns
+	conns := srv.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: -1}).Conns
 	require.Len(t, conns, n)
 
 	done := make(chan error, 1)

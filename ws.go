@@ -21,30 +21,30 @@ const Version = "0.2.0"
 // Defaults that a zero Config field stands for. Those with a Kamailio
 // counterpart have its default.
 const (
-	DefaultSubprotocols      = SIP | MSRP       // sub_protocols with msrp.so loaded
-	DefaultMaxMessageSize    = 64 << 10         // bytes
-	MaxMaxMessageSize        = 64 << 20         // the largest MaxMessageSize accepted
-	DefaultReadBufferSize    = 512              // bytes of read buffer per connection
-	DefaultCloseTimeout      = 2 * time.Second  // wait for the peer's close reply
-	DefaultWriteTimeout      = 10 * time.Second // one write to the socket
-	DefaultFrameTimeout      = 30 * time.Second // a frame that has started must end within it
-	DefaultMessageTimeout    = 60 * time.Second // a message that has started must end within it
-	DefaultMaxPartialBytes   = 64 << 20         // bytes held in partial messages, server-wide
-	DefaultSendQueueSize     = 1 << 20          // bytes queued per connection before it is a slow consumer
-	DefaultKeepaliveTimeout  = 180 * time.Second
-	DefaultKeepaliveInterval = time.Second
-	DefaultKeepaliveWorkers  = 1
-	DefaultPongWait          = 5 * time.Second
-	DefaultIPv6PrefixLen     = 64 // bits of an IPv6 client that MaxConnsPerIP counts as one
+	defaultSubprotocols      = SIP | MSRP       // sub_protocols with msrp.so loaded
+	defaultMaxMessageSize    = 64 << 10         // bytes
+	maxMaxMessageSize        = 64 << 20         // the largest MaxMessageSize accepted
+	defaultReadBufferSize    = 512              // bytes of read buffer per connection
+	defaultCloseTimeout      = 2 * time.Second  // wait for the peer's close reply
+	defaultWriteTimeout      = 10 * time.Second // one write to the socket
+	defaultFrameTimeout      = 30 * time.Second // a frame that has started must end within it
+	defaultMessageTimeout    = 60 * time.Second // a message that has started must end within it
+	defaultMaxPartialBytes   = 64 << 20         // bytes held in partial messages, server-wide
+	defaultSendQueueSize     = 1 << 20          // bytes queued per connection before it is a slow consumer
+	defaultKeepaliveTimeout  = 180 * time.Second
+	defaultKeepaliveInterval = time.Second
+	defaultKeepaliveWorkers  = 1
+	defaultPongWait          = 5 * time.Second
+	defaultIPv6PrefixLen     = 64 // bits of an IPv6 client that MaxConnsPerIP counts as one
 )
 
-// DefaultMaxKeptHeaderBytes is what a zero Config.MaxKeptHeaderBytes stands
+// defaultMaxKeptHeaderBytes is what a zero Config.MaxKeptHeaderBytes stands
 // for: the bytes of its handshake request a connection keeps at most.
-const DefaultMaxKeptHeaderBytes = 4 << 10
+const defaultMaxKeptHeaderBytes = 4 << 10
 
-// DefaultPingData is the keepalive payload when Config.PingData is nil, as
+// defaultPingData is the keepalive payload when Config.PingData is nil, as
 // Kamailio uses its Server: header.
-const DefaultPingData = "sipws/" + Version
+const defaultPingData = "sipws/" + Version
 
 // Config configures a Server. Its zero value is Kamailio's defaults: every
 // zero field stands for the default named in its comment. New validates it
@@ -78,7 +78,7 @@ type Config struct {
 	// 0 means 2 s.
 	CloseTimeout time.Duration
 	// WriteTimeout bounds every write to a socket; a write that does not end
-	// in time closes the connection (InitiatorWriteFailure). 0 means 10 s.
+	// in time closes the connection (CauseWriteFailure). 0 means 10 s.
 	WriteTimeout time.Duration
 	// FrameTimeout bounds the time between the first and last byte of one
 	// frame, so that a half-sent frame cannot hold a connection; it does not
@@ -88,7 +88,7 @@ type Config struct {
 	// its last, so that a message sent in fragments that never ends — a
 	// first fragment, then silence or only control frames — cannot hold its
 	// buffer; a message not finished in time fails the connection with 1008
-	// (InitiatorMessageTimeout). It does not limit idle time. 0 means 60 s,
+	// (CauseMessageTimeout). It does not limit idle time. 0 means 60 s,
 	// or FrameTimeout when that is longer; it may not be shorter than
 	// FrameTimeout, which bounds a message of one frame.
 	MessageTimeout time.Duration
@@ -96,7 +96,7 @@ type Config struct {
 	// messages they are still receiving (whose bytes are still on their
 	// way: a message in fragments, or one frame larger than what has
 	// arrived). When a message would grow past it, the connections holding
-	// the most are failed with 1009 (InitiatorPartialBytes), largest first,
+	// the most are failed with 1009 (CausePartialBytes), largest first,
 	// until the growth fits — the growing connection itself once it would
 	// hold the most — so that one or a few hogs go and every other
 	// connection keeps receiving. The bytes are counted as buffers grow,
@@ -150,17 +150,18 @@ type Config struct {
 	//     the element that names the client is read with it.
 	//   - "X-Real-IP", a single address that nginx sets with
 	//     proxy_set_header.
-	// The name is matched in any case; any other is a ConfigError.
+	// The name is matched in any case; any other is an error of New.
 	ForwardedHeader string
 
 	// FlowTokens, when set, signs and resolves the RFC 5626 flow tokens that
-	// name this server's connections (Conn.FlowToken, Server.ResolveFlow),
+	// name this server's connections (Conn.FlowToken, Registry.ResolveFlow),
 	// for Path and Record-Route URIs that route requests back to browser
 	// phones. Create it with NewFlowTokens; rotate keys with
 	// Server.SetFlowKeys. It may be shared with other Servers or reused
 	// after Shutdown: each Server's tokens carry a nonce of its own, and a
 	// token of another Server is ErrFlowStale here. Without it,
-	// Conn.FlowToken and Server.ResolveFlow fail with ErrNoFlowTokens.
+	// Conn.FlowToken, Conn.FlowURI and Registry.ResolveFlow fail (FlowStatus:
+	// 500).
 	FlowTokens *FlowTokens
 
 	// Framing checks that every message holds exactly one SIP message (on a
@@ -208,8 +209,9 @@ type Config struct {
 
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
-	// Clock is the time source of keepalive; nil is the real clock.
-	Clock Clock
+	// clock is the time source of keepalive and timeouts; nil is the real
+	// clock. Only tests set it (WithClock in export_test.go).
+	clock clock
 
 	// CheckOrigin, when set, is asked about every handshake that is
 	// otherwise valid; false refuses it with 403 Forbidden. Browsers send
@@ -257,14 +259,14 @@ type Config struct {
 	OnClosed func(ev CloseEvent)
 }
 
-// ConfigError reports an invalid Config field.
-type ConfigError struct {
+// configError reports an invalid Config field.
+type configError struct {
 	Field  string
 	Reason string
 }
 
 // Error implements error.
-func (e *ConfigError) Error() string {
+func (e *configError) Error() string {
 	return "sipws: invalid Config." + e.Field + ": " + e.Reason
 }
 
@@ -274,29 +276,29 @@ func quote(s string) string { return strconv.Quote(s) }
 // or an error for the first invalid field.
 func (c Config) withDefaults() (Config, error) {
 	bad := func(field, format string, args ...any) (Config, error) {
-		return c, &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+		return c, &configError{Field: field, Reason: fmt.Sprintf(format, args...)}
 	}
 	if c.Subprotocols == 0 {
-		c.Subprotocols = DefaultSubprotocols
+		c.Subprotocols = defaultSubprotocols
 	}
 	if c.Subprotocols&^allSubprotocols != 0 {
 		return bad("Subprotocols", "unknown bits %#x (SIP=1, MSRP=2)", uint8(c.Subprotocols&^allSubprotocols))
 	}
 	if c.ImplicitSubprotocol != 0 && (c.ImplicitSubprotocol.Token() == "" || c.Subprotocols&c.ImplicitSubprotocol == 0) {
-		return bad("NoSubprotocol", "%s is not one enabled sub-protocol (enabled: %s)", c.ImplicitSubprotocol, c.Subprotocols)
+		return bad("ImplicitSubprotocol", "%s is not one enabled sub-protocol (enabled: %s)", c.ImplicitSubprotocol, c.Subprotocols)
 	}
 	if c.CORS > CORSEcho {
 		return bad("CORS", "unknown mode %d", c.CORS)
 	}
 	switch {
 	case c.MaxMessageSize == 0:
-		c.MaxMessageSize = DefaultMaxMessageSize
-	case c.MaxMessageSize < 0 || c.MaxMessageSize > MaxMaxMessageSize:
-		return bad("MaxMessageSize", "%d is not between 1 and %d", c.MaxMessageSize, MaxMaxMessageSize)
+		c.MaxMessageSize = defaultMaxMessageSize
+	case c.MaxMessageSize < 0 || c.MaxMessageSize > maxMaxMessageSize:
+		return bad("MaxMessageSize", "%d is not between 1 and %d", c.MaxMessageSize, maxMaxMessageSize)
 	}
 	switch {
 	case c.ReadBufferSize == 0:
-		c.ReadBufferSize = DefaultReadBufferSize
+		c.ReadBufferSize = defaultReadBufferSize
 	case c.ReadBufferSize < 128 || c.ReadBufferSize > 1<<20:
 		return bad("ReadBufferSize", "%d is not between 128 and %d", c.ReadBufferSize, 1<<20)
 	}
@@ -305,11 +307,11 @@ func (c Config) withDefaults() (Config, error) {
 		v    *time.Duration
 		def  time.Duration
 	}{
-		{"CloseTimeout", &c.CloseTimeout, DefaultCloseTimeout},
-		{"WriteTimeout", &c.WriteTimeout, DefaultWriteTimeout},
-		{"FrameTimeout", &c.FrameTimeout, DefaultFrameTimeout},
-		{"KeepaliveTimeout", &c.KeepaliveTimeout, DefaultKeepaliveTimeout},
-		{"KeepaliveInterval", &c.KeepaliveInterval, DefaultKeepaliveInterval},
+		{"CloseTimeout", &c.CloseTimeout, defaultCloseTimeout},
+		{"WriteTimeout", &c.WriteTimeout, defaultWriteTimeout},
+		{"FrameTimeout", &c.FrameTimeout, defaultFrameTimeout},
+		{"KeepaliveTimeout", &c.KeepaliveTimeout, defaultKeepaliveTimeout},
+		{"KeepaliveInterval", &c.KeepaliveInterval, defaultKeepaliveInterval},
 		{"IdleTimeout", &c.IdleTimeout, 0},
 	}
 	for _, d := range durations {
@@ -324,7 +326,7 @@ func (c Config) withDefaults() (Config, error) {
 	case c.MessageTimeout < 0:
 		return bad("MessageTimeout", "negative duration %v", c.MessageTimeout)
 	case c.MessageTimeout == 0:
-		c.MessageTimeout = max(DefaultMessageTimeout, c.FrameTimeout)
+		c.MessageTimeout = max(defaultMessageTimeout, c.FrameTimeout)
 	case c.MessageTimeout < c.FrameTimeout:
 		return bad("MessageTimeout", "%v is shorter than FrameTimeout %v", c.MessageTimeout, c.FrameTimeout)
 	}
@@ -332,7 +334,7 @@ func (c Config) withDefaults() (Config, error) {
 	case c.MaxPartialBytes < 0:
 		return bad("MaxPartialBytes", "negative size %d", c.MaxPartialBytes)
 	case c.MaxPartialBytes == 0:
-		c.MaxPartialBytes = max(DefaultMaxPartialBytes, 4*c.MaxMessageSize)
+		c.MaxPartialBytes = max(defaultMaxPartialBytes, 4*c.MaxMessageSize)
 	case c.MaxPartialBytes < c.MaxMessageSize:
 		return bad("MaxPartialBytes", "%d is less than MaxMessageSize %d: no message of the largest size could be received", c.MaxPartialBytes, c.MaxMessageSize)
 	}
@@ -344,7 +346,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case c.IPv6PrefixLen == 0:
-		c.IPv6PrefixLen = DefaultIPv6PrefixLen
+		c.IPv6PrefixLen = defaultIPv6PrefixLen
 	case c.IPv6PrefixLen < 0 || c.IPv6PrefixLen > 128:
 		return bad("IPv6PrefixLen", "%d is not between 1 and 128", c.IPv6PrefixLen)
 	}
@@ -367,7 +369,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case c.SendQueueSize == 0:
-		c.SendQueueSize = DefaultSendQueueSize
+		c.SendQueueSize = defaultSendQueueSize
 	case c.SendQueueSize < 0:
 		return bad("SendQueueSize", "negative size %d", c.SendQueueSize)
 	}
@@ -382,12 +384,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case c.KeepaliveWorkers == 0:
-		c.KeepaliveWorkers = DefaultKeepaliveWorkers
+		c.KeepaliveWorkers = defaultKeepaliveWorkers
 	case c.KeepaliveWorkers < 0 || c.KeepaliveWorkers > 256:
 		return bad("KeepaliveWorkers", "%d is not between 1 and 256", c.KeepaliveWorkers)
 	}
 	if c.PingData == nil {
-		c.PingData = []byte(DefaultPingData)
+		c.PingData = []byte(defaultPingData)
 	}
 	if len(c.PingData) > maxControlPayload {
 		return bad("PingData", "%d bytes, at most %d fit a control frame", len(c.PingData), maxControlPayload)
@@ -397,13 +399,13 @@ func (c Config) withDefaults() (Config, error) {
 	case c.PongWait < 0:
 		return bad("PongWait", "negative duration %v", c.PongWait)
 	case c.PongWait == 0:
-		c.PongWait = min(DefaultPongWait, c.KeepaliveTimeout)
+		c.PongWait = min(defaultPongWait, c.KeepaliveTimeout)
 	case c.PongWait > c.KeepaliveTimeout:
 		return bad("PongWait", "%v is longer than KeepaliveTimeout %v", c.PongWait, c.KeepaliveTimeout)
 	}
 	switch {
 	case c.MaxKeptHeaderBytes == 0:
-		c.MaxKeptHeaderBytes = DefaultMaxKeptHeaderBytes
+		c.MaxKeptHeaderBytes = defaultMaxKeptHeaderBytes
 	case c.MaxKeptHeaderBytes < 128 || c.MaxKeptHeaderBytes > 1<<20:
 		return bad("MaxKeptHeaderBytes", "%d is not between 128 and %d", c.MaxKeptHeaderBytes, 1<<20)
 	}
@@ -424,8 +426,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.Clock == nil {
-		c.Clock = realClock{}
+	if c.clock == nil {
+		c.clock = realClock{}
 	}
 	return c, nil
 }
@@ -437,7 +439,7 @@ func (c Config) withDefaults() (Config, error) {
 type Server struct {
 	cfg    Config
 	log    *slog.Logger
-	clock  Clock
+	clock  clock
 	reg    Registry
 	stats  counters
 	limits connLimits
@@ -474,7 +476,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: c, log: c.Logger, clock: c.Clock, obs: c.Observer, flowRun: newFlowRun()}
+	s := &Server{cfg: c, log: c.Logger, clock: c.clock, obs: c.Observer, flowRun: newFlowRun()}
 	s.reg.init(s)
 	if c.FlowTokens != nil {
 		s.flows.Store(c.FlowTokens)

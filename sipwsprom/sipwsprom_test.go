@@ -2,6 +2,7 @@ package sipwsprom_test
 
 import (
 	"context"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -212,22 +213,22 @@ func TestMetrics(t *testing.T) {
 	}, ioTimeout, 10*time.Millisecond)
 
 	// Every statistic, with Kamailio's name, equal to Server.Stats.
-	list := st.List()
+	list := maps.Collect(st.All())
 	require.Len(t, list, 25)
-	for _, s := range list {
-		name := "sipws_" + s.Name
+	for stat, value := range list {
+		name := "sipws_" + stat
 		f, ok := fams[name]
 		require.True(t, ok, "missing %s", name)
 		require.Len(t, f.GetMetric(), 1)
 		m := f.GetMetric()[0]
-		if strings.Contains(s.Name, "current_connections") || strings.Contains(s.Name, "max_concurrent") {
+		if strings.Contains(stat, "current_connections") || strings.Contains(stat, "max_concurrent") {
 			assert.Equal(t, dto.MetricType_GAUGE, f.GetType(), name)
-			assert.Equal(t, float64(s.Value), m.GetGauge().GetValue(), name)
+			assert.Equal(t, float64(value), m.GetGauge().GetValue(), name)
 		} else {
 			assert.Equal(t, dto.MetricType_COUNTER, f.GetType(), name)
-			assert.Equal(t, float64(s.Value), m.GetCounter().GetValue(), name)
+			assert.Equal(t, float64(value), m.GetCounter().GetValue(), name)
 		}
-		assert.Contains(t, f.GetHelp(), "websocket:"+s.Name)
+		assert.Contains(t, f.GetHelp(), "websocket:"+stat)
 	}
 	assert.Equal(t, uint64(2), st.CurrentConnections)
 	assert.Equal(t, uint64(4), st.SuccessfulHandshakes)
@@ -261,8 +262,8 @@ func TestMetrics(t *testing.T) {
 	}
 	assert.Equal(t, uint64(1), hist("sipws_keepalive_rtt_seconds").GetSampleCount())
 	assert.Equal(t, dto.MetricType_COUNTER, fams["sipws_closes_total"].GetType())
-	assert.Equal(t, 1.0, metric(t, fams, "sipws_closes_total", "code", "1000", "initiator", "peer").GetCounter().GetValue())
-	assert.Equal(t, 1.0, metric(t, fams, "sipws_closes_total", "code", "4xxx", "initiator", "host").GetCounter().GetValue())
+	assert.Equal(t, 1.0, metric(t, fams, "sipws_closes_total", "code", "1000", "cause", "peer").GetCounter().GetValue())
+	assert.Equal(t, 1.0, metric(t, fams, "sipws_closes_total", "code", "4xxx", "cause", "host").GetCounter().GetValue())
 	assert.Len(t, fams["sipws_closes_total"].GetMetric(), 2)
 
 	// Shutdown closes the rest with 1001.
@@ -276,7 +277,7 @@ func TestMetrics(t *testing.T) {
 	}()
 	require.NoError(t, e.srv.Shutdown(ctx))
 	fams = scrape(t, e.metricsURL)
-	assert.Equal(t, 2.0, metric(t, fams, "sipws_closes_total", "code", "1001", "initiator", "shutdown").GetCounter().GetValue())
+	assert.Equal(t, 2.0, metric(t, fams, "sipws_closes_total", "code", "1001", "cause", "shutdown").GetCounter().GetValue())
 	assert.Equal(t, 0.0, fams["sipws_ws_current_connections"].GetMetric()[0].GetGauge().GetValue())
 }
 
@@ -289,7 +290,7 @@ func TestMetricsWithoutServer(t *testing.T) {
 	m.Handshake(101, 3*time.Millisecond)
 	m.Handshake(403, time.Millisecond)
 	m.Handshake(999, time.Millisecond)
-	m.Message(sipws.In, sipws.SIP, 100)
+	m.MessageReceived(sipws.SIP, 100)
 	m.RTT(20 * time.Millisecond)
 	for _, code := range []sipws.CloseCode{1000, 1015, 3001, 3999, 4000, 4999, 1016, 2000, 5000, 0} {
 		m.Closed(code, sipws.CausePeer)

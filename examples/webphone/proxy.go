@@ -72,6 +72,10 @@ func flowGone(err error) bool {
 	return code == 430
 }
 
+// maxMessageSize is the largest SIP message the parser takes: the default
+// of sipws's Config.MaxMessageSize, which refuses a larger one first.
+const maxMessageSize = 64 << 10
+
 func newProxy(domain string, log *slog.Logger) *proxy {
 	p := &proxy{
 		domain: domain,
@@ -83,7 +87,7 @@ func newProxy(domain string, log *slog.Logger) *proxy {
 		parser: sip.NewParser(),
 		stop:   make(chan struct{}),
 	}
-	p.parser.MaxMessageLength = sipws.MaxMaxMessageSize
+	p.parser.MaxMessageLength = maxMessageSize // as Config.MaxMessageSize
 	return p
 }
 
@@ -277,7 +281,7 @@ func (p *proxy) route(c *sipws.Conn, req *sip.Request) routing {
 		bs := p.reg.lookup(ruri.User, p.now())
 		if len(bs) == 0 {
 			// sip:TOKEN@DOMAIN reaches a flow directly, as a GRUU would.
-			if _, err := p.ws.ResolveFlow(ruri.User); err == nil || flowGone(err) {
+			if _, err := p.ws.Registry().ResolveFlow(ruri.User); err == nil || flowGone(err) {
 				return p.routeByFlow(c, []string{ruri.User})
 			}
 			return routing{code: 404, reason: "Not Found"}
@@ -342,7 +346,7 @@ func (p *proxy) popRoutes(req *sip.Request) []string {
 func (p *proxy) routeByFlow(c *sipws.Conn, tokens []string) routing {
 	var gone, invalid, self bool
 	for i := len(tokens) - 1; i >= 0; i-- {
-		dst, err := p.ws.ResolveFlow(tokens[i])
+		dst, err := p.ws.Registry().ResolveFlow(tokens[i])
 		switch {
 		case err == nil && dst.ID() != c.ID():
 			return routing{targets: []target{{conn: dst}}}
@@ -394,12 +398,12 @@ func dialogCreating(req *sip.Request) bool {
 
 // flowRoute returns a Record-Route header naming connection c.
 func (p *proxy) flowRoute(c *sipws.Conn) *sip.RecordRouteHeader {
-	token, err := c.FlowToken()
+	uri, err := c.FlowURI(p.domain, 0, false)
 	if err != nil {
 		panic(err) // newApp sets Config.FlowTokens
 	}
 	rr := &sip.RecordRouteHeader{}
-	if err := sip.ParseUri(sipws.FlowURI(token, p.domain, 0, false), &rr.Address); err != nil {
+	if err := sip.ParseUri(uri, &rr.Address); err != nil {
 		panic(fmt.Sprintf("flow URI does not parse: %v", err)) // tokens are base64url and the domain a host
 	}
 	return rr
@@ -785,7 +789,7 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 		if u.exp == 0 {
 			p.reg.remove(user, u.key)
 			if u.regID > 0 {
-				p.ws.UnbindInstance(c, aor, u.instance, u.regID)
+				c.UnbindInstance(aor, u.instance, u.regID)
 			}
 			p.log.Info("unregistered", "user", user, "conn", c.ID(), "contact", u.ch.Address.String())
 			continue
@@ -794,7 +798,7 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 		if ob {
 			// The flow of this AOR and instance is now c: a connection the
 			// phone had before (it reconnected) is closed by the library.
-			replaced, err := p.ws.BindInstance(c, aor, u.instance, u.regID)
+			replaced, err := c.BindInstance(aor, u.instance, u.regID)
 			if errors.Is(err, sipws.ErrClosed) {
 				p.reply(c, req, 500, "Server Internal Error (connection closing)")
 				return

@@ -335,7 +335,7 @@ func TestReconnectReplacesFlow(t *testing.T) {
 	a2.register(600, true)
 	select {
 	case ce := <-a1.closed:
-		if ce.Code != ws.StatusNormalClosure || ce.Reason != sipws.ReplacedReason {
+		if ce.Code != ws.StatusNormalClosure || ce.Reason != "Replaced by a new flow" {
 			t.Errorf("old flow closed with %d %q", ce.Code, ce.Reason)
 		}
 	case <-time.After(3 * time.Second):

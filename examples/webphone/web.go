@@ -158,7 +158,7 @@ func (s *site) serveConnections(w http.ResponseWriter, r *http.Request) {
 			users[b.conn] = append(users[b.conn], b.user)
 		}
 	}
-	d := s.ws.Registry().Dump(sipws.DumpByID, -1)
+	d := s.ws.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: -1})
 	out := struct {
 		Total       int        `json:"total"`
 		Connections []connJSON `json:"connections"`
