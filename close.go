@@ -3,7 +3,10 @@ package sipws
 import (
 	"errors"
 	"fmt"
+	"io"
+	"runtime/debug"
 	"strconv"
+	"time"
 	"unicode/utf8"
 )
 
@@ -251,4 +254,204 @@ func (i CloseCause) failed() bool {
 		return false
 	}
 	return true
+}
+
+// endCause records how a connection ends.
+type endCause struct {
+	by     CloseCause
+	code   CloseCode
+	reason string
+	err    error
+}
+
+// Close starts the close handshake with code and reason, as Kamailio's
+// ws_close(): 0 and "" stand for 1000 "Normal closure". The code must be one
+// that may be sent (RFC 6455 §7.4: 1000–1003, 1007–1014, 3000–4999) and the
+// reason at most 123 bytes of UTF-8, or an error saying which is wrong is
+// returned and nothing is sent. Close returns at
+// once; the TCP connection is closed when the peer answers, or after
+// Config.CloseTimeout, and then OnClosed fires. Closing a connection that is
+// already closing returns ErrClosed.
+func (c *Conn) Close(code CloseCode, reason string) error {
+	if code == 0 {
+		code = defaultCloseCode
+		if reason == "" {
+			reason = defaultCloseReason
+		}
+	}
+	if err := checkClose(code, reason); err != nil {
+		return err
+	}
+	return c.startClose(CauseHost, code, reason, nil)
+}
+
+// recordEnd sets why the connection ends, unless that is already known.
+// c.wmu is held.
+func (c *Conn) recordEnd(by CloseCause, code CloseCode, reason string, err error) {
+	if c.end.by == 0 {
+		c.end = endCause{by: by, code: code, reason: reason, err: err}
+	}
+}
+
+// startClose sends our close frame and gives the peer Config.CloseTimeout to
+// answer it.
+func (c *Conn) startClose(by CloseCause, code CloseCode, reason string, err error) error {
+	c.wmu.Lock()
+	if c.state != stateOpen {
+		c.wmu.Unlock()
+		return fmt.Errorf("%w (connection %d)", ErrClosed, c.id)
+	}
+	c.state = stateClosing
+	c.recordEnd(by, code, reason, err)
+	c.pushLocked(outFrame{b: closeFrame(code, reason)})
+	c.wmu.Unlock()
+	c.srv.log.Debug("closing", "conn", c.id, "remote", c.remote, "code", code, "reason", reason, "by", by)
+	c.armCloseDeadline()
+	return nil
+}
+
+// armCloseDeadline bounds the read side's wait for the close reply.
+func (c *Conn) armCloseDeadline() {
+	dl := time.Now().Add(c.srv.cfg.CloseTimeout)
+	c.closeDL.Store(dl.UnixNano())
+	_ = c.nc.SetReadDeadline(dl)
+}
+
+// abort ends the connection at once, without a close handshake: the socket is
+// closed, which ends the read goroutine and any write in progress. When a
+// close handshake was under way, its cause stays and err tells why it did
+// not complete.
+func (c *Conn) abort(by CloseCause, code CloseCode, reason string, err error) {
+	c.wmu.Lock()
+	c.recordEnd(by, code, reason, err)
+	if c.end.err == nil {
+		c.end.err = err
+	}
+	c.state = stateClosed
+	c.wmu.Unlock()
+	c.srv.log.Debug("aborting", "conn", c.id, "remote", c.remote, "by", by, "err", err)
+	_ = c.nc.Close()
+}
+
+// finalFrame is called by the read goroutine when the connection is to end
+// after one last frame (the echo of the peer's close, or our close for a
+// protocol error). It records cause, stops the queue, appends f when the
+// connection was still open (no close frame of ours went out yet), and writes
+// whatever is queued, waiting for a writer that runs.
+func (c *Conn) finalFrame(cause endCause, f []byte) {
+	c.wmu.Lock()
+	c.recordEnd(cause.by, cause.code, cause.reason, cause.err)
+	if c.state == stateOpen && f != nil {
+		c.queue = append(c.queue, outFrame{b: f})
+		c.queued += len(f)
+	}
+	c.state = stateClosed
+	inline := !c.writing && len(c.queue) > 0
+	var batch []outFrame
+	if inline {
+		batch, c.queue = c.queue, nil
+		c.queued = 0
+	}
+	c.wmu.Unlock()
+	if inline {
+		_, _ = c.writeFrames(batch)
+		return
+	}
+	c.wwg.Wait()
+}
+
+// finish ends the connection: the socket is closed (gracefully after a close
+// handshake), the connection leaves the registry and the counters, and
+// OnClosed fires; its slot under the connection caps is given back once the
+// socket is closed.
+func (c *Conn) finish(readErr error) {
+	graceful := readErr == errPeerClose || readErr == errFailed
+	c.wmu.Lock()
+	switch {
+	case c.end.by == 0:
+		c.end = endCause{by: CausePeerLost, code: CloseAbnormal, err: readErr}
+	case !graceful && c.end.err == nil && c.state == stateClosing:
+		c.end.err = fmt.Errorf("sipws: no close reply from the peer: %w", readErr)
+	}
+	c.state = stateClosed
+	end := c.end
+	c.wmu.Unlock()
+
+	// After a close handshake our FIN goes out now and the socket is closed
+	// once the peer's FIN is in (or CloseTimeout passed), after OnClosed;
+	// otherwise it is closed at once.
+	if !graceful || c.srv.shutdown.Load() || !c.closeWrite() {
+		graceful = false
+		_ = c.nc.Close()
+	}
+	c.wwg.Wait()
+	// The connection holds its MaxConns and MaxConnsPerIP slot as long as
+	// its socket is open: a peer that never sends its FIN after a close
+	// handshake keeps it for CloseTimeout.
+	defer func() {
+		if graceful {
+			c.linger()
+			_ = c.nc.Close()
+			c.srv.limits.release(c.remote.Addr())
+		}
+	}()
+
+	c.srv.reg.remove(c)
+	c.srv.reg.unroute(c)
+	c.srv.ka.remove(c)
+	if !graceful {
+		c.srv.limits.release(c.remote.Addr())
+	}
+	c.srv.stats.closed(c.sp, end.by, end.err != nil)
+	if o := c.srv.obs; o != nil {
+		o.Closed(end.code, end.by)
+	}
+	ended := c.srv.clock.Now()
+	close(c.done)
+	c.srv.log.Info("connection closed", "conn", c.id, "remote", c.remote, "subprotocol", c.sp,
+		"code", int(end.code), "reason", end.reason, "by", end.by.String(), "err", end.err)
+	if h := c.srv.cfg.OnClosed; h != nil {
+		defer func() {
+			if p := recover(); p != nil {
+				c.srv.log.Error("panic in OnClosed", "conn", c.id, "remote", c.remote, "panic", p, "stack", string(debug.Stack()))
+			}
+		}()
+		h(CloseEvent{
+			ID:          c.id,
+			RemoteAddr:  c.remote,
+			LocalAddr:   c.local,
+			Subprotocol: c.sp,
+			Secure:      c.secure,
+			Identity:    c.identity,
+			Code:        end.code,
+			Reason:      end.reason,
+			Cause:       end.by,
+			Err:         end.err,
+			Opened:      c.opened,
+			Ended:       ended,
+		})
+	}
+}
+
+// closeWrite sends our FIN after the close handshake, keeping the socket
+// open for reading; it reports whether it could.
+func (c *Conn) closeWrite() bool {
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok {
+		return false
+	}
+	c.sockMu.Lock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
+	err := cw.CloseWrite()
+	c.sockMu.Unlock()
+	return err == nil
+}
+
+// linger waits, at most Config.CloseTimeout, for the peer's FIN after ours,
+// discarding what it still sends, so that the peer reads our close frame
+// before the socket is gone (closing a socket with unread input resets it).
+func (c *Conn) linger() {
+	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
+	c.dropInput()
+	_, _ = io.CopyN(io.Discard, c.nc, 1<<16)
 }

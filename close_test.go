@@ -1140,3 +1140,127 @@ func TestClosedShutdownFromTwoHooks(t *testing.T) {
 	assert.Equal(t, map[sipws.ConnID]int{aConn.ID(): 1, bConn.ID(): 1}, ended)
 	ts.noMoreClosed(t, clQuiet)
 }
+
+func TestFrameServerClose(t *testing.T) {
+	t.Run("client replies", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{CloseTimeout: 3 * time.Second})
+		c, conn := frDial(t, ts)
+		require.NoError(t, conn.Close(4000, "because"))
+		f := c.mustReadFrame()
+		frServerFrame(t, f)
+		require.Equal(t, frOpClose, f.Op)
+		code, reason := f.closeCode()
+		assert.Equal(t, uint16(4000), code)
+		assert.Equal(t, "because", reason)
+
+		assert.ErrorIs(t, conn.Send([]byte("x")), sipws.ErrClosed)
+		assert.ErrorIs(t, conn.Ping(nil), sipws.ErrClosed)
+		assert.ErrorIs(t, conn.Close(1000, ""), sipws.ErrClosed)
+
+		c.sendClose(4000, "")
+		c.expectEOF(time.Second) // at once, far before CloseTimeout
+		ev := frEnded(t, ts, c)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
+		assert.Equal(t, sipws.CloseCode(4000), ev.Code)
+		assert.Equal(t, "because", ev.Reason)
+		assert.NoError(t, ev.Err, "a completed close handshake")
+	})
+	t.Run("client never replies", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{CloseTimeout: 300 * time.Millisecond})
+		c, conn := frDial(t, ts)
+		start := time.Now()
+		require.NoError(t, conn.Close(4000, "because"))
+		f := c.mustReadFrame()
+		require.Equal(t, frOpClose, f.Op)
+		c.expectEOF(3 * time.Second)
+		elapsed := time.Since(start)
+		assert.GreaterOrEqual(t, elapsed, 250*time.Millisecond, "TCP closed before CloseTimeout")
+		ev := frEnded(t, ts, c)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
+		assert.Equal(t, sipws.CloseCode(4000), ev.Code)
+		assert.Equal(t, "because", ev.Reason)
+		assert.Error(t, ev.Err, "the close handshake did not complete")
+	})
+	t.Run("messages after the server's close are not delivered", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{CloseTimeout: 3 * time.Second})
+		c, conn := frDial(t, ts)
+		c.sendText("before")
+		assert.Equal(t, "before", string(ts.nextMsg(t).Msg.Data))
+		require.NoError(t, conn.Close(4000, "because"))
+		f := c.mustReadFrame()
+		require.Equal(t, frOpClose, f.Op)
+		c.sendText("late")
+		c.writeFrame(true, 0, frOpBinary, []byte("late binary"), true)
+		c.writeFrame(false, 0, frOpText, []byte("late "), true)
+		c.writeFrame(true, 0, frOpCont, []byte("fragments"), true)
+		c.sendClose(4000, "")
+		c.expectEOF(time.Second)
+		ev := frEnded(t, ts, c)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
+		assert.Zero(t, len(ts.Msgs), "a message sent after the server's close was delivered")
+	})
+	t.Run("default code and reason", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{})
+		c, conn := frDial(t, ts)
+		require.NoError(t, conn.Close(0, ""))
+		f := c.mustReadFrame()
+		require.Equal(t, frOpClose, f.Op)
+		code, reason := f.closeCode()
+		assert.Equal(t, uint16(1000), code)
+		assert.Equal(t, sipws.DefaultCloseReason, reason)
+		c.sendClose(1000, "")
+		c.expectEOF(time.Second)
+	})
+}
+
+func TestFrameServerCloseInvalidSendsNothing(t *testing.T) {
+	ts := startServer(t, sipws.Config{})
+	c, conn := frDial(t, ts)
+	for _, code := range []sipws.CloseCode{1005, 1006, 1015, 999, 1004, 1016, 2000, 2999, 5000} {
+		err := conn.Close(code, "x")
+		assert.ErrorIs(t, err, sipws.ErrInvalidCloseCode, "code %d", code)
+	}
+	err := conn.Close(1000, strings.Repeat("r", 124))
+	assert.ErrorIs(t, err, sipws.ErrInvalidCloseReason)
+	err = conn.Close(1000, "bad \xff")
+	assert.ErrorIs(t, err, sipws.ErrInvalidCloseReason)
+
+	// Nothing went out and the connection is open: the next frame the
+	// client reads is this message, and a valid close still works.
+	require.NoError(t, conn.Send([]byte("marker")))
+	f := c.mustReadFrame()
+	require.Equal(t, frOpText, f.Op)
+	assert.Equal(t, "marker", string(f.Payload))
+	c.sendText("client still heard")
+	assert.Equal(t, "client still heard", string(ts.nextMsg(t).Msg.Data))
+
+	reason := strings.Repeat("r", 123)
+	require.NoError(t, conn.Close(3000, reason))
+	f = c.mustReadFrame()
+	require.Equal(t, frOpClose, f.Op)
+	code, got := f.closeCode()
+	assert.Equal(t, uint16(3000), code)
+	assert.Equal(t, reason, got)
+}
+
+// RFC 6455 §5.5.2: a Ping is answered "unless it already received a Close
+// frame" — having sent one is no exception (§5.5.1 forbids only data frames
+// after a Close).
+func TestFramePingAnsweredAfterServerClose(t *testing.T) {
+	ts := startServer(t, sipws.Config{CloseTimeout: 3 * time.Second})
+	c, conn := frDial(t, ts)
+	require.NoError(t, conn.Close(4000, "because"))
+	f := c.mustReadFrame()
+	require.Equal(t, frOpClose, f.Op)
+	c.writeFrame(true, 0, frOpPing, []byte("still there?"), true)
+	c.sendClose(4000, "")
+	f, err := c.readFrame()
+	require.NoError(t, err, "no pong before the server closed TCP")
+	require.Equal(t, frOpPong, f.Op)
+	assert.Equal(t, "still there?", string(f.Payload))
+	c.expectEOF(time.Second)
+}

@@ -669,15 +669,3 @@ func onConnGoroutine() bool {
 
 // ServeHTTP implements http.Handler: it is HandleHandshake.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.HandleHandshake(w, r) }
-
-// scratchSize is the size of the pooled blocks data frames are built in when
-// they can be written at once: room for a SIP request with a WebRTC SDP.
-const scratchSize = 8 << 10
-
-// putScratch gives f's pooled block back, if it has one.
-func (s *Server) putScratch(f *outFrame) {
-	if f.scratch != nil {
-		s.scratch.Put(f.scratch)
-		f.scratch = nil
-	}
-}
