@@ -168,11 +168,7 @@ func (c *Conn) writeNow(f outFrame) {
 	c.sockMu.Unlock()
 	if err != nil {
 		c.srv.putScratch(&f)
-		c.abort(CauseWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
-		c.wmu.Lock()
-		clear(c.queue)
-		c.queue, c.queued, c.writing = c.queue[:0], 0, false
-		c.wmu.Unlock()
+		c.writeFailed(err)
 		return
 	}
 	c.wmu.Lock()
@@ -237,14 +233,20 @@ func (c *Conn) writeLoop() {
 		c.spare = batch[:0]
 		c.wmu.Unlock()
 		if err != nil {
-			c.abort(CauseWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
-			c.wmu.Lock()
-			clear(c.queue)
-			c.queue, c.queued, c.writing = c.queue[:0], 0, false
-			c.wmu.Unlock()
+			c.writeFailed(err)
 			return
 		}
 	}
+}
+
+// writeFailed ends the connection after a failed write (CauseWriteFailure)
+// and empties the queue: the writer stops, and nothing more is written.
+func (c *Conn) writeFailed(err error) {
+	c.abort(CauseWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
+	c.wmu.Lock()
+	clear(c.queue)
+	c.queue, c.queued, c.writing = c.queue[:0], 0, false
+	c.wmu.Unlock()
 }
 
 // writeFrames writes frames to the socket in one go, with the write
