@@ -230,11 +230,11 @@ func (d *digestAuth) challenges(name string, stale bool) []sip.Header {
 type authResult int
 
 const (
-	authNone    authResult = iota // no credentials for our realm: challenge
-	authOK                        // the user proved who they are
-	authStale                     // a good response with an expired nonce: challenge with stale=true
-	authFailed                    // wrong credentials, unknown user, replay: challenge again
-	authBusy                      // too many nonces in use: 503
+	authNone   authResult = iota // no credentials for our realm: challenge
+	authOK                       // the user proved who they are
+	authStale                    // a good response with an expired nonce: challenge with stale=true
+	authFailed                   // wrong credentials, unknown user, replay: challenge again
+	authBusy                     // too many nonces in use: 503
 )
 
 // verify checks the credentials of req in header name (Authorization or

@@ -225,9 +225,9 @@ func newApp(cfg appConfig, log *slog.Logger) (*app, error) {
 		FlowTokens:     ft,
 		CheckOrigin:    checkOrigin,
 		AllowedOrigins: cfg.origins,
-		Logger:       log.With("component", "sipws"),
-		OnMessage:    p.onMessage,
-		OnClosed:     p.onClosed,
+		Logger:         log.With("component", "sipws"),
+		OnMessage:      p.onMessage,
+		OnClosed:       p.onClosed,
 		OnOpen: func(c *sipws.Conn) {
 			log.Info("connection open", "conn", c.ID(), "remote", c.RemoteAddr(), "secure", c.Secure(), "origin", c.Header().Get("Origin"))
 		},

@@ -84,12 +84,12 @@ type phone struct {
 	alg      string // the digest algorithm it answers with; "" is MD5
 	nc       int
 	cuser    string // the user part of its Contact; "" is name+"x"
-	host   string // its Contact host, xxx.invalid as browsers use
-	conn   net.Conn
-	wmu    sync.Mutex
-	in     chan sip.Message
-	closed chan wsutil.ClosedError
-	seq    int
+	host     string // its Contact host, xxx.invalid as browsers use
+	conn     net.Conn
+	wmu      sync.Mutex
+	in       chan sip.Message
+	closed   chan wsutil.ClosedError
+	seq      int
 }
 
 type lockedRW struct {

@@ -118,18 +118,18 @@ type locationStore interface {
 // memStore is the in-memory locationStore, indexed by user, by connection
 // and by contact (user@host), so that no lookup scans every binding.
 type memStore struct {
-	mu        sync.Mutex
-	byUser    map[string]map[string]*binding // user (lower-case) -> key -> binding
-	byConn    map[sipws.ConnID]map[*binding]struct{}
-	byURI     map[string]map[*binding]struct{}
-	n         int
+	mu     sync.Mutex
+	byUser map[string]map[string]*binding // user (lower-case) -> key -> binding
+	byConn map[sipws.ConnID]map[*binding]struct{}
+	byURI  map[string]map[*binding]struct{}
+	n      int
 }
 
 func newMemStore() *memStore {
 	return &memStore{
-		byUser:    make(map[string]map[string]*binding),
-		byConn:    make(map[sipws.ConnID]map[*binding]struct{}),
-		byURI:     make(map[string]map[*binding]struct{}),
+		byUser: make(map[string]map[string]*binding),
+		byConn: make(map[sipws.ConnID]map[*binding]struct{}),
+		byURI:  make(map[string]map[*binding]struct{}),
 	}
 }
 
