@@ -33,16 +33,20 @@ import (
 //	user:realm:md5-ha1            htdigest: MD5 only (HA1 = MD5(user:realm:password))
 //	user:realm:md5-ha1:sha256-ha1 htdigest with a SHA-256 HA1 column: both
 //
-// A line is read as htdigest when its second field is the realm (the SIP
-// domain) and its third is 32 hex digits; anything else is user:password
-// (the password may contain colons). An htdigest line of another realm is
-// an error: its hashes cannot match. SHA-256 needs the clear password or
-// the fourth column, SHA-256(user:realm:password) in hex.
+// A line is read as htdigest when its third field is 32 hex digits (and
+// its fourth, if any, 64) and it has no other; anything else is
+// user:password (the password may contain colons: only a password of the
+// form "x:<32 hex digits>" cannot be written in clear). The realm of an
+// htdigest line must be the SIP domain (-domain), else its hashes could
+// never match: the file is refused. SHA-256 needs the clear password or the
+// fourth column, SHA-256(user:realm:password) in hex; a user with the MD5
+// hash only can answer MD5 challenges only.
 //
-// Challenges: both algorithms, each with qop="auth", in the order of
-// -digest-algorithms (default MD5 first: JsSIP and SIP.js read only the
-// first challenge and answer only MD5; RFC 8760 lets the server order
-// them). Nonces are stateless: the time they were made, random bytes and an
+// Challenges: one per algorithm, each with qop="auth", in the order of
+// -digest-algorithms, most preferred first as RFC 8760 §2.4 asks: SHA-256,
+// then MD5 by default. JsSIP (3.10) and SIP.js (0.21) keep only the last
+// WWW-Authenticate or Proxy-Authenticate header of a response and answer
+// only MD5, so MD5 must come last for them: the default order suits both. Nonces are stateless: the time they were made, random bytes and an
 // HMAC under a key made at start, so they are worth nothing after a
 // restart; they expire after nonceLifetime and a response with an expired
 // one gets a new challenge with stale=true. The highest nonce-count seen is

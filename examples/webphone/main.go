@@ -121,7 +121,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flowKey := fs.String("flow-key", "", "`hex` key (16+ bytes) of the flow tokens in Record-Route; keep it across restarts so that old dialogs get 430 (empty: random)")
 	logLevel := fs.String("log-level", "info", "log `level`: debug (every SIP message), info or warn")
 	usersFile := fs.String("users", "", "users `file`: user:password or htdigest user:realm:HA1[:SHA-256-HA1] lines; every user must then authenticate (digest); empty: open demo, anyone may register as any name")
-	algs := fs.String("digest-algorithms", "MD5,SHA-256", "digest `algorithms` offered, in order (MD5, SHA-256); JsSIP and SIP.js answer only the first challenge, and only MD5")
+	algs := fs.String("digest-algorithms", "SHA-256,MD5", "digest `algorithms` offered, one challenge each, most preferred first (RFC 8760); JsSIP and SIP.js read only the last challenge of a response and answer only MD5: keep MD5 last")
 	fs.Func("allow-origin", "`pattern` of browser Origins allowed besides the page's own (repeatable): host[:port] or scheme://host[:port] with path.Match wildcards, \"*\" for any", func(v string) error {
 		o.origins = append(o.origins, v)
 		return nil
@@ -189,7 +189,7 @@ type appConfig struct {
 	webDir  string
 	flowKey []byte                // nil: random
 	users   map[string]credential // nil: open mode
-	algs    []string              // nil: MD5, SHA-256
+	algs    []string              // nil: SHA-256, MD5
 	origins []string              // -allow-origin; nil: same origin only
 }
 
@@ -208,7 +208,7 @@ func newApp(cfg appConfig, log *slog.Logger) (*app, error) {
 	if cfg.users != nil {
 		algs := cfg.algs
 		if algs == nil {
-			algs = []string{algMD5, algSHA256}
+			algs = []string{algSHA256, algMD5}
 		}
 		p.auth = newDigestAuth(domain, cfg.users, algs, func() time.Time { return p.now() })
 	}
@@ -333,7 +333,7 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 		}
 		mux.Handle("/RPC", sipws.NewRPCHandler(a.ws, rpcOpts))
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		a.site.adminRoutes(mux)
+		a.site.adminRoutes(mux, rpcOpts.AllowedHosts...)
 		admin = &http.Server{Handler: mux, ReadHeaderTimeout: handshakeTimeout, ReadTimeout: handshakeTimeout, ErrorLog: errorLog}
 		log.Info("admin: operations RPC on http://"+aln.Addr().String()+"/RPC, metrics on /metrics, /api/connections, /api/bindings", "addr", aln.Addr().String())
 		go func() { _ = admin.Serve(aln) }()

@@ -100,7 +100,9 @@ Contact: <sip:m@%[2]s;transport=ws>
 `, testDomain, m.host)
 	res := m.recvResponse(401)
 	ch := header(res, "WWW-Authenticate")
-	if len(ch) != 2 || !strings.Contains(ch[0], "algorithm=MD5,") || !strings.Contains(ch[1], "algorithm=SHA-256,") {
+	// SHA-256 first (RFC 8760), MD5 last: JsSIP and SIP.js read only the
+	// last challenge.
+	if len(ch) != 2 || !strings.Contains(ch[0], "algorithm=SHA-256,") || !strings.Contains(ch[1], "algorithm=MD5,") {
 		t.Fatalf("challenges = %q", ch)
 	}
 	for _, c := range ch {

@@ -6,10 +6,13 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -187,10 +190,36 @@ func (s *site) serveOnline(w http.ResponseWriter, r *http.Request) {
 // adminRoutes adds the operator's views to the -admin listener's mux:
 // /api/connections (Registry.Query, paged: ?offset=N&limit=N) and
 // /api/bindings (every binding with contact, instance, user agent and
-// connection, paged: ?after_user=U&after_key=K&limit=N).
-func (s *site) adminRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /api/connections", s.serveConnections)
-	mux.HandleFunc("GET /api/bindings", s.serveBindings)
+// connection, paged: ?after_user=U&after_key=K&limit=N). As for /RPC, a
+// request must name a loopback address, localhost or one of hosts in its
+// Host header (421 otherwise: DNS rebinding).
+func (s *site) adminRoutes(mux *http.ServeMux, hosts ...string) {
+	guard := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if !adminHostOK(r.Host, hosts) {
+				http.Error(w, "Host "+strconv.Quote(r.Host)+" is not allowed", http.StatusMisdirectedRequest)
+				return
+			}
+			h(w, r)
+		}
+	}
+	mux.HandleFunc("GET /api/connections", guard(s.serveConnections))
+	mux.HandleFunc("GET /api/bindings", guard(s.serveBindings))
+}
+
+// adminHostOK reports whether Host hostport names a loopback address,
+// localhost or one of hosts.
+func adminHostOK(hostport string, hosts []string) bool {
+	name := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		name = h
+	}
+	name = strings.TrimSuffix(strings.ToLower(strings.Trim(name, "[]")), ".")
+	if name == "localhost" || (name != "" && slices.Contains(hosts, name)) {
+		return true
+	}
+	ip, err := netip.ParseAddr(name)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // connJSON is one connection of /api/connections.
