@@ -21,11 +21,19 @@ import (
 //   - REGISTER binds sip:USER@DOMAIN to the Contact and to the connection the
 //     REGISTER came on (with RFC 5626 Outbound, to the +sip.instance/reg-id
 //     flow, so that a reconnect replaces the old connection). Bindings end
-//     with Expires: 0, on expiry, and when their connection closes.
+//     with Expires: 0, on expiry, and when their connection closes. With a
+//     users file the REGISTER must prove it is USER (digest, 401) and may
+//     then change all of USER's bindings; in open mode a connection changes
+//     only the bindings it made (see register).
 //   - A request for sip:USER@DOMAIN goes to the connection of USER's
 //     binding, with the Request-URI set to the registered Contact. MESSAGE
-//     (and any other non-INVITE) forks to every connection of the user;
-//     INVITE goes to the most recent registration only.
+//     (and any other non-INVITE) forks to the connections of the user's
+//     maxForks most recent bindings; INVITE goes to the most recent
+//     registration only. With a users file the connection must have proved
+//     it is the From user (407 otherwise).
+//   - A request for a Contact (xxx.invalid) without our Route headers goes
+//     to the connection of the To user's binding with that Contact, never to
+//     a binding found by the host alone.
 //   - The proxy adds a Via of its own whose branch keys a small transaction
 //     table: a response is routed back by that branch to the connection the
 //     request came from, after the Via is removed.

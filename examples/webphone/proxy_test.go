@@ -848,6 +848,14 @@ func TestAPIs(t *testing.T) {
 	if conns.Total != len(names) || len(conns.Connections) != 3 {
 		t.Errorf("admin connections = %+v", conns)
 	}
+	// A name other than loopback's (DNS rebinding) is refused.
+	req, _ := http.NewRequest("GET", ts.admin.URL+"/api/bindings", nil)
+	req.Host = "rebind.example:80"
+	if res, err := http.DefaultClient.Do(req); err != nil || res.StatusCode != http.StatusMisdirectedRequest {
+		t.Errorf("admin with Host rebind.example: %v %v", res, err)
+	} else {
+		res.Body.Close()
+	}
 	var bs struct {
 		Total    int
 		Bindings []struct{ User, Key, Contact, UserAgent string }

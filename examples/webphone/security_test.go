@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -451,5 +452,44 @@ func TestAllowOrigin(t *testing.T) {
 	}
 	if _, err := newApp(appConfig{domain: testDomain, origins: []string{"[bad"}}, slog.New(slog.DiscardHandler)); err == nil {
 		t.Error("a bad pattern is accepted")
+	}
+}
+
+// TestUsersFileAndFlags checks the users file formats and the flags that
+// read it: a bad file or algorithm list is a usage error (exit 2).
+func TestUsersFileAndFlags(t *testing.T) {
+	users, err := parseUsers(strings.NewReader(testUsers), testDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(users["alice"].ha1) != 2 || len(users["bob"].ha1) != 2 || len(users["carol"].ha1) != 1 {
+		t.Errorf("hashes: alice %d, bob %d, carol %d", len(users["alice"].ha1), len(users["bob"].ha1), len(users["carol"].ha1))
+	}
+	for _, bad := range []string{
+		"",                // no users
+		"alice\n",         // no password
+		"alice:\n",        // empty password
+		":pw\n",           // no user
+		"a:pw\na:other\n", // twice
+		"bob:other.realm:" + strings.Repeat("a", 32) + "\n", // htdigest of another realm
+	} {
+		if _, err := parseUsers(strings.NewReader(bad), testDomain); err == nil {
+			t.Errorf("users file %q accepted", bad)
+		}
+	}
+	for _, args := range [][]string{
+		{"-users", "/nonexistent/users"},
+		{"-digest-algorithms", "SHA-512"},
+		{"-digest-algorithms", "MD5,MD5"},
+	} {
+		if _, err := parseFlags(args, io.Discard); err == nil {
+			t.Errorf("%v accepted", args)
+		} else if _, ok := err.(usageError); !ok {
+			t.Errorf("%v: %v is not a usage error", args, err)
+		}
+	}
+	o, err := parseFlags([]string{"-digest-algorithms", "md5"}, io.Discard)
+	if err != nil || strings.Join(o.algs, ",") != "MD5" || o.users != nil {
+		t.Errorf("-digest-algorithms md5: %v %v", o.algs, err)
 	}
 }
