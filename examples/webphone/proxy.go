@@ -292,18 +292,19 @@ func (p *proxy) refuse(c *sipws.Conn, orig *sip.Request, key txnKey, code int, r
 }
 
 // needsAuth reports whether req, a request that is not ACK or CANCEL, must
-// come from a user who proved who they are: every request except REGISTER
-// (which the registrar challenges itself), those for the proxy itself
-// (OPTIONS sip:DOMAIN) and in-dialog requests that carry our Route headers
-// (their flow tokens, signed by us, are the capability).
+// come from a connection that proved it is the From user: every request
+// except REGISTER (which the registrar challenges itself) and those for the
+// proxy itself (OPTIONS sip:DOMAIN). In-dialog requests too, though our
+// Route headers name their destination: a flow token is no proof of who
+// sends, and a phone's in-dialog requests come on the connection that
+// registered (or answered a 407), From its own user, so they are not
+// challenged again.
 func (p *proxy) needsAuth(req *sip.Request) bool {
 	if req.Method == sip.REGISTER {
 		return false
 	}
-	if rh := req.Route(); rh != nil && p.isOurHost(rh.Address.Host) {
-		if _, ok := sipws.TokenFromURI(rh.Address.String()); ok {
-			return false
-		}
+	if rh := req.Route(); rh != nil && p.isOurHost(rh.Address.Host) && rh.Address.User != "" {
+		return true
 	}
 	return !(p.isOurHost(req.Recipient.Host) && req.Recipient.User == "")
 }
@@ -968,7 +969,10 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 		}
 		u.key = bindingKey(u.instance, u.regID, ch.Address.String())
 		old, ok := p.reg.get(user, u.key)
-		if ok && !p.mayChange(c, old) {
+		if scoped, own := p.reg.get(user, connScopedKey(u.key, c.ID())); own {
+			// This connection's binding beside another's: it stays so.
+			u.key, u.scoped, old, ok = scoped.key, true, scoped, true
+		} else if ok && !p.mayChange(c, old) {
 			u.key, u.scoped = connScopedKey(u.key, c.ID()), true
 			old, ok = p.reg.get(user, u.key)
 		}

@@ -118,11 +118,13 @@ type locationStore interface {
 // memStore is the in-memory locationStore, indexed by user, by connection
 // and by contact (user@host), so that no lookup scans every binding.
 type memStore struct {
-	mu     sync.Mutex
-	byUser map[string]map[string]*binding // user (lower-case) -> key -> binding
-	byConn map[sipws.ConnID]map[*binding]struct{}
-	byURI  map[string]map[*binding]struct{}
-	n      int
+	mu      sync.Mutex
+	byUser  map[string]map[string]*binding // user (lower-case) -> key -> binding
+	byConn  map[sipws.ConnID]map[*binding]struct{}
+	byURI   map[string]map[*binding]struct{}
+	n       int
+	names   []string // the users, sorted; rebuilt by users after a change
+	namesOK bool
 }
 
 func newMemStore() *memStore {
@@ -165,6 +167,7 @@ func (s *memStore) put(nb binding) error {
 	if m == nil {
 		m = make(map[string]*binding)
 		s.byUser[u] = m
+		s.namesOK = false
 	}
 	m[b.key] = b
 	link(s.byConn, b.conn, b)
@@ -198,6 +201,7 @@ func (s *memStore) unlinkLocked(b *binding) {
 		delete(m, b.key)
 		if len(m) == 0 {
 			delete(s.byUser, u)
+			s.namesOK = false
 		}
 	}
 	unlink(s.byConn, b.conn, b)
@@ -288,12 +292,17 @@ func (s *memStore) byContact(u *sip.Uri, now time.Time) []binding {
 
 func (s *memStore) users(after string, limit int) ([]string, int) {
 	s.mu.Lock()
-	names := make([]string, 0, len(s.byUser))
-	for u := range s.byUser {
-		names = append(names, u)
+	defer s.mu.Unlock()
+	if !s.namesOK {
+		// Sorted once per change of the set of users, not per request.
+		s.names = s.names[:0]
+		for u := range s.byUser {
+			s.names = append(s.names, u)
+		}
+		slices.Sort(s.names)
+		s.namesOK = true
 	}
-	s.mu.Unlock()
-	slices.Sort(names)
+	names := s.names
 	i := sort.SearchStrings(names, after)
 	if i < len(names) && names[i] == after {
 		i++

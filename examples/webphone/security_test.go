@@ -493,3 +493,37 @@ func TestUsersFileAndFlags(t *testing.T) {
 		t.Errorf("-digest-algorithms md5: %v %v", o.algs, err)
 	}
 }
+
+// TestDigestDialog checks a call between two users who proved who they
+// are (nothing in the dialog is challenged again), and that a connection
+// that proved nothing cannot use the flow tokens of the dialog's Route
+// headers to reach a phone.
+func TestDigestDialog(t *testing.T) {
+	ts := newTestServerWith(t, appConfig{users: authUsers(t)})
+	a, b := ts.dial("alice"), ts.dial("bob")
+	a.password, b.password = "s3cret:with:colons", "b0b-pw"
+	a.register(600, true)
+	b.register(600, true)
+	d := establish(t, a, b)
+
+	bye := `BYE %[5]s SIP/2.0
+Via: SIP/2.0/WSS %[2]s;branch=z9hG4bK%[6]s
+Max-Forwards: 70
+Route: %[3]s
+Route: %[4]s
+To: <sip:alice@%[1]s>;tag=alicetag
+From: <sip:bob@%[1]s>;tag=bobtag
+Call-ID: call-inv1
+CSeq: 2 BYE
+
+`
+	m := ts.dial("mallory")
+	m.send(bye, testDomain, m.host, d.callerRoutes[0], d.callerRoutes[1], a.contact(), "mbye")
+	m.recvResponse(407)
+	a.silent(100 * time.Millisecond)
+
+	b.send(bye, testDomain, b.host, d.callerRoutes[0], d.callerRoutes[1], a.contact(), "bbye")
+	got := a.recvRequest(sip.BYE)
+	respond(a, got, 200, "OK", "")
+	b.recvResponse(200)
+}
