@@ -7,6 +7,7 @@
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
@@ -214,5 +215,62 @@ describe("web page in headless Chromium", { timeout: 120000 }, () => {
 
   test("no errors on the pages", () => {
     assert.deepEqual(errors, []);
+  });
+});
+
+// With a users file: the page shows a password field (and no open-mode
+// notice); JsSIP answers the server's challenge with the password typed in;
+// a wrong password fails the registration; registered pages chat.
+describe("web page with passwords (-users)", { timeout: 90000 }, () => {
+  let srv, browser;
+  const pages = [];
+
+  before(async () => {
+    assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium)`);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "webphone-users-"));
+    const file = path.join(dir, "users");
+    fs.writeFileSync(file, "alice:alice-pw\nbob:bob-pw\n");
+    srv = await start({ args: ["-users", file] });
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic"] });
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    if (srv) await srv.stop();
+  });
+
+  const open = async () => {
+    const page = await (await browser.newContext()).newPage();
+    await page.goto(srv.url, { timeout: T });
+    await page.waitForSelector("#password:not([hidden])", { timeout: T });
+    pages.push(page);
+    return page;
+  };
+  const signIn = async (page, name, password) => {
+    await page.fill("#name", name);
+    await page.fill("#password", password);
+    await page.click("#register");
+  };
+
+  test("a wrong password fails, the right one registers; the pages chat", async () => {
+    const mallory = await open();
+    assert.equal(await mallory.isVisible("#open-mode"), false, "no open-mode notice with users");
+    await signIn(mallory, "alice", "guess");
+    await mallory.waitForSelector('body[data-reg="failed"]', { timeout: T });
+    assert.match(await mallory.textContent("#reg-status"), /401|Authentication/);
+    assert.deepEqual(await online(srv), {});
+
+    const alice = await open();
+    const bob = await open();
+    await signIn(alice, "alice", "alice-pw");
+    await signIn(bob, "bob", "bob-pw");
+    for (const page of [alice, bob]) await page.waitForSelector('body[data-reg="registered"]', { timeout: T });
+    assert.deepEqual(await online(srv), { alice: 1, bob: 1 });
+
+    await alice.fill("#chat-to", "bob");
+    await alice.fill("#chat-text", "authenticated chat");
+    await alice.click("#chat-send");
+    await bob.locator('#chat-log li[data-dir="in"][data-peer="alice"] .text', { hasText: "authenticated chat" }).waitFor({ timeout: T });
+    await alice.waitForSelector('#chat-log li[data-dir="out"][data-status="delivered"]', { timeout: T });
   });
 });
