@@ -281,6 +281,12 @@ func (d *digestAuth) verifyOne(req *sip.Request, p map[string]string) (string, a
 	if err != nil || len(p["nc"]) != 8 || p["cnonce"] == "" || p["uri"] == "" {
 		return "", authFailed
 	}
+	// The digest-uri names this request's Request-URI (RFC 3261 §22.4):
+	// credentials computed for another target are no good here.
+	var du sip.Uri
+	if sip.ParseUri(p["uri"], &du) != nil || du.User != req.Recipient.User || !strings.EqualFold(du.Host, req.Recipient.Host) || du.Port != req.Recipient.Port {
+		return "", authFailed
+	}
 	ha2 := hexHash(alg, string(req.Method), p["uri"])
 	want := hexHash(alg, ha1, p["nonce"], p["nc"], p["cnonce"], "auth", ha2)
 	if subtle.ConstantTimeCompare([]byte(want), []byte(strings.ToLower(p["response"]))) != 1 {

@@ -269,6 +269,13 @@ func (p *proxy) onRequest(c *sipws.Conn, req *sip.Request) {
 			p.refuse(c, orig, key, code, reason, extra...)
 			return
 		}
+		// Our realm's credentials are for us alone (RFC 3261 §22.3).
+		for _, h := range req.GetHeaders("Proxy-Authorization") {
+			if params, ok := parseDigest(h.Value()); ok && params["realm"] == p.domain {
+				req.RemoveHeader("Proxy-Authorization")
+				break
+			}
+		}
 	}
 	rt := p.route(c, req)
 	switch {

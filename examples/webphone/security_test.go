@@ -227,12 +227,19 @@ func TestDigestRequests(t *testing.T) {
 	}
 	b.silent(100 * time.Millisecond)
 	a.password = "s3cret:with:colons"
-	msg := message(a, "bob", "q2", "proved")
+	// Credentials for another Request-URI are no good here.
+	msg := message(a, "bob", "q2b", "elsewhere")
+	msg = strings.Replace(msg, "CSeq: 1 MESSAGE", "CSeq: 1 MESSAGE\nProxy-Authorization: "+a.answer(res, "Proxy-Authenticate", "MESSAGE", "sip:carol@"+testDomain), 1)
+	a.send("%s", msg)
+	a.recvResponse(407)
+	msg = message(a, "bob", "q2", "proved")
 	uri := "sip:bob@" + testDomain
 	msg = strings.Replace(msg, "CSeq: 1 MESSAGE", "CSeq: 1 MESSAGE\nProxy-Authorization: "+a.answer(res, "Proxy-Authenticate", "MESSAGE", uri), 1)
 	a.send("%s", msg)
 	if got := b.recvRequest(sip.MESSAGE); string(got.Body()) != "proved" {
 		t.Errorf("body %q", got.Body())
+	} else if pa := header(got, "Proxy-Authorization"); len(pa) != 0 {
+		t.Errorf("our credentials were forwarded: %q", pa)
 	}
 	// Proved on this connection: no new challenge as alice.
 	a.send("%s", message(a, "bob", "q3", "again"))
