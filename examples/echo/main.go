@@ -99,6 +99,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	subprotocols := fs.String("subprotocols", "sip,msrp", "comma-separated `list` of enabled sub-protocols: sip, msrp")
 	noSubprotocol := fs.String("no-subprotocol", "", "serve a client that offers no sub-protocol as this `one` (sip or msrp), naming none in the 101: for generic tools such as the Autobahn suite; empty: refuse it with 400")
 	cors := fs.String("cors", "none", "Access-Control-Allow-Origin of the 101: none, any or echo")
+	fs.Func("allow-origin", "browser Origin `pattern` also allowed besides same-origin pages (repeatable; host[:port] or scheme://host[:port], path.Match wildcards, \"*\" for any); without it no Origin is checked", func(v string) error {
+		o.cfg.AllowedOrigins = append(o.cfg.AllowedOrigins, v)
+		return nil
+	})
 	keepalive := fs.String("keepalive", "ping", "keepalive `mechanism`: none, ping or pong")
 	fs.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", sipws.DefaultKeepaliveTimeout, "idle time after which a keepalive is sent")
 	fs.DurationVar(&o.cfg.KeepaliveInterval, "keepalive-interval", sipws.DefaultKeepaliveInterval, "how often due keepalives are looked for")
