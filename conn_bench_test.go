@@ -46,10 +46,17 @@ func benchConn(b *testing.B, onMsg func(*sipws.Conn, sipws.Message)) net.Conn {
 		_ = srv.Shutdown(b.Context())
 		hs.Close()
 	})
+	benchUpgrade(b, conn, addr)
+	return conn
+}
+
+// benchUpgrade sends a sip handshake on conn and reads the 101 up to its
+// blank line, byte by byte, so that nothing past it is consumed.
+func benchUpgrade(b *testing.B, conn net.Conn, addr string) {
+	b.Helper()
 	if _, err := io.WriteString(conn, handshakeRequest(addr, "sip")); err != nil {
 		b.Fatal(err)
 	}
-	// Read the 101 up to the blank line.
 	var resp []byte
 	buf := make([]byte, 1)
 	for !bytes.HasSuffix(resp, []byte("\r\n\r\n")) {
@@ -58,7 +65,6 @@ func benchConn(b *testing.B, onMsg func(*sipws.Conn, sipws.Message)) net.Conn {
 		}
 		resp = append(resp, buf[0])
 	}
-	return conn
 }
 
 // BenchmarkReceiveSIP measures reading one SIP-sized message (a 400-byte
@@ -142,17 +148,7 @@ func benchConnTLS(b *testing.B, onMsg func(*sipws.Conn, sipws.Message)) net.Conn
 		_ = srv.Shutdown(b.Context())
 		hs.Close()
 	})
-	if _, err := io.WriteString(conn, handshakeRequest(addr, "sip")); err != nil {
-		b.Fatal(err)
-	}
-	var resp []byte
-	buf := make([]byte, 1)
-	for !bytes.HasSuffix(resp, []byte("\r\n\r\n")) {
-		if _, err := conn.Read(buf); err != nil {
-			b.Fatal(err)
-		}
-		resp = append(resp, buf[0])
-	}
+	benchUpgrade(b, conn, addr)
 	return conn
 }
 

@@ -1,7 +1,11 @@
 package sipws
 
 import (
+	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
+	"path"
 	"strings"
 )
 
@@ -74,4 +78,52 @@ func (m *CORSMode) UnmarshalText(b []byte) error {
 		*m = v
 	}
 	return err
+}
+
+// checkOriginPatterns validates Config.AllowedOrigins.
+func checkOriginPatterns(patterns []string) error {
+	for _, p := range patterns {
+		if p == "" {
+			return errors.New("empty pattern")
+		}
+		if _, err := path.Match(strings.ToLower(p), ""); err != nil {
+			return fmt.Errorf("pattern %s: %w", quote(p), err)
+		}
+	}
+	return nil
+}
+
+// originAllowed reports whether the Origin of handshake r is acceptable
+// under Config.AllowedOrigins: none (not a browser), the server's own (its
+// host:port is the request's Host), or one a pattern matches.
+func originAllowed(patterns []string, r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" && len(r.Header.Values("Origin")) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if p == "*" || (p == "null" && origin == "null") {
+			return true
+		}
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" || u.Scheme == "" || u.Path != "" || u.User != nil {
+		return false
+	}
+	host := strings.ToLower(u.Host)
+	if host == strings.ToLower(r.Host) {
+		return true
+	}
+	full := strings.ToLower(u.Scheme) + "://" + host
+	for _, p := range patterns {
+		p = strings.ToLower(p)
+		target := host
+		if strings.Contains(p, "://") {
+			target = full
+		}
+		if ok, _ := path.Match(p, target); ok {
+			return true
+		}
+	}
+	return false
 }

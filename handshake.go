@@ -192,6 +192,9 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 			s.limits.release(cl.addr.Addr())
 		}
 	}()
+	if len(s.cfg.AllowedOrigins) > 0 && !originAllowed(s.cfg.AllowedOrigins, r) {
+		return s.refuse(w, r, &refusal{status: http.StatusForbidden, msg: "origin " + quote(r.Header.Get("Origin")) + " not allowed"})
+	}
 	if s.cfg.CheckOrigin != nil && !s.cfg.CheckOrigin(r) {
 		return s.refuse(w, r, &refusal{status: http.StatusForbidden, msg: "origin " + quote(r.Header.Get("Origin")) + " not allowed"})
 	}

@@ -492,9 +492,17 @@ func TestPerIPv6PrefixSlotGivenBack(t *testing.T) {
 	c.sendClose(1000, "")
 	c.expectClose(1000, time.Second)
 	ts.nextClosed(t)
-	// The slot comes back once the socket is closed: after the client's FIN.
+	// The slot is held until the socket is closed (after the close
+	// handshake, the server waits for our FIN).
 	_ = c.conn.Close()
-	dialWhenFree(t, ts.Addr, "127.0.0.5", "X-Forwarded-For: 2001:db8::2")
+	require.Eventually(t, func() bool {
+		cl, resp := dialFrom(t, ts.Addr, "127.0.0.5", "X-Forwarded-For: 2001:db8::2")
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			_ = cl.conn.Close()
+			return false
+		}
+		return true
+	}, ioTimeout, 5*time.Millisecond, "the /64's slot never came back")
 	ts.nextOpened(t)
 }
 

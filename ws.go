@@ -218,6 +218,18 @@ type Config struct {
 	// Origin; a server that authenticates with cookies must check it
 	// (cross-site WebSocket hijacking).
 	CheckOrigin func(r *http.Request) bool
+	// AllowedOrigins, when not empty, limits the browsers' handshakes to
+	// pages of this server (an Origin whose host:port is the request's
+	// Host) and of the origins matched by these patterns; any other Origin
+	// is refused with 403 Forbidden. A handshake without Origin (not a
+	// browser) is let through. A pattern is matched, in any case, with
+	// path.Match: against the Origin's scheme://host[:port] when it
+	// contains "://", else against its host[:port] ("*.example.com",
+	// "app.example.com:8443", "https://*.example.com:*"); "*" alone allows
+	// any Origin, and "null" the opaque origin "null". Empty (the default)
+	// checks nothing. With CheckOrigin also set, both must accept. A
+	// pattern path.Match rejects is an error of New.
+	AllowedOrigins []string
 	// Authorize, when set, is called after CheckOrigin. It may read the
 	// request's headers and cookies (RFC 7118 §7). It returns the identity
 	// that travels with the Conn (Conn.Identity), or an error: one that
@@ -287,6 +299,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ImplicitSubprotocol != 0 && (c.ImplicitSubprotocol.Token() == "" || c.Subprotocols&c.ImplicitSubprotocol == 0) {
 		return bad("ImplicitSubprotocol", "%s is not one enabled sub-protocol (enabled: %s)", c.ImplicitSubprotocol, c.Subprotocols)
 	}
+	if err := checkOriginPatterns(c.AllowedOrigins); err != nil {
+		return bad("AllowedOrigins", "%v", err)
+	}
+	c.AllowedOrigins = append([]string(nil), c.AllowedOrigins...)
 	if c.CORS > CORSEcho {
 		return bad("CORS", "unknown mode %d", c.CORS)
 	}

@@ -8,7 +8,7 @@ import { createRequire } from "node:module";
 import { JsSIPPhone, installWebSocket } from "./lib/clients.mjs";
 
 const require = createRequire(import.meta.url);
-const { start, online, getJSON } = require("./lib/server.js");
+const { start, online, getJSON, adminJSON } = require("./lib/server.js");
 
 // serverCertificate returns the PEM of the certificate the server presents.
 function serverCertificate(port) {
@@ -54,7 +54,7 @@ describe("wss with a self-signed certificate", { timeout: 60000 }, () => {
     await alice.register();
     await bob.register();
     assert.deepEqual(await online(srv), { alice: 1, bob: 1 });
-    const conns = await getJSON(srv, "/api/connections");
+    const conns = await adminJSON(srv, "/api/connections");
     assert.equal(conns.total, 2);
     for (const c of conns.connections) assert.equal(c.transport, "wss", `connection ${c.id}`);
   });

@@ -99,6 +99,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.TextVar(&o.cfg.Subprotocols, "subprotocols", sipws.SIP|sipws.MSRP, "comma-separated `list` of enabled sub-protocols: sip, msrp")
 	fs.TextVar(&o.cfg.ImplicitSubprotocol, "implicit-subprotocol", sipws.Subprotocol(0), "serve a client that offers no sub-protocol as this `one` (sip or msrp), naming none in the 101: for generic tools such as the Autobahn suite; empty: refuse it with 400")
 	fs.TextVar(&o.cfg.CORS, "cors", sipws.CORSNone, "Access-Control-Allow-Origin of the 101: none, any or echo")
+	fs.Func("allow-origin", "browser Origin `pattern` also allowed besides same-origin pages (repeatable; host[:port] or scheme://host[:port], path.Match wildcards, \"*\" for any); without it no Origin is checked", func(v string) error {
+		o.cfg.AllowedOrigins = append(o.cfg.AllowedOrigins, v)
+		return nil
+	})
 	fs.TextVar(&o.cfg.Keepalive, "keepalive", sipws.KeepalivePing, "keepalive `mechanism`: none, ping or pong")
 	fs.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", 0, "idle time after which a keepalive is sent (0: 3m0s)")
 	fs.DurationVar(&o.cfg.KeepaliveInterval, "keepalive-interval", 0, "how often due keepalives are looked for (0: 1s)")

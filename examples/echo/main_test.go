@@ -120,6 +120,32 @@ func TestEchoBinary(t *testing.T) {
 		m.closeNormally()
 	})
 
+	t.Run("AllowOrigin", func(t *testing.T) {
+		p := startEcho(t, bin, "-allow-origin", "*.app.example", "-allow-origin", "https://try.example")
+		status := func(origin string) int {
+			t.Helper()
+			d := dialer("sip")
+			d.Header = ws.HandshakeHeaderHTTP(http.Header{"Origin": {origin}})
+			ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+			defer cancel()
+			conn, _, _, err := d.Dial(ctx, "ws://"+p.addr+"/")
+			if conn != nil {
+				_ = conn.Close()
+			}
+			if err == nil {
+				return 101
+			}
+			var se ws.StatusError
+			require.ErrorAs(t, err, &se, "Origin %s", origin)
+			return int(se)
+		}
+		assert.Equal(t, 101, status("https://phone.app.example"))
+		assert.Equal(t, 101, status("https://try.example"))
+		assert.Equal(t, 101, status("http://"+p.addr), "same origin")
+		assert.Equal(t, 403, status("https://evil.example"))
+		assert.Equal(t, 403, status("http://try.example"))
+	})
+
 	t.Run("ImplicitSubprotocol", func(t *testing.T) {
 		// By default a client that offers no sub-protocol is refused.
 		p := startEcho(t, bin)
@@ -324,6 +350,8 @@ func TestEchoBinary(t *testing.T) {
 			{"-subprotocols", "sip", "-implicit-subprotocol", "msrp"},
 			{"-keepalive", "sometimes"},
 			{"-cors", "maybe"},
+			{"-allow-origin", "[a-"},
+			{"-allow-origin", ""},
 			{"-log-level", "loud"},
 			{"-keepalive-timeout", "10s", "-pong-wait", "1m"},
 			{"-frame-timeout", "1m", "-message-timeout", "30s"},

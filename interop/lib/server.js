@@ -62,10 +62,14 @@ class Server {
 }
 
 // start runs the binary on 127.0.0.1:port (0: any free port) with extra
-// flags and resolves once it logs "listening on URL". Its log goes to
-// logs (an array of lines) and, with WEBPHONE_LOG=1, to stderr.
+// flags, and its -admin listener on another free loopback port, and
+// resolves once it logs "listening on URL". Its log goes to logs (an array
+// of lines) and, with WEBPHONE_LOG=1, to stderr.
 async function start({ port = 0, args = [], logs = [] } = {}) {
-  const proc = spawn(binary(), ["-addr", `127.0.0.1:${port}`, "-web", webDir, ...args], {
+  const admin = [];
+  if (!args.includes("-admin")) admin.push("-admin", "127.0.0.1:0");
+  let adminURL = "";
+  const proc = spawn(binary(), ["-addr", `127.0.0.1:${port}`, "-web", webDir, ...admin, ...args], {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let buf = "";
@@ -83,6 +87,8 @@ async function start({ port = 0, args = [], logs = [] } = {}) {
         buf = buf.slice(i + 1);
         logs.push(line);
         if (process.env.WEBPHONE_LOG) process.stderr.write("  [webphone] " + line + "\n");
+        const a = /admin: operations RPC on (http:\/\/[^\s"/]+)\/RPC/.exec(line);
+        if (a) adminURL = a[1] + "/";
         const m = /listening on (https?:\/\/[^\s"]+)/.exec(line);
         if (m) {
           clearTimeout(timer);
@@ -97,6 +103,7 @@ async function start({ port = 0, args = [], logs = [] } = {}) {
   });
   const srv = new Server(proc, url);
   srv.logs = logs;
+  srv.adminURL = adminURL; // the operator's views: /api/connections, /api/bindings
   return srv;
 }
 
@@ -124,11 +131,18 @@ function getJSON(srv, p) {
   });
 }
 
-// online returns the registered users, from the server's side: user -> number
-// of bindings.
+// adminJSON fetches an operator's view from the -admin listener.
+function adminJSON(srv, p) {
+  return getJSON({ url: srv.adminURL }, p);
+}
+
+// online returns the registered users, from the server's side (the -admin
+// listener's /api/bindings): user -> number of bindings.
 async function online(srv) {
-  const data = await getJSON(srv, "/api/online");
-  return Object.fromEntries(data.users.map((u) => [u.user, u.bindings.length]));
+  const data = await adminJSON(srv, "/api/bindings?limit=1000");
+  const out = {};
+  for (const b of data.bindings) out[b.user] = (out[b.user] || 0) + 1;
+  return out;
 }
 
 // waitFor polls cond (sync or async) until it is truthy or ms pass.
@@ -147,4 +161,4 @@ async function waitFor(cond, what, ms = 10000) {
   }
 }
 
-module.exports = { start, freePort, getJSON, online, waitFor, webDir, repo };
+module.exports = { start, freePort, getJSON, adminJSON, online, waitFor, webDir, repo };
