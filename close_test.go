@@ -59,7 +59,7 @@ func clOpen(t *testing.T, ts *testServer, proto string) (*rawClient, *sipws.Conn
 type clWant struct {
 	sp        sipws.Subprotocol
 	secure    bool
-	initiator sipws.Initiator
+	initiator sipws.CloseCause
 	code      sipws.CloseCode
 	reason    string
 	anyReason bool // reason is not checked, only that it is not empty
@@ -68,7 +68,7 @@ type clWant struct {
 
 // clAwait waits for the next OnClosed event and checks that it came within
 // clPrompt of since.
-func clAwait(t *testing.T, ts *testServer, since time.Time) sipws.Closed {
+func clAwait(t *testing.T, ts *testServer, since time.Time) sipws.CloseEvent {
 	t.Helper()
 	ev := ts.nextClosed(t)
 	assert.Less(t, time.Since(since), clPrompt, "OnClosed came late")
@@ -77,21 +77,21 @@ func clAwait(t *testing.T, ts *testServer, since time.Time) sipws.Closed {
 
 // clCheck checks an event against the connection it is about, then that the
 // connection is gone for good and that no second event comes.
-func clCheck(t *testing.T, ts *testServer, ev sipws.Closed, client net.Conn, conn *sipws.Conn, w clWant) {
+func clCheck(t *testing.T, ts *testServer, ev sipws.CloseEvent, client net.Conn, conn *sipws.Conn, w clWant) {
 	t.Helper()
 	clCheckFields(t, ts, ev, client, conn, w)
 	ts.noMoreClosed(t, clQuiet)
 }
 
 // clCheckFields is clCheck without the wait for a second event.
-func clCheckFields(t *testing.T, ts *testServer, ev sipws.Closed, client net.Conn, conn *sipws.Conn, w clWant) {
+func clCheckFields(t *testing.T, ts *testServer, ev sipws.CloseEvent, client net.Conn, conn *sipws.Conn, w clWant) {
 	t.Helper()
-	assert.Equal(t, conn.ID(), ev.ConnID, "ConnID")
+	assert.Equal(t, conn.ID(), ev.ID, "ConnID")
 	assert.Equal(t, clAddr(client.LocalAddr()), ev.RemoteAddr, "RemoteAddr is the client's address")
 	assert.Equal(t, clAddr(client.RemoteAddr()), ev.LocalAddr, "LocalAddr is the server's address")
 	assert.Equal(t, w.sp, ev.Subprotocol, "Subprotocol")
 	assert.Equal(t, w.secure, ev.Secure, "Secure")
-	assert.Equal(t, w.initiator, ev.Initiator, "Initiator (%s)", ev.Initiator)
+	assert.Equal(t, w.initiator, ev.Cause, "Initiator (%s)", ev.Cause)
 	assert.Equal(t, w.code, ev.Code, "Code")
 	if w.anyReason {
 		assert.NotEmpty(t, ev.Reason, "Reason")
@@ -175,7 +175,7 @@ func TestClosedPeerCloseFrame(t *testing.T) {
 			// and OnClosed fires without waiting for ours.
 			ev := clAwait(t, ts, start)
 			c.expectEOF(clPrompt)
-			clCheck(t, ts, ev, c.conn, conn, clWant{sp: tc.sp, initiator: sipws.InitiatorPeer,
+			clCheck(t, ts, ev, c.conn, conn, clWant{sp: tc.sp, initiator: sipws.CausePeer,
 				code: tc.want, reason: tc.reason, errNil: true})
 		})
 	}
@@ -188,7 +188,7 @@ func TestClosedPeerFIN(t *testing.T) {
 	require.NoError(t, c.conn.(*net.TCPConn).CloseWrite())
 	ev := clAwait(t, ts, start)
 	c.expectEOF(clPrompt) // the server closes its side too
-	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.MSRP, initiator: sipws.InitiatorPeerLost,
+	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.MSRP, initiator: sipws.CausePeerLost,
 		code: sipws.CloseAbnormal, reason: ""})
 	assert.ErrorIs(t, ev.Err, io.EOF)
 }
@@ -201,7 +201,7 @@ func TestClosedPeerRST(t *testing.T) {
 	start := time.Now()
 	require.NoError(t, tcp.Close()) // RST
 	ev := clAwait(t, ts, start)
-	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorPeerLost,
+	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.CausePeerLost,
 		code: sipws.CloseAbnormal, reason: ""})
 	assert.ErrorIs(t, ev.Err, syscall.ECONNRESET)
 }
@@ -215,7 +215,7 @@ func TestClosedProtocolError(t *testing.T) {
 	assert.Equal(t, uint16(1002), code)
 	ev := clAwait(t, ts, start)
 	c.expectEOF(clPrompt)
-	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorProtocolError,
+	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.CauseProtocolError,
 		code: sipws.CloseProtocolError, anyReason: true})
 	var ce *sipws.CloseError
 	require.ErrorAs(t, ev.Err, &ce)
@@ -254,7 +254,7 @@ func TestClosedByHost(t *testing.T) {
 
 			// While it waits for the reply: listed as CLOSING, nothing more
 			// can be sent, a second close is refused, no event yet.
-			d := ts.Registry().Dump(sipws.DumpByID, -1)
+			d := ts.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: -1})
 			require.Len(t, d.Conns, 1)
 			assert.Equal(t, "CLOSING", d.Conns[0].State)
 			assert.ErrorIs(t, conn.Send([]byte("late")), sipws.ErrClosed)
@@ -269,7 +269,7 @@ func TestClosedByHost(t *testing.T) {
 			gotCode, gotReason := clReadClose(t, c)
 			assert.Equal(t, uint16(code), gotCode)
 			assert.Equal(t, reason, gotReason)
-			want := clWant{sp: sipws.SIP, initiator: sipws.InitiatorHost, code: code, reason: reason, errNil: tc.reply}
+			want := clWant{sp: sipws.SIP, initiator: sipws.CauseHost, code: code, reason: reason, errNil: tc.reply}
 			if tc.reply {
 				c.sendClose(uint16(code), "")
 				c.expectEOF(clPrompt)
@@ -299,7 +299,7 @@ func TestClosedByHostDefaultCode(t *testing.T) {
 	c.sendClose(1000, "")
 	c.expectEOF(clPrompt)
 	ev := ts.nextClosed(t)
-	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.MSRP, initiator: sipws.InitiatorHost,
+	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.MSRP, initiator: sipws.CauseHost,
 		code: sipws.CloseNormal, reason: sipws.DefaultCloseReason, errNil: true})
 }
 
@@ -328,7 +328,7 @@ func TestRegistryCloseUnknownID(t *testing.T) {
 	c, conn := clOpen(t, ts, "sip")
 	require.NoError(t, c.conn.Close())
 	ev := ts.nextClosed(t)
-	require.Equal(t, conn.ID(), ev.ConnID)
+	require.Equal(t, conn.ID(), ev.ID)
 	assert.ErrorIs(t, ts.Registry().Close(conn.ID(), 0, ""), sipws.ErrNotFound)
 	ts.noMoreClosed(t, clQuiet)
 }
@@ -352,7 +352,7 @@ func TestClosedPanicInOnMessage(t *testing.T) {
 	assert.Equal(t, uint16(1011), code)
 	ev := clAwait(t, ts, start)
 	victim.expectEOF(clPrompt)
-	clCheck(t, ts, ev, victim.conn, vconn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorHost,
+	clCheck(t, ts, ev, victim.conn, vconn, clWant{sp: sipws.SIP, initiator: sipws.CauseHost,
 		code: sipws.CloseInternalError, reason: reason})
 	assert.Contains(t, ev.Err.Error(), "hook exploded")
 
@@ -383,7 +383,7 @@ func TestClosedPanicInOnOpen(t *testing.T) {
 	assert.Equal(t, uint16(1011), code)
 	ev := ts.nextClosed(t)
 	victim.expectEOF(clPrompt)
-	clCheck(t, ts, ev, victim.conn, vconn, clWant{sp: sipws.MSRP, initiator: sipws.InitiatorHost,
+	clCheck(t, ts, ev, victim.conn, vconn, clWant{sp: sipws.MSRP, initiator: sipws.CauseHost,
 		code: sipws.CloseInternalError, reason: reason})
 	assert.Contains(t, ev.Err.Error(), "OnOpen exploded")
 
@@ -424,7 +424,7 @@ func TestClosedSlowConsumer(t *testing.T) {
 	t.Logf("slow consumer detected after %d messages of %d bytes in %v", sent, len(chunk), time.Since(start))
 
 	ev := ts.nextClosed(t)
-	clCheck(t, ts, ev, slow.conn, sconn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorSlowConsumer,
+	clCheck(t, ts, ev, slow.conn, sconn, clWant{sp: sipws.SIP, initiator: sipws.CauseSlowConsumer,
 		code: sipws.ClosePolicyViolation, anyReason: true})
 	assert.ErrorIs(t, ev.Err, sipws.ErrSendQueueFull)
 
@@ -453,7 +453,7 @@ func TestClosedWriteTimeout(t *testing.T) {
 		assert.ErrorIs(t, sendErr, sipws.ErrClosed, "the only failure expected is the end of the connection")
 	}
 	ev := ts.nextClosed(t)
-	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorWriteFailure,
+	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.CauseWriteFailure,
 		code: sipws.CloseAbnormal, reason: ""})
 	assert.ErrorIs(t, ev.Err, os.ErrDeadlineExceeded)
 }
@@ -495,15 +495,15 @@ func TestClosedShutdown(t *testing.T) {
 	assert.Less(t, time.Since(start), clPrompt)
 	// Shutdown waited for every OnClosed to return.
 	require.Len(t, ts.Closed, len(pairs))
-	byID := map[sipws.ConnID]sipws.Closed{}
+	byID := map[sipws.ConnID]sipws.CloseEvent{}
 	for range pairs {
 		ev := ts.nextClosed(t)
-		byID[ev.ConnID] = ev
+		byID[ev.ID] = ev
 	}
 	for _, p := range pairs {
 		ev, ok := byID[p.conn.ID()]
 		require.True(t, ok, "no OnClosed for connection %d", p.conn.ID())
-		clCheckFields(t, ts, ev, p.c.conn, p.conn, clWant{sp: p.sp, initiator: sipws.InitiatorShutdown,
+		clCheckFields(t, ts, ev, p.c.conn, p.conn, clWant{sp: p.sp, initiator: sipws.CauseShutdown,
 			code: sipws.CloseGoingAway, reason: "Going away", errNil: true})
 	}
 	assert.Equal(t, 0, ts.Registry().Len())
@@ -539,15 +539,15 @@ func TestClosedShutdownExpiredContext(t *testing.T) {
 	require.Len(t, ts.Closed, len(conns))
 	assert.Equal(t, 0, ts.Registry().Len())
 	assert.Zero(t, ts.Stats().CurrentConnections)
-	byID := map[sipws.ConnID]sipws.Closed{}
+	byID := map[sipws.ConnID]sipws.CloseEvent{}
 	for range conns {
 		ev := ts.nextClosed(t)
-		byID[ev.ConnID] = ev
+		byID[ev.ID] = ev
 	}
 	for i, conn := range conns {
 		ev, ok := byID[conn.ID()]
 		require.True(t, ok, "no OnClosed for connection %d", conn.ID())
-		assert.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
+		assert.Equal(t, sipws.CauseShutdown, ev.Cause)
 		assert.Equal(t, sipws.CloseGoingAway, ev.Code)
 		assert.Equal(t, clAddr(clients[i].conn.LocalAddr()), ev.RemoteAddr)
 		select {
@@ -634,8 +634,8 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 			gate := newGateClock()
 			logged := &msgHandler{msg: "shutting down", seen: make(chan struct{})}
 			// No keepalive: its workers read the clock too.
-			ts := startServer(t, sipws.Config{CloseTimeout: 5 * time.Second, Clock: gate, Logger: slog.New(logged),
-				Keepalive: sipws.KeepaliveNone})
+			ts := startServer(t, sipws.WithClock(sipws.Config{CloseTimeout: 5 * time.Second, Logger: slog.New(logged),
+				Keepalive: sipws.KeepaliveNone}, gate))
 			// Registered after startServer's cleanup, so run before it: a
 			// test that fails while the handshake is held must not leave
 			// Shutdown waiting for it.
@@ -703,7 +703,7 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 			var err error
 			if tc.expired {
 				ev := ts.nextClosed(t) // the probe, dropped after the deadline
-				require.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
+				require.Equal(t, sipws.CauseShutdown, ev.Cause)
 				clExpectGone(t, probe, clPrompt)
 				// Its ctx done, Shutdown returns without waiting for
 				// the held handshake.
@@ -747,7 +747,7 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 			// OnClosed had fired by the time Shutdown returned.
 			require.Len(t, ts.Closed, 1, "OnClosed of the held connection, before Shutdown returned")
 			ev := ts.nextClosed(t)
-			want := clWant{sp: sipws.SIP, initiator: sipws.InitiatorShutdown, code: sipws.CloseGoingAway, reason: "Going away", errNil: true}
+			want := clWant{sp: sipws.SIP, initiator: sipws.CauseShutdown, code: sipws.CloseGoingAway, reason: "Going away", errNil: true}
 			if tc.expired {
 				require.ErrorIs(t, err, context.Canceled)
 				want.errNil = false
@@ -761,7 +761,7 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 }
 
 // The connections Shutdown dropped without a close handshake ended
-// abnormally: Closed.Err says so, as it does when Conn.Close gets no reply.
+// abnormally: CloseEvent.Err says so, as it does when Conn.Close gets no reply.
 func TestClosedShutdownExpiredContextReportsErr(t *testing.T) {
 	ts := startServer(t, sipws.Config{CloseTimeout: 5 * time.Second})
 	_, conn := clOpen(t, ts, "sip")
@@ -769,19 +769,19 @@ func TestClosedShutdownExpiredContextReportsErr(t *testing.T) {
 	cancel()
 	require.ErrorIs(t, ts.Shutdown(ctx), context.Canceled)
 	ev := ts.nextClosed(t)
-	require.Equal(t, conn.ID(), ev.ConnID)
+	require.Equal(t, conn.ID(), ev.ID)
 	// Nil only for a clean close handshake, as for Conn.Close without a
 	// reply.
 	assert.ErrorIs(t, ev.Err, context.Canceled)
 }
 
 func TestClosedSecureConnection(t *testing.T) {
-	closed := make(chan sipws.Closed, 4)
+	closed := make(chan sipws.CloseEvent, 4)
 	opened := make(chan *sipws.Conn, 4)
 	srv, err := sipws.New(sipws.Config{
 		CloseTimeout: 5 * time.Second,
 		OnOpen:       func(c *sipws.Conn) { opened <- c },
-		OnClosed:     func(ev sipws.Closed) { closed <- ev },
+		OnClosed:     func(ev sipws.CloseEvent) { closed <- ev },
 	})
 	require.NoError(t, err)
 	hs := httptest.NewTLSServer(srv)
@@ -817,7 +817,7 @@ func TestClosedSecureConnection(t *testing.T) {
 	c.sendClose(1000, "bye")
 	code, _ := clReadClose(t, c)
 	assert.Equal(t, uint16(1000), code)
-	var ev sipws.Closed
+	var ev sipws.CloseEvent
 	select {
 	case ev = <-closed:
 	case <-time.After(ioTimeout):
@@ -825,11 +825,11 @@ func TestClosedSecureConnection(t *testing.T) {
 	}
 	assert.Less(t, time.Since(start), clPrompt)
 	assert.True(t, ev.Secure)
-	assert.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+	assert.Equal(t, sipws.CausePeer, ev.Cause)
 	assert.Equal(t, sipws.CloseNormal, ev.Code)
 	assert.Equal(t, "bye", ev.Reason)
 	assert.NoError(t, ev.Err)
-	assert.Equal(t, conn.ID(), ev.ConnID)
+	assert.Equal(t, conn.ID(), ev.ID)
 	assert.Equal(t, clAddr(tc.LocalAddr()), ev.RemoteAddr)
 	assert.Equal(t, clAddr(tc.RemoteAddr()), ev.LocalAddr)
 	select {
@@ -886,8 +886,8 @@ func TestClosedShutdownFromHook(t *testing.T) {
 							xID.Store(uint64(c.ID()))
 						}
 					}
-					cfg.OnClosed = func(ev sipws.Closed) {
-						if uint64(ev.ConnID) == xID.Load() {
+					cfg.OnClosed = func(ev sipws.CloseEvent) {
+						if uint64(ev.ID) == xID.Load() {
 							shutdown()
 						}
 					}
@@ -907,7 +907,7 @@ func TestClosedShutdownFromHook(t *testing.T) {
 					x.expectClose(1000, ioTimeout)
 					x.expectEOF(ioTimeout)
 					ev := ts.nextClosed(t)
-					clCheckFields(t, ts, ev, x.conn, xConn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorPeer,
+					clCheckFields(t, ts, ev, x.conn, xConn, clWant{sp: sipws.SIP, initiator: sipws.CausePeer,
 						code: sipws.CloseNormal, reason: "bye", errNil: true})
 				}
 
@@ -927,16 +927,16 @@ func TestClosedShutdownFromHook(t *testing.T) {
 				// Y, and X, the caller's own, which had its 1001 too and
 				// ends once the hook has returned. With the deadline, both
 				// were dropped, and may end in either order.
-				want := clWant{sp: sipws.SIP, initiator: sipws.InitiatorShutdown, code: sipws.CloseGoingAway, reason: "Going away", errNil: !deadline}
-				check := func(ev sipws.Closed) {
+				want := clWant{sp: sipws.SIP, initiator: sipws.CauseShutdown, code: sipws.CloseGoingAway, reason: "Going away", errNil: !deadline}
+				check := func(ev sipws.CloseEvent) {
 					t.Helper()
-					switch ev.ConnID {
+					switch ev.ID {
 					case yConn.ID():
 						clCheckFields(t, ts, ev, y.conn, yConn, want)
 					case xConn.ID():
 						clCheckFields(t, ts, ev, x.conn, xConn, want)
 					default:
-						t.Errorf("OnClosed of an unknown connection %d", ev.ConnID)
+						t.Errorf("OnClosed of an unknown connection %d", ev.ID)
 					}
 					if deadline {
 						assert.ErrorIs(t, ev.Err, context.DeadlineExceeded)
@@ -958,8 +958,8 @@ func TestClosedShutdownFromHook(t *testing.T) {
 					seen := map[sipws.ConnID]bool{}
 					for range n {
 						ev := ts.nextClosed(t)
-						require.False(t, seen[ev.ConnID], "a second OnClosed for %d", ev.ConnID)
-						seen[ev.ConnID] = true
+						require.False(t, seen[ev.ID], "a second OnClosed for %d", ev.ID)
+						seen[ev.ID] = true
 						check(ev)
 					}
 				} else {
@@ -967,13 +967,13 @@ func TestClosedShutdownFromHook(t *testing.T) {
 					// Shutdown waited for Y's end and its OnClosed.
 					require.Len(t, ts.Closed, 1, "Y's OnClosed, before Shutdown returned")
 					ev := ts.nextClosed(t)
-					require.Equal(t, yConn.ID(), ev.ConnID)
+					require.Equal(t, yConn.ID(), ev.ID)
 					check(ev)
 					if xOpen {
 						x.sendClose(1001, "")
 						x.expectEOF(ioTimeout)
 						ev := ts.nextClosed(t)
-						require.Equal(t, xConn.ID(), ev.ConnID)
+						require.Equal(t, xConn.ID(), ev.ID)
 						check(ev)
 					}
 				}
@@ -995,7 +995,7 @@ func TestClosedShutdownStuckHook(t *testing.T) {
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // should the test fail before
-	closed := make(chan sipws.Closed, 4)
+	closed := make(chan sipws.CloseEvent, 4)
 	opened := make(chan *sipws.Conn, 4)
 	srv, err := sipws.New(sipws.Config{
 		CloseTimeout: 5 * time.Second,
@@ -1007,7 +1007,7 @@ func TestClosedShutdownStuckHook(t *testing.T) {
 				<-release
 			}
 		},
-		OnClosed: func(ev sipws.Closed) { closed <- ev },
+		OnClosed: func(ev sipws.CloseEvent) { closed <- ev },
 	})
 	require.NoError(t, err)
 	hs := httptest.NewServer(srv)
@@ -1022,13 +1022,13 @@ func TestClosedShutdownStuckHook(t *testing.T) {
 			return nil
 		}
 	}
-	nextClosed := func() sipws.Closed {
+	nextClosed := func() sipws.CloseEvent {
 		select {
 		case ev := <-closed:
 			return ev
 		case <-time.After(ioTimeout):
 			t.Fatal("OnClosed did not fire")
-			return sipws.Closed{}
+			return sipws.CloseEvent{}
 		}
 	}
 
@@ -1058,8 +1058,8 @@ func TestClosedShutdownStuckHook(t *testing.T) {
 	clExpectGone(t, stuck, clPrompt)
 	clExpectGone(t, idle, clPrompt)
 	ev := nextClosed()
-	assert.Equal(t, idleConn.ID(), ev.ConnID, "the idle connection's OnClosed")
-	assert.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
+	assert.Equal(t, idleConn.ID(), ev.ID, "the idle connection's OnClosed")
+	assert.Equal(t, sipws.CauseShutdown, ev.Cause)
 	assert.ErrorIs(t, ev.Err, context.DeadlineExceeded)
 	require.Empty(t, closed, "OnClosed of a connection whose OnMessage has not returned")
 	select {
@@ -1070,8 +1070,8 @@ func TestClosedShutdownStuckHook(t *testing.T) {
 
 	releaseOnce.Do(func() { close(release) })
 	ev = nextClosed()
-	assert.Equal(t, stuckConn.ID(), ev.ConnID, "the stuck connection's OnClosed, once its hook returned")
-	assert.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
+	assert.Equal(t, stuckConn.ID(), ev.ID, "the stuck connection's OnClosed, once its hook returned")
+	assert.Equal(t, sipws.CauseShutdown, ev.Cause)
 	assert.Equal(t, sipws.CloseGoingAway, ev.Code)
 	assert.ErrorIs(t, ev.Err, context.DeadlineExceeded)
 	select {
@@ -1133,10 +1133,134 @@ func TestClosedShutdownFromTwoHooks(t *testing.T) {
 	ended := map[sipws.ConnID]int{}
 	for range 2 {
 		ev := ts.nextClosed(t)
-		assert.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
+		assert.Equal(t, sipws.CauseShutdown, ev.Cause)
 		assert.NoError(t, ev.Err)
-		ended[ev.ConnID]++
+		ended[ev.ID]++
 	}
 	assert.Equal(t, map[sipws.ConnID]int{aConn.ID(): 1, bConn.ID(): 1}, ended)
 	ts.noMoreClosed(t, clQuiet)
+}
+
+func TestFrameServerClose(t *testing.T) {
+	t.Run("client replies", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{CloseTimeout: 3 * time.Second})
+		c, conn := frDial(t, ts)
+		require.NoError(t, conn.Close(4000, "because"))
+		f := c.mustReadFrame()
+		frServerFrame(t, f)
+		require.Equal(t, frOpClose, f.Op)
+		code, reason := f.closeCode()
+		assert.Equal(t, uint16(4000), code)
+		assert.Equal(t, "because", reason)
+
+		assert.ErrorIs(t, conn.Send([]byte("x")), sipws.ErrClosed)
+		assert.ErrorIs(t, conn.Ping(nil), sipws.ErrClosed)
+		assert.ErrorIs(t, conn.Close(1000, ""), sipws.ErrClosed)
+
+		c.sendClose(4000, "")
+		c.expectEOF(time.Second) // at once, far before CloseTimeout
+		ev := frEnded(t, ts, c)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
+		assert.Equal(t, sipws.CloseCode(4000), ev.Code)
+		assert.Equal(t, "because", ev.Reason)
+		assert.NoError(t, ev.Err, "a completed close handshake")
+	})
+	t.Run("client never replies", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{CloseTimeout: 300 * time.Millisecond})
+		c, conn := frDial(t, ts)
+		start := time.Now()
+		require.NoError(t, conn.Close(4000, "because"))
+		f := c.mustReadFrame()
+		require.Equal(t, frOpClose, f.Op)
+		c.expectEOF(3 * time.Second)
+		elapsed := time.Since(start)
+		assert.GreaterOrEqual(t, elapsed, 250*time.Millisecond, "TCP closed before CloseTimeout")
+		ev := frEnded(t, ts, c)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
+		assert.Equal(t, sipws.CloseCode(4000), ev.Code)
+		assert.Equal(t, "because", ev.Reason)
+		assert.Error(t, ev.Err, "the close handshake did not complete")
+	})
+	t.Run("messages after the server's close are not delivered", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{CloseTimeout: 3 * time.Second})
+		c, conn := frDial(t, ts)
+		c.sendText("before")
+		assert.Equal(t, "before", string(ts.nextMsg(t).Msg.Data))
+		require.NoError(t, conn.Close(4000, "because"))
+		f := c.mustReadFrame()
+		require.Equal(t, frOpClose, f.Op)
+		c.sendText("late")
+		c.writeFrame(true, 0, frOpBinary, []byte("late binary"), true)
+		c.writeFrame(false, 0, frOpText, []byte("late "), true)
+		c.writeFrame(true, 0, frOpCont, []byte("fragments"), true)
+		c.sendClose(4000, "")
+		c.expectEOF(time.Second)
+		ev := frEnded(t, ts, c)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
+		assert.Zero(t, len(ts.Msgs), "a message sent after the server's close was delivered")
+	})
+	t.Run("default code and reason", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{})
+		c, conn := frDial(t, ts)
+		require.NoError(t, conn.Close(0, ""))
+		f := c.mustReadFrame()
+		require.Equal(t, frOpClose, f.Op)
+		code, reason := f.closeCode()
+		assert.Equal(t, uint16(1000), code)
+		assert.Equal(t, sipws.DefaultCloseReason, reason)
+		c.sendClose(1000, "")
+		c.expectEOF(time.Second)
+	})
+}
+
+func TestFrameServerCloseInvalidSendsNothing(t *testing.T) {
+	ts := startServer(t, sipws.Config{})
+	c, conn := frDial(t, ts)
+	for _, code := range []sipws.CloseCode{1005, 1006, 1015, 999, 1004, 1016, 2000, 2999, 5000} {
+		err := conn.Close(code, "x")
+		assert.ErrorIs(t, err, sipws.ErrInvalidCloseCode, "code %d", code)
+	}
+	err := conn.Close(1000, strings.Repeat("r", 124))
+	assert.ErrorIs(t, err, sipws.ErrInvalidCloseReason)
+	err = conn.Close(1000, "bad \xff")
+	assert.ErrorIs(t, err, sipws.ErrInvalidCloseReason)
+
+	// Nothing went out and the connection is open: the next frame the
+	// client reads is this message, and a valid close still works.
+	require.NoError(t, conn.Send([]byte("marker")))
+	f := c.mustReadFrame()
+	require.Equal(t, frOpText, f.Op)
+	assert.Equal(t, "marker", string(f.Payload))
+	c.sendText("client still heard")
+	assert.Equal(t, "client still heard", string(ts.nextMsg(t).Msg.Data))
+
+	reason := strings.Repeat("r", 123)
+	require.NoError(t, conn.Close(3000, reason))
+	f = c.mustReadFrame()
+	require.Equal(t, frOpClose, f.Op)
+	code, got := f.closeCode()
+	assert.Equal(t, uint16(3000), code)
+	assert.Equal(t, reason, got)
+}
+
+// RFC 6455 §5.5.2: a Ping is answered "unless it already received a Close
+// frame" — having sent one is no exception (§5.5.1 forbids only data frames
+// after a Close).
+func TestFramePingAnsweredAfterServerClose(t *testing.T) {
+	ts := startServer(t, sipws.Config{CloseTimeout: 3 * time.Second})
+	c, conn := frDial(t, ts)
+	require.NoError(t, conn.Close(4000, "because"))
+	f := c.mustReadFrame()
+	require.Equal(t, frOpClose, f.Op)
+	c.writeFrame(true, 0, frOpPing, []byte("still there?"), true)
+	c.sendClose(4000, "")
+	f, err := c.readFrame()
+	require.NoError(t, err, "no pong before the server closed TCP")
+	require.Equal(t, frOpPong, f.Op)
+	assert.Equal(t, "still there?", string(f.Payload))
+	c.expectEOF(time.Second)
 }

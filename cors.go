@@ -38,9 +38,9 @@ func (m CORSMode) String() string {
 	return fmt.Sprintf("CORSMode(%d)", uint8(m))
 }
 
-// ParseCORSMode parses "none", "any" (or "*") and "echo", or Kamailio's
+// parseCORSMode parses "none", "any" (or "*") and "echo", or Kamailio's
 // numbers "0", "1" and "2".
-func ParseCORSMode(s string) (CORSMode, error) {
+func parseCORSMode(s string) (CORSMode, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "none", "0":
 		return CORSNone, nil
@@ -65,6 +65,19 @@ func (m CORSMode) allowOrigin(origin string) string {
 		return origin
 	}
 	return ""
+}
+
+// MarshalText implements encoding.TextMarshaler: "none", "any" or "echo".
+func (m CORSMode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler: "none", "any" (or "*"),
+// "echo", or Kamailio's cors_mode numbers "0", "1", "2".
+func (m *CORSMode) UnmarshalText(b []byte) error {
+	v, err := parseCORSMode(string(b))
+	if err == nil {
+		*m = v
+	}
+	return err
 }
 
 // checkOriginPatterns validates Config.AllowedOrigins.

@@ -33,8 +33,8 @@ type refusal struct {
 
 // checkRequest applies RFC 6455 §4.2.1 to r. It returns the sub-protocol the
 // connection will speak, or the refusal to send. The sub-protocol is
-// unnegotiated when the client offered none and Config.NoSubprotocol stood
-// in: the 101 then names none.
+// unnegotiated when the client offered none and
+// Config.ImplicitSubprotocol stood in: the 101 then names none.
 func (s *Server) checkRequest(r *http.Request) (sp Subprotocol, unnegotiated bool, ref *refusal) {
 	if r.Method != http.MethodGet {
 		return 0, false, &refusal{
@@ -78,8 +78,8 @@ func (s *Server) checkRequest(r *http.Request) (sp Subprotocol, unnegotiated boo
 		return 0, false, &refusal{status: http.StatusBadRequest, msg: "invalid Sec-WebSocket-Key: want the base64 encoding of 16 bytes"}
 	}
 	sp, anyOffered := negotiateSubprotocol(r.Header, s.cfg.Subprotocols)
-	if sp == 0 && s.cfg.NoSubprotocol != 0 && !anyOffered {
-		return s.cfg.NoSubprotocol, true, nil
+	if sp == 0 && s.cfg.ImplicitSubprotocol != 0 && !anyOffered {
+		return s.cfg.ImplicitSubprotocol, true, nil
 	}
 	if sp == 0 {
 		ref := &refusal{status: http.StatusBadRequest}
@@ -294,9 +294,9 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	s.log.Info("connection opened", "conn", c.id, "remote", c.remote, "subprotocol", sp, "secure", c.secure)
 	switch {
 	case dropErr != nil:
-		c.abort(InitiatorShutdown, CloseGoingAway, "Going away", dropErr)
+		c.abort(CauseShutdown, CloseGoingAway, "Going away", dropErr)
 	case closing:
-		_ = c.startClose(InitiatorShutdown, CloseGoingAway, "Going away", nil)
+		_ = c.startClose(CauseShutdown, CloseGoingAway, "Going away", nil)
 	}
 	started = true
 	go c.serve()

@@ -263,7 +263,7 @@ func hsRoundTrip(t *testing.T, ts *testServer, c *rawClient, conn *sipws.Conn, m
 	c.sendText(msg)
 	m := ts.nextMsg(t)
 	assert.Same(t, conn, m.Conn, "delivered on another connection")
-	assert.Equal(t, sipws.Text, m.Msg.Type)
+	assert.Equal(t, sipws.MessageText, m.Msg.Type)
 	assert.Equal(t, msg, string(m.Msg.Data))
 	f := c.mustReadFrame()
 	assert.Equal(t, byte(0x1), f.Op, "echo opcode")
@@ -617,7 +617,7 @@ func TestHandshakeAuthorize(t *testing.T) {
 		case ck.Value == "suspended":
 			return nil, errors.New("account suspended")
 		case ck.Value == "forbidden":
-			return nil, fmt.Errorf("user banned: %w", sipws.ErrForbidden)
+			return nil, errors.New("user banned")
 		}
 		w.Header().Set("Set-Cookie", "seen=1")
 		return hsIdentity{User: "alice/" + ck.Value}, nil
@@ -801,7 +801,7 @@ func TestHandshakeTLS(t *testing.T) {
 	first.c.sendClose(1000, "bye")
 	first.c.expectClose(1000, ioTimeout)
 	ev := ts.nextClosed(t)
-	assert.Equal(t, conn.ID(), ev.ConnID)
+	assert.Equal(t, conn.ID(), ev.ID)
 	assert.True(t, ev.Secure, "Closed.Secure")
 }
 
@@ -1065,7 +1065,7 @@ func TestHandshakeAfterShutdown(t *testing.T) {
 	hsExpectRefused(t, ts, res, before, hsRefusal{status: http.StatusServiceUnavailable, body: []string{"shutting down"}})
 }
 
-// TestHandshakeNoSubprotocol checks Config.NoSubprotocol: a client that
+// TestHandshakeNoSubprotocol checks Config.ImplicitSubprotocol: a client that
 // offers no sub-protocol (a generic WebSocket tool) is served as the
 // configured one with no Sec-WebSocket-Protocol in the 101, while a client
 // that offers only unknown ones is still refused, and one that offers sip
@@ -1073,7 +1073,7 @@ func TestHandshakeAfterShutdown(t *testing.T) {
 func TestHandshakeNoSubprotocol(t *testing.T) {
 	for _, sp := range []sipws.Subprotocol{sipws.SIP, sipws.MSRP} {
 		t.Run(sp.String(), func(t *testing.T) {
-			ts := startServer(t, sipws.Config{NoSubprotocol: sp, OnMessage: hsEcho})
+			ts := startServer(t, sipws.Config{ImplicitSubprotocol: sp, OnMessage: hsEcho})
 
 			for _, offer := range []string{"", " , "} {
 				req := newHSRequest(ts.Addr, "sip").del("Sec-WebSocket-Protocol")
@@ -1113,24 +1113,24 @@ func TestHandshakeNoSubprotocol(t *testing.T) {
 	}
 }
 
-// TestNoSubprotocolConfigErrors checks that NoSubprotocol must name one
+// TestNoSubprotocolConfigErrors checks that ImplicitSubprotocol must name one
 // enabled sub-protocol.
 func TestNoSubprotocolConfigErrors(t *testing.T) {
 	for _, cfg := range []sipws.Config{
-		{NoSubprotocol: sipws.SIP | sipws.MSRP},
-		{NoSubprotocol: 4},
-		{Subprotocols: sipws.SIP, NoSubprotocol: sipws.MSRP},
-		{Subprotocols: sipws.MSRP, NoSubprotocol: sipws.SIP},
+		{ImplicitSubprotocol: sipws.SIP | sipws.MSRP},
+		{ImplicitSubprotocol: 4},
+		{Subprotocols: sipws.SIP, ImplicitSubprotocol: sipws.MSRP},
+		{Subprotocols: sipws.MSRP, ImplicitSubprotocol: sipws.SIP},
 	} {
 		_, err := sipws.New(cfg)
 		var ce *sipws.ConfigError
 		if assert.ErrorAs(t, err, &ce, "%+v", cfg) {
-			assert.Equal(t, "NoSubprotocol", ce.Field)
+			assert.Equal(t, "ImplicitSubprotocol", ce.Field)
 		}
 	}
 	for _, cfg := range []sipws.Config{
-		{NoSubprotocol: sipws.SIP},
-		{Subprotocols: sipws.MSRP, NoSubprotocol: sipws.MSRP},
+		{ImplicitSubprotocol: sipws.SIP},
+		{Subprotocols: sipws.MSRP, ImplicitSubprotocol: sipws.MSRP},
 	} {
 		s, err := sipws.New(cfg)
 		require.NoError(t, err, "%+v", cfg)

@@ -71,11 +71,11 @@ func TestMaxConns(t *testing.T) {
 
 // dialWhenFree dials from src until the handshake is accepted: a slot given
 // back when a socket closes is free a moment after the client closed it.
-func dialWhenFree(t testing.TB, addr, src string) *rawClient {
+func dialWhenFree(t testing.TB, addr, src string, extra ...string) *rawClient {
 	t.Helper()
 	var c *rawClient
 	require.Eventually(t, func() bool {
-		cl, resp := dialFrom(t, addr, src)
+		cl, resp := dialFrom(t, addr, src, extra...)
 		if resp.StatusCode != http.StatusSwitchingProtocols {
 			_ = cl.conn.Close()
 			return false
@@ -101,7 +101,7 @@ func TestCapsHeldUntilSocketClosed(t *testing.T) {
 		c.sendClose(1000, "")
 		c.expectClose(1000, ioTimeout)
 		ev := ts.nextClosed(t)
-		require.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+		require.Equal(t, sipws.CausePeer, ev.Cause)
 		lingering[i] = c
 	}
 	require.Zero(t, ts.Registry().Len())
@@ -349,7 +349,7 @@ func TestTrustedProxyForwardedFor(t *testing.T) {
 			want := netip.AddrPortFrom(netip.MustParseAddr(tc.want), peer.Port())
 			assert.Equal(t, want.String(), conn.RemoteAddr().String(), "the client, with the TCP peer's port")
 			assert.Equal(t, tc.secure, conn.Secure())
-			d := ts.Registry().Query(sipws.DumpQuery{RemoteIP: want.Addr()})
+			d := ts.Registry().Dump(sipws.DumpQuery{RemoteIP: want.Addr()})
 			require.Equal(t, 1, d.Total, "lookups see the forwarded client")
 			assert.Equal(t, want.String(), d.Conns[0].RemoteAddr.String())
 			got, ok := ts.Registry().ByRemoteAddr(want)
@@ -389,7 +389,7 @@ func TestClientForwardedBehindAppendingProxy(t *testing.T) {
 				assert.Equal(t, "too many connections from "+realIP+"\n", string(body))
 			}
 			assert.Equal(t, 5, upgraded)
-			d := ts.Registry().Dump(sipws.DumpByID, -1)
+			d := ts.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: -1})
 			require.Equal(t, 5, d.Total)
 			for _, ci := range d.Conns {
 				assert.Equal(t, realIP, ci.RemoteAddr.Addr().String())

@@ -17,13 +17,13 @@ import (
 
 // ptExpectClosedBy reads the server's close frame on c and checks its code
 // and reason, and that OnClosed names the initiator and the same code.
-func ptExpectClosedBy(t *testing.T, ts *testServer, c *rawClient, code uint16, reason string, by sipws.Initiator) {
+func ptExpectClosedBy(t *testing.T, ts *testServer, c *rawClient, code uint16, reason string, by sipws.CloseCause) {
 	t.Helper()
 	f := c.expectClose(code, ioTimeout)
 	_, got := f.closeCode()
 	assert.Equal(t, reason, got, "close reason")
 	ev := ts.nextClosed(t)
-	assert.Equal(t, by, ev.Initiator, "Initiator (%s)", ev.Initiator)
+	assert.Equal(t, by, ev.Cause, "Initiator (%s)", ev.Cause)
 	assert.Equal(t, sipws.CloseCode(code), ev.Code)
 	assert.Equal(t, sipws.CloseCode(code), sipws.CloseStatus(ev.Err), "Closed.Err %v", ev.Err)
 }
@@ -74,7 +74,7 @@ func TestMessageTimeout(t *testing.T) {
 	}
 	for range fragments + 2 {
 		ev := ts.nextClosed(t)
-		assert.Equal(t, sipws.InitiatorMessageTimeout, ev.Initiator, "Initiator (%s)", ev.Initiator)
+		assert.Equal(t, sipws.CauseMessageTimeout, ev.Cause, "Initiator (%s)", ev.Cause)
 		assert.Equal(t, sipws.ClosePolicyViolation, ev.Code)
 		assert.Equal(t, sipws.ClosePolicyViolation, sipws.CloseStatus(ev.Err), "Closed.Err %v", ev.Err)
 	}
@@ -119,7 +119,7 @@ func TestPartialBytesBudgetClosesLargestHolder(t *testing.T) {
 	// one that grows.
 	grower, _ := frDial(t, ts)
 	grower.writeRaw(frMasked(false, frOpBinary, frBin(30*kib, 3)))
-	ptExpectClosedBy(t, ts, bigHog, 1009, "server out of memory for partial messages", sipws.InitiatorPartialBytes)
+	ptExpectClosedBy(t, ts, bigHog, 1009, "server out of memory for partial messages", sipws.CausePartialBytes)
 
 	// Everyone else finishes their message.
 	small.writeRaw(frMasked(true, frOpCont, []byte("\r\n")))
@@ -145,7 +145,7 @@ func TestPartialBytesBudgetWakesHogInsideFrame(t *testing.T) {
 	ptWaitHeld(t, ts, 50*kib)
 	other, _ := frDial(t, ts)
 	other.writeRaw(frMasked(true, frOpBinary, frBin(20*kib, 2)))
-	ptExpectClosedBy(t, ts, hog, 1009, "server out of memory for partial messages", sipws.InitiatorPartialBytes)
+	ptExpectClosedBy(t, ts, hog, 1009, "server out of memory for partial messages", sipws.CausePartialBytes)
 	assert.Len(t, ts.nextMsg(t).Msg.Data, 20*kib)
 	assert.Zero(t, len(ts.Closed))
 	require.Eventually(t, func() bool { return ts.Stats().PartialBytes == 0 }, ioTimeout, time.Millisecond)
@@ -167,7 +167,7 @@ func TestPartialBytesBudgetClosesGrowerWhenLargest(t *testing.T) {
 	grower.writeRaw(frMasked(false, frOpBinary, frBin(40*kib, 9)))
 	ptWaitHeld(t, ts, 70*kib)
 	grower.writeRaw(frMasked(false, frOpCont, frBin(24*kib, 9)))
-	ptExpectClosedBy(t, ts, grower, 1009, "server out of memory for partial messages", sipws.InitiatorPartialBytes)
+	ptExpectClosedBy(t, ts, grower, 1009, "server out of memory for partial messages", sipws.CausePartialBytes)
 
 	for i, c := range others {
 		c.writeRaw(frMasked(true, frOpCont, []byte("end")))

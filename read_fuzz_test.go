@@ -90,7 +90,7 @@ func fuzzReadOnce(t *testing.T, in []byte, way string) []string {
 			msgs = append(msgs, string(m.Data))
 			mu.Unlock()
 		},
-		OnClosed: func(Closed) { closed.Add(1) },
+		OnClosed: func(CloseEvent) { closed.Add(1) },
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -21,30 +21,30 @@ const Version = "0.2.0"
 // Defaults that a zero Config field stands for. Those with a Kamailio
 // counterpart have its default.
 const (
-	DefaultSubprotocols      = SIP | MSRP       // sub_protocols with msrp.so loaded
-	DefaultMaxMessageSize    = 64 << 10         // bytes
-	MaxMaxMessageSize        = 64 << 20         // the largest MaxMessageSize accepted
-	DefaultReadBufferSize    = 512              // bytes of read buffer per connection
-	DefaultCloseTimeout      = 2 * time.Second  // wait for the peer's close reply
-	DefaultWriteTimeout      = 10 * time.Second // one write to the socket
-	DefaultFrameTimeout      = 30 * time.Second // a frame that has started must end within it
-	DefaultMessageTimeout    = 60 * time.Second // a message that has started must end within it
-	DefaultMaxPartialBytes   = 64 << 20         // bytes held in partial messages, server-wide
-	DefaultSendQueueSize     = 1 << 20          // bytes queued per connection before it is a slow consumer
-	DefaultKeepaliveTimeout  = 180 * time.Second
-	DefaultKeepaliveInterval = time.Second
-	DefaultKeepaliveWorkers  = 1
-	DefaultPongWait          = 5 * time.Second
-	DefaultIPv6PrefixLen     = 64 // bits of an IPv6 client that MaxConnsPerIP counts as one
+	defaultSubprotocols      = SIP | MSRP       // sub_protocols with msrp.so loaded
+	defaultMaxMessageSize    = 64 << 10         // bytes
+	maxMaxMessageSize        = 64 << 20         // the largest MaxMessageSize accepted
+	defaultReadBufferSize    = 512              // bytes of read buffer per connection
+	defaultCloseTimeout      = 2 * time.Second  // wait for the peer's close reply
+	defaultWriteTimeout      = 10 * time.Second // one write to the socket
+	defaultFrameTimeout      = 30 * time.Second // a frame that has started must end within it
+	defaultMessageTimeout    = 60 * time.Second // a message that has started must end within it
+	defaultMaxPartialBytes   = 64 << 20         // bytes held in partial messages, server-wide
+	defaultSendQueueSize     = 1 << 20          // bytes queued per connection before it is a slow consumer
+	defaultKeepaliveTimeout  = 180 * time.Second
+	defaultKeepaliveInterval = time.Second
+	defaultKeepaliveWorkers  = 1
+	defaultPongWait          = 5 * time.Second
+	defaultIPv6PrefixLen     = 64 // bits of an IPv6 client that MaxConnsPerIP counts as one
 )
 
-// DefaultMaxKeptHeaderBytes is what a zero Config.MaxKeptHeaderBytes stands
+// defaultMaxKeptHeaderBytes is what a zero Config.MaxKeptHeaderBytes stands
 // for: the bytes of its handshake request a connection keeps at most.
-const DefaultMaxKeptHeaderBytes = 4 << 10
+const defaultMaxKeptHeaderBytes = 4 << 10
 
-// DefaultPingData is the keepalive payload when Config.PingData is nil, as
+// defaultPingData is the keepalive payload when Config.PingData is nil, as
 // Kamailio uses its Server: header.
-const DefaultPingData = "sipws/" + Version
+const defaultPingData = "sipws/" + Version
 
 // Config configures a Server. Its zero value is Kamailio's defaults: every
 // zero field stands for the default named in its comment. New validates it
@@ -53,13 +53,13 @@ type Config struct {
 	// Subprotocols is the set of enabled sub-protocols (sub_protocols).
 	// 0 means SIP|MSRP.
 	Subprotocols Subprotocol
-	// NoSubprotocol is how a client that offers no Sec-WebSocket-Protocol
+	// ImplicitSubprotocol is how a client that offers no Sec-WebSocket-Protocol
 	// at all is served: 0 (the default, as Kamailio) refuses it with 400,
 	// since SIP and MSRP clients always offer one (RFC 7118 §4.1, RFC 7977
 	// §4); SIP or MSRP, an enabled one, serves it as that sub-protocol, with
 	// no Sec-WebSocket-Protocol in the 101 (RFC 6455 §4.2.2). It is for
 	// generic WebSocket tools, such as conformance suites, that offer none.
-	NoSubprotocol Subprotocol
+	ImplicitSubprotocol Subprotocol
 	// CORS is the cross-origin mode of the 101 response (cors_mode).
 	CORS CORSMode
 
@@ -78,7 +78,7 @@ type Config struct {
 	// 0 means 2 s.
 	CloseTimeout time.Duration
 	// WriteTimeout bounds every write to a socket; a write that does not end
-	// in time closes the connection (InitiatorWriteFailure). 0 means 10 s.
+	// in time closes the connection (CauseWriteFailure). 0 means 10 s.
 	WriteTimeout time.Duration
 	// FrameTimeout bounds the time between the first and last byte of one
 	// frame, so that a half-sent frame cannot hold a connection; it does not
@@ -88,7 +88,7 @@ type Config struct {
 	// its last, so that a message sent in fragments that never ends — a
 	// first fragment, then silence or only control frames — cannot hold its
 	// buffer; a message not finished in time fails the connection with 1008
-	// (InitiatorMessageTimeout). It does not limit idle time. 0 means 60 s,
+	// (CauseMessageTimeout). It does not limit idle time. 0 means 60 s,
 	// or FrameTimeout when that is longer; it may not be shorter than
 	// FrameTimeout, which bounds a message of one frame.
 	MessageTimeout time.Duration
@@ -96,7 +96,7 @@ type Config struct {
 	// messages they are still receiving (whose bytes are still on their
 	// way: a message in fragments, or one frame larger than what has
 	// arrived). When a message would grow past it, the connections holding
-	// the most are failed with 1009 (InitiatorPartialBytes), largest first,
+	// the most are failed with 1009 (CausePartialBytes), largest first,
 	// until the growth fits — the growing connection itself once it would
 	// hold the most — so that one or a few hogs go and every other
 	// connection keeps receiving. The bytes are counted as buffers grow,
@@ -150,17 +150,18 @@ type Config struct {
 	//     the element that names the client is read with it.
 	//   - "X-Real-IP", a single address that nginx sets with
 	//     proxy_set_header.
-	// The name is matched in any case; any other is a ConfigError.
+	// The name is matched in any case; any other is an error of New.
 	ForwardedHeader string
 
 	// FlowTokens, when set, signs and resolves the RFC 5626 flow tokens that
-	// name this server's connections (Conn.FlowToken, Server.ResolveFlow),
+	// name this server's connections (Conn.FlowToken, Registry.ResolveFlow),
 	// for Path and Record-Route URIs that route requests back to browser
 	// phones. Create it with NewFlowTokens; rotate keys with
 	// Server.SetFlowKeys. It may be shared with other Servers or reused
 	// after Shutdown: each Server's tokens carry a nonce of its own, and a
 	// token of another Server is ErrFlowStale here. Without it,
-	// Conn.FlowToken and Server.ResolveFlow fail with ErrNoFlowTokens.
+	// Conn.FlowToken, Conn.FlowURI and Registry.ResolveFlow fail (FlowStatus:
+	// 500).
 	FlowTokens *FlowTokens
 
 	// Framing checks that every message holds exactly one SIP message (on a
@@ -168,11 +169,11 @@ type Config struct {
 	// (RFC 7118 §5, RFC 7977; see CheckMessage). FramingOff, the default,
 	// delivers the bytes as they are.
 	Framing FramingMode
-	// OnInvalid, when set, receives each message that fails the framing
+	// OnInvalidMessage, when set, receives each message that fails the framing
 	// check under FramingReport, with the reason, on the connection's
 	// goroutine; the message is not given to OnMessage. Every such message
 	// is also counted (Stats.InvalidMessages) and logged.
-	OnInvalid func(c *Conn, m Message, err error)
+	OnInvalidMessage func(c *Conn, m Message, err error)
 
 	// Keepalive is the keepalive mechanism (keepalive_mechanism); the zero
 	// value is KeepalivePing, Kamailio's default.
@@ -208,8 +209,9 @@ type Config struct {
 
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
-	// Clock is the time source of keepalive; nil is the real clock.
-	Clock Clock
+	// clock is the time source of keepalive and timeouts; nil is the real
+	// clock. Only tests set it (WithClock in export_test.go).
+	clock clock
 
 	// CheckOrigin, when set, is asked about every handshake that is
 	// otherwise valid; false refuses it with 403 Forbidden. Browsers send
@@ -226,7 +228,7 @@ type Config struct {
 	// "app.example.com:8443", "https://*.example.com:*"); "*" alone allows
 	// any Origin, and "null" the opaque origin "null". Empty (the default)
 	// checks nothing. With CheckOrigin also set, both must accept. A
-	// pattern path.Match rejects is a ConfigError.
+	// pattern path.Match rejects is an error of New.
 	AllowedOrigins []string
 	// Authorize, when set, is called after CheckOrigin. It may read the
 	// request's headers and cookies (RFC 7118 §7). It returns the identity
@@ -266,17 +268,17 @@ type Config struct {
 	// most Config.CloseTimeout later). It holds its MaxConns and
 	// MaxConnsPerIP slot until its socket is closed, which may be after
 	// OnClosed returns.
-	OnClosed func(ev Closed)
+	OnClosed func(ev CloseEvent)
 }
 
-// ConfigError reports an invalid Config field.
-type ConfigError struct {
+// configError reports an invalid Config field.
+type configError struct {
 	Field  string
 	Reason string
 }
 
 // Error implements error.
-func (e *ConfigError) Error() string {
+func (e *configError) Error() string {
 	return "sipws: invalid Config." + e.Field + ": " + e.Reason
 }
 
@@ -286,16 +288,16 @@ func quote(s string) string { return strconv.Quote(s) }
 // or an error for the first invalid field.
 func (c Config) withDefaults() (Config, error) {
 	bad := func(field, format string, args ...any) (Config, error) {
-		return c, &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+		return c, &configError{Field: field, Reason: fmt.Sprintf(format, args...)}
 	}
 	if c.Subprotocols == 0 {
-		c.Subprotocols = DefaultSubprotocols
+		c.Subprotocols = defaultSubprotocols
 	}
 	if c.Subprotocols&^allSubprotocols != 0 {
 		return bad("Subprotocols", "unknown bits %#x (SIP=1, MSRP=2)", uint8(c.Subprotocols&^allSubprotocols))
 	}
-	if c.NoSubprotocol != 0 && (c.NoSubprotocol.Token() == "" || c.Subprotocols&c.NoSubprotocol == 0) {
-		return bad("NoSubprotocol", "%s is not one enabled sub-protocol (enabled: %s)", c.NoSubprotocol, c.Subprotocols)
+	if c.ImplicitSubprotocol != 0 && (c.ImplicitSubprotocol.Token() == "" || c.Subprotocols&c.ImplicitSubprotocol == 0) {
+		return bad("ImplicitSubprotocol", "%s is not one enabled sub-protocol (enabled: %s)", c.ImplicitSubprotocol, c.Subprotocols)
 	}
 	if err := checkOriginPatterns(c.AllowedOrigins); err != nil {
 		return bad("AllowedOrigins", "%v", err)
@@ -306,13 +308,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case c.MaxMessageSize == 0:
-		c.MaxMessageSize = DefaultMaxMessageSize
-	case c.MaxMessageSize < 0 || c.MaxMessageSize > MaxMaxMessageSize:
-		return bad("MaxMessageSize", "%d is not between 1 and %d", c.MaxMessageSize, MaxMaxMessageSize)
+		c.MaxMessageSize = defaultMaxMessageSize
+	case c.MaxMessageSize < 0 || c.MaxMessageSize > maxMaxMessageSize:
+		return bad("MaxMessageSize", "%d is not between 1 and %d", c.MaxMessageSize, maxMaxMessageSize)
 	}
 	switch {
 	case c.ReadBufferSize == 0:
-		c.ReadBufferSize = DefaultReadBufferSize
+		c.ReadBufferSize = defaultReadBufferSize
 	case c.ReadBufferSize < 128 || c.ReadBufferSize > 1<<20:
 		return bad("ReadBufferSize", "%d is not between 128 and %d", c.ReadBufferSize, 1<<20)
 	}
@@ -321,11 +323,11 @@ func (c Config) withDefaults() (Config, error) {
 		v    *time.Duration
 		def  time.Duration
 	}{
-		{"CloseTimeout", &c.CloseTimeout, DefaultCloseTimeout},
-		{"WriteTimeout", &c.WriteTimeout, DefaultWriteTimeout},
-		{"FrameTimeout", &c.FrameTimeout, DefaultFrameTimeout},
-		{"KeepaliveTimeout", &c.KeepaliveTimeout, DefaultKeepaliveTimeout},
-		{"KeepaliveInterval", &c.KeepaliveInterval, DefaultKeepaliveInterval},
+		{"CloseTimeout", &c.CloseTimeout, defaultCloseTimeout},
+		{"WriteTimeout", &c.WriteTimeout, defaultWriteTimeout},
+		{"FrameTimeout", &c.FrameTimeout, defaultFrameTimeout},
+		{"KeepaliveTimeout", &c.KeepaliveTimeout, defaultKeepaliveTimeout},
+		{"KeepaliveInterval", &c.KeepaliveInterval, defaultKeepaliveInterval},
 		{"IdleTimeout", &c.IdleTimeout, 0},
 	}
 	for _, d := range durations {
@@ -340,7 +342,7 @@ func (c Config) withDefaults() (Config, error) {
 	case c.MessageTimeout < 0:
 		return bad("MessageTimeout", "negative duration %v", c.MessageTimeout)
 	case c.MessageTimeout == 0:
-		c.MessageTimeout = max(DefaultMessageTimeout, c.FrameTimeout)
+		c.MessageTimeout = max(defaultMessageTimeout, c.FrameTimeout)
 	case c.MessageTimeout < c.FrameTimeout:
 		return bad("MessageTimeout", "%v is shorter than FrameTimeout %v", c.MessageTimeout, c.FrameTimeout)
 	}
@@ -348,7 +350,7 @@ func (c Config) withDefaults() (Config, error) {
 	case c.MaxPartialBytes < 0:
 		return bad("MaxPartialBytes", "negative size %d", c.MaxPartialBytes)
 	case c.MaxPartialBytes == 0:
-		c.MaxPartialBytes = max(DefaultMaxPartialBytes, 4*c.MaxMessageSize)
+		c.MaxPartialBytes = max(defaultMaxPartialBytes, 4*c.MaxMessageSize)
 	case c.MaxPartialBytes < c.MaxMessageSize:
 		return bad("MaxPartialBytes", "%d is less than MaxMessageSize %d: no message of the largest size could be received", c.MaxPartialBytes, c.MaxMessageSize)
 	}
@@ -360,7 +362,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case c.IPv6PrefixLen == 0:
-		c.IPv6PrefixLen = DefaultIPv6PrefixLen
+		c.IPv6PrefixLen = defaultIPv6PrefixLen
 	case c.IPv6PrefixLen < 0 || c.IPv6PrefixLen > 128:
 		return bad("IPv6PrefixLen", "%d is not between 1 and 128", c.IPv6PrefixLen)
 	}
@@ -383,7 +385,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case c.SendQueueSize == 0:
-		c.SendQueueSize = DefaultSendQueueSize
+		c.SendQueueSize = defaultSendQueueSize
 	case c.SendQueueSize < 0:
 		return bad("SendQueueSize", "negative size %d", c.SendQueueSize)
 	}
@@ -398,12 +400,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case c.KeepaliveWorkers == 0:
-		c.KeepaliveWorkers = DefaultKeepaliveWorkers
+		c.KeepaliveWorkers = defaultKeepaliveWorkers
 	case c.KeepaliveWorkers < 0 || c.KeepaliveWorkers > 256:
 		return bad("KeepaliveWorkers", "%d is not between 1 and 256", c.KeepaliveWorkers)
 	}
 	if c.PingData == nil {
-		c.PingData = []byte(DefaultPingData)
+		c.PingData = []byte(defaultPingData)
 	}
 	if len(c.PingData) > maxControlPayload {
 		return bad("PingData", "%d bytes, at most %d fit a control frame", len(c.PingData), maxControlPayload)
@@ -413,13 +415,13 @@ func (c Config) withDefaults() (Config, error) {
 	case c.PongWait < 0:
 		return bad("PongWait", "negative duration %v", c.PongWait)
 	case c.PongWait == 0:
-		c.PongWait = min(DefaultPongWait, c.KeepaliveTimeout)
+		c.PongWait = min(defaultPongWait, c.KeepaliveTimeout)
 	case c.PongWait > c.KeepaliveTimeout:
 		return bad("PongWait", "%v is longer than KeepaliveTimeout %v", c.PongWait, c.KeepaliveTimeout)
 	}
 	switch {
 	case c.MaxKeptHeaderBytes == 0:
-		c.MaxKeptHeaderBytes = DefaultMaxKeptHeaderBytes
+		c.MaxKeptHeaderBytes = defaultMaxKeptHeaderBytes
 	case c.MaxKeptHeaderBytes < 128 || c.MaxKeptHeaderBytes > 1<<20:
 		return bad("MaxKeptHeaderBytes", "%d is not between 128 and %d", c.MaxKeptHeaderBytes, 1<<20)
 	}
@@ -440,8 +442,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.Clock == nil {
-		c.Clock = realClock{}
+	if c.clock == nil {
+		c.clock = realClock{}
 	}
 	return c, nil
 }
@@ -453,7 +455,7 @@ func (c Config) withDefaults() (Config, error) {
 type Server struct {
 	cfg    Config
 	log    *slog.Logger
-	clock  Clock
+	clock  clock
 	reg    Registry
 	stats  counters
 	limits connLimits
@@ -490,7 +492,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: c, log: c.Logger, clock: c.Clock, obs: c.Observer, flowRun: newFlowRun()}
+	s := &Server{cfg: c, log: c.Logger, clock: c.clock, obs: c.Observer, flowRun: newFlowRun()}
 	s.reg.init(s)
 	if c.FlowTokens != nil {
 		s.flows.Store(c.FlowTokens)
@@ -570,7 +572,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if first {
 		s.log.Info("shutting down", "connections", s.reg.Len())
 	}
-	s.reg.each(func(c *Conn) { c.startClose(InitiatorShutdown, CloseGoingAway, "Going away", nil) })
+	s.reg.each(func(c *Conn) { c.startClose(CauseShutdown, CloseGoingAway, "Going away", nil) })
 
 	err := s.waitLive(ctx, onConnGoroutine())
 	if err != nil {
@@ -580,7 +582,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			s.dropErr = aerr
 		}
 		s.mu.Unlock()
-		s.reg.each(func(c *Conn) { c.abort(InitiatorShutdown, CloseGoingAway, "Going away", aerr) })
+		s.reg.each(func(c *Conn) { c.abort(CauseShutdown, CloseGoingAway, "Going away", aerr) })
 	}
 	s.ka.stop()
 	return err
@@ -683,15 +685,3 @@ func onConnGoroutine() bool {
 
 // ServeHTTP implements http.Handler: it is HandleHandshake.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.HandleHandshake(w, r) }
-
-// scratchSize is the size of the pooled blocks data frames are built in when
-// they can be written at once: room for a SIP request with a WebRTC SDP.
-const scratchSize = 8 << 10
-
-// putScratch gives f's pooled block back, if it has one.
-func (s *Server) putScratch(f *outFrame) {
-	if f.scratch != nil {
-		s.scratch.Put(f.scratch)
-		f.scratch = nil
-	}
-}

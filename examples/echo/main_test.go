@@ -146,13 +146,13 @@ func TestEchoBinary(t *testing.T) {
 		assert.Equal(t, 403, status("http://try.example"))
 	})
 
-	t.Run("NoSubprotocol", func(t *testing.T) {
+	t.Run("ImplicitSubprotocol", func(t *testing.T) {
 		// By default a client that offers no sub-protocol is refused.
 		p := startEcho(t, bin)
 		assert.Equal(t, ws.StatusError(400), dialRefused(t, p.addr, ""), "a handshake offering no sub-protocol")
 
-		// With -no-subprotocol it is served, and the 101 names none.
-		p = startEcho(t, bin, "-no-subprotocol", "sip")
+		// With -implicit-subprotocol it is served, and the 101 names none.
+		p = startEcho(t, bin, "-implicit-subprotocol", "sip")
 		c := dial(t, p.addr, "")
 		assert.Empty(t, c.protocol)
 		c.send(ws.OpText, []byte("autobahn"))
@@ -345,9 +345,9 @@ func TestEchoBinary(t *testing.T) {
 	t.Run("BadFlagsExit2", func(t *testing.T) {
 		for _, args := range [][]string{
 			{"-subprotocols", "xmpp"},
-			{"-no-subprotocol", "xmpp"},
-			{"-no-subprotocol", "sip,msrp"},
-			{"-subprotocols", "sip", "-no-subprotocol", "msrp"},
+			{"-implicit-subprotocol", "xmpp"},
+			{"-implicit-subprotocol", "sip,msrp"},
+			{"-subprotocols", "sip", "-implicit-subprotocol", "msrp"},
 			{"-keepalive", "sometimes"},
 			{"-cors", "maybe"},
 			{"-allow-origin", "[a-"},
@@ -356,7 +356,7 @@ func TestEchoBinary(t *testing.T) {
 			{"-keepalive-timeout", "10s", "-pong-wait", "1m"},
 			{"-frame-timeout", "1m", "-message-timeout", "30s"},
 			{"-max", "1048576", "-max-partial-bytes", "65536"},
-			{"-max", "0"},
+			{"-max", "-1"},
 			{"-forwarded-header", "X-Client-IP"},
 			{"-ipv6-prefix-len", "129"},
 			{"-ipv6-prefix-len", "-1"},

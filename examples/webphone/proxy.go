@@ -95,6 +95,10 @@ func flowGone(err error) bool {
 	return code == 430
 }
 
+// maxMessageSize is the largest SIP message the parser takes: the default
+// of sipws's Config.MaxMessageSize, which refuses a larger one first.
+const maxMessageSize = 64 << 10
+
 func newProxy(domain string, log *slog.Logger) *proxy {
 	p := &proxy{
 		domain: domain,
@@ -107,7 +111,7 @@ func newProxy(domain string, log *slog.Logger) *proxy {
 		parser: sip.NewParser(),
 		stop:   make(chan struct{}),
 	}
-	p.parser.MaxMessageLength = sipws.MaxMaxMessageSize
+	p.parser.MaxMessageLength = maxMessageSize // as Config.MaxMessageSize
 	return p
 }
 
@@ -131,17 +135,17 @@ func (p *proxy) onMessage(c *sipws.Conn, m sipws.Message) {
 // onClosed is the sipws OnClosed hook: the connection's bindings go, its
 // pending downstream branches fail with 480, and INVITEs it was the caller
 // of are cancelled downstream.
-func (p *proxy) onClosed(ev sipws.Closed) {
-	if bs := p.reg.dropConn(ev.ConnID); len(bs) > 0 {
-		p.log.Info("bindings removed with their connection", "conn", ev.ConnID, "bindings", len(bs))
+func (p *proxy) onClosed(ev sipws.CloseEvent) {
+	if bs := p.reg.dropConn(ev.ID); len(bs) > 0 {
+		p.log.Info("bindings removed with their connection", "conn", ev.ID, "bindings", len(bs))
 	}
 	p.provenMu.Lock()
-	delete(p.proven, ev.ConnID)
+	delete(p.proven, ev.ID)
 	p.provenMu.Unlock()
 	var out []outbound
 	p.txns.mu.Lock()
 	for _, t := range p.txns.byKey {
-		if t.key.src == ev.ConnID {
+		if t.key.src == ev.ID {
 			// Nobody to answer: a pending INVITE is cancelled downstream
 			// (and kept until its branches end, to ACK their answers);
 			// anything else is forgotten now.
@@ -153,7 +157,7 @@ func (p *proxy) onClosed(ev sipws.Closed) {
 			continue
 		}
 		for _, b := range t.branches {
-			if b.dst == ev.ConnID && b.status == 0 {
+			if b.dst == ev.ID && b.status == 0 {
 				res := p.newResponse(t.orig, 480, "Temporarily Unavailable")
 				out = append(out, p.branchFinalLocked(b, res)...)
 			}
@@ -406,7 +410,7 @@ func (p *proxy) route(c *sipws.Conn, req *sip.Request) routing {
 		bs := p.reg.lookup(ruri.User, p.now())
 		if len(bs) == 0 {
 			// sip:TOKEN@DOMAIN reaches a flow directly, as a GRUU would.
-			if _, err := p.ws.ResolveFlow(ruri.User); err == nil || flowGone(err) {
+			if _, err := p.ws.Registry().ResolveFlow(ruri.User); err == nil || flowGone(err) {
 				return p.routeByFlow(c, []string{ruri.User})
 			}
 			return routing{code: 404, reason: "Not Found"}
@@ -472,7 +476,7 @@ func (p *proxy) popRoutes(req *sip.Request) []string {
 			return tokens
 		}
 		req.RemoveHeader("Route")
-		if tok, ok := sipws.TokenFromURI(rh.Address.String()); ok {
+		if tok, ok := sipws.FlowTokenFromURI(rh.Address.String()); ok {
 			tokens = append(tokens, tok)
 		}
 	}
@@ -486,7 +490,7 @@ func (p *proxy) popRoutes(req *sip.Request) []string {
 func (p *proxy) routeByFlow(c *sipws.Conn, tokens []string) routing {
 	var gone, invalid, self bool
 	for i := len(tokens) - 1; i >= 0; i-- {
-		dst, err := p.ws.ResolveFlow(tokens[i])
+		dst, err := p.ws.Registry().ResolveFlow(tokens[i])
 		switch {
 		case err == nil && dst.ID() != c.ID():
 			return routing{targets: []target{{conn: dst}}}
@@ -538,12 +542,12 @@ func dialogCreating(req *sip.Request) bool {
 
 // flowRoute returns a Record-Route header naming connection c.
 func (p *proxy) flowRoute(c *sipws.Conn) *sip.RecordRouteHeader {
-	token, err := c.FlowToken()
+	uri, err := c.FlowURI(p.domain, 0, false)
 	if err != nil {
 		panic(err) // newApp sets Config.FlowTokens
 	}
 	rr := &sip.RecordRouteHeader{}
-	if err := sip.ParseUri(sipws.FlowURI(token, p.domain, 0, false), &rr.Address); err != nil {
+	if err := sip.ParseUri(uri, &rr.Address); err != nil {
 		panic(fmt.Sprintf("flow URI does not parse: %v", err)) // tokens are base64url and the domain a host
 	}
 	return rr
@@ -861,7 +865,7 @@ func (p *proxy) unbindFlow(b binding) {
 		return
 	}
 	if c, ok := p.ws.Registry().Get(b.conn); ok {
-		p.ws.UnbindInstance(c, p.aor(b.user), b.instance, b.regID)
+		c.UnbindInstance(p.aor(b.user), b.instance, b.regID)
 	}
 }
 
@@ -1020,7 +1024,7 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 		if ob {
 			// The flow of this AOR and instance is now c: a connection the
 			// phone had before (it reconnected) is closed by the library.
-			replaced, err := p.ws.BindInstance(c, aor, u.instance, u.regID)
+			replaced, err := c.BindInstance(aor, u.instance, u.regID)
 			if err != nil {
 				p.reg.remove(user, u.key)
 			}

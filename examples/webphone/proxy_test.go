@@ -447,7 +447,7 @@ func TestReconnectReplacesFlow(t *testing.T) {
 	a2.register(600, true)
 	select {
 	case ce := <-a1.closed:
-		if ce.Code != ws.StatusNormalClosure || ce.Reason != sipws.ReplacedReason {
+		if ce.Code != ws.StatusNormalClosure || ce.Reason != "Replaced by a new flow" {
 			t.Errorf("old flow closed with %d %q", ce.Code, ce.Reason)
 		}
 	case <-time.After(3 * time.Second):
@@ -586,7 +586,7 @@ func establish(t *testing.T, a, b *phone) dialogState {
 		t.Fatalf("Record-Route = %q", d.calleeRoutes)
 	}
 	for _, rr := range d.calleeRoutes {
-		if tok, ok := sipws.TokenFromURI(rr); !ok || tok == "" || !strings.Contains(rr, "@"+testDomain+";transport=ws;lr") {
+		if tok, ok := sipws.FlowTokenFromURI(rr); !ok || tok == "" || !strings.Contains(rr, "@"+testDomain+";transport=ws;lr") {
 			t.Fatalf("Record-Route %q is not a flow URI", rr)
 		}
 	}

@@ -188,7 +188,7 @@ func (s *site) serveOnline(w http.ResponseWriter, r *http.Request) {
 }
 
 // adminRoutes adds the operator's views to the -admin listener's mux:
-// /api/connections (Registry.Query, paged: ?offset=N&limit=N) and
+// /api/connections (Registry.Dump, paged: ?offset=N&limit=N) and
 // /api/bindings (every binding with contact, instance, user agent and
 // connection, paged: ?after_user=U&after_key=K&limit=N). As for /RPC, a
 // request must name a loopback address, localhost or one of hosts in its
@@ -247,7 +247,7 @@ func (s *site) serveConnections(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := time.Now()
-	d := s.ws.Registry().Query(sipws.DumpQuery{Order: sipws.DumpByID, Limit: limit, Offset: offset})
+	d := s.ws.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: limit, Offset: offset})
 	out := struct {
 		Total       int        `json:"total"`
 		Connections []connJSON `json:"connections"`
