@@ -17,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/sipws/sipws"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
 // This file checks OnClosed: exactly one event per connection, at once, with
@@ -57,7 +59,7 @@ func clOpen(t *testing.T, ts *testServer, proto string) (*rawClient, *sipws.Conn
 type clWant struct {
 	sp        sipws.Subprotocol
 	secure    bool
-	initiator sipws.Initiator
+	initiator sipws.CloseCause
 	code      sipws.CloseCode
 	reason    string
 	anyReason bool // reason is not checked, only that it is not empty
@@ -66,7 +68,7 @@ type clWant struct {
 
 // clAwait waits for the next OnClosed event and checks that it came within
 // clPrompt of since.
-func clAwait(t *testing.T, ts *testServer, since time.Time) sipws.Closed {
+func clAwait(t *testing.T, ts *testServer, since time.Time) sipws.CloseEvent {
 	t.Helper()
 	ev := ts.nextClosed(t)
 	assert.Less(t, time.Since(since), clPrompt, "OnClosed came late")
@@ -75,21 +77,21 @@ func clAwait(t *testing.T, ts *testServer, since time.Time) sipws.Closed {
 
 // clCheck checks an event against the connection it is about, then that the
 // connection is gone for good and that no second event comes.
-func clCheck(t *testing.T, ts *testServer, ev sipws.Closed, client net.Conn, conn *sipws.Conn, w clWant) {
+func clCheck(t *testing.T, ts *testServer, ev sipws.CloseEvent, client net.Conn, conn *sipws.Conn, w clWant) {
 	t.Helper()
 	clCheckFields(t, ts, ev, client, conn, w)
 	ts.noMoreClosed(t, clQuiet)
 }
 
 // clCheckFields is clCheck without the wait for a second event.
-func clCheckFields(t *testing.T, ts *testServer, ev sipws.Closed, client net.Conn, conn *sipws.Conn, w clWant) {
+func clCheckFields(t *testing.T, ts *testServer, ev sipws.CloseEvent, client net.Conn, conn *sipws.Conn, w clWant) {
 	t.Helper()
-	assert.Equal(t, conn.ID(), ev.ConnID, "ConnID")
+	assert.Equal(t, conn.ID(), ev.ID, "ConnID")
 	assert.Equal(t, clAddr(client.LocalAddr()), ev.RemoteAddr, "RemoteAddr is the client's address")
 	assert.Equal(t, clAddr(client.RemoteAddr()), ev.LocalAddr, "LocalAddr is the server's address")
 	assert.Equal(t, w.sp, ev.Subprotocol, "Subprotocol")
 	assert.Equal(t, w.secure, ev.Secure, "Secure")
-	assert.Equal(t, w.initiator, ev.Initiator, "Initiator (%s)", ev.Initiator)
+	assert.Equal(t, w.initiator, ev.Cause, "Initiator (%s)", ev.Cause)
 	assert.Equal(t, w.code, ev.Code, "Code")
 	if w.anyReason {
 		assert.NotEmpty(t, ev.Reason, "Reason")
@@ -173,7 +175,7 @@ func TestClosedPeerCloseFrame(t *testing.T) {
 			// and OnClosed fires without waiting for ours.
 			ev := clAwait(t, ts, start)
 			c.expectEOF(clPrompt)
-			clCheck(t, ts, ev, c.conn, conn, clWant{sp: tc.sp, initiator: sipws.InitiatorPeer,
+			clCheck(t, ts, ev, c.conn, conn, clWant{sp: tc.sp, initiator: sipws.CausePeer,
 				code: tc.want, reason: tc.reason, errNil: true})
 		})
 	}
@@ -186,7 +188,7 @@ func TestClosedPeerFIN(t *testing.T) {
 	require.NoError(t, c.conn.(*net.TCPConn).CloseWrite())
 	ev := clAwait(t, ts, start)
 	c.expectEOF(clPrompt) // the server closes its side too
-	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.MSRP, initiator: sipws.InitiatorPeerLost,
+	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.MSRP, initiator: sipws.CausePeerLost,
 		code: sipws.CloseAbnormal, reason: ""})
 	assert.ErrorIs(t, ev.Err, io.EOF)
 }
@@ -199,7 +201,7 @@ func TestClosedPeerRST(t *testing.T) {
 	start := time.Now()
 	require.NoError(t, tcp.Close()) // RST
 	ev := clAwait(t, ts, start)
-	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorPeerLost,
+	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.CausePeerLost,
 		code: sipws.CloseAbnormal, reason: ""})
 	assert.ErrorIs(t, ev.Err, syscall.ECONNRESET)
 }
@@ -213,7 +215,7 @@ func TestClosedProtocolError(t *testing.T) {
 	assert.Equal(t, uint16(1002), code)
 	ev := clAwait(t, ts, start)
 	c.expectEOF(clPrompt)
-	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorProtocolError,
+	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.CauseProtocolError,
 		code: sipws.CloseProtocolError, anyReason: true})
 	var ce *sipws.CloseError
 	require.ErrorAs(t, ev.Err, &ce)
@@ -252,7 +254,7 @@ func TestClosedByHost(t *testing.T) {
 
 			// While it waits for the reply: listed as CLOSING, nothing more
 			// can be sent, a second close is refused, no event yet.
-			d := ts.Registry().Dump(sipws.DumpByID, -1)
+			d := ts.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: -1})
 			require.Len(t, d.Conns, 1)
 			assert.Equal(t, "CLOSING", d.Conns[0].State)
 			assert.ErrorIs(t, conn.Send([]byte("late")), sipws.ErrClosed)
@@ -267,7 +269,7 @@ func TestClosedByHost(t *testing.T) {
 			gotCode, gotReason := clReadClose(t, c)
 			assert.Equal(t, uint16(code), gotCode)
 			assert.Equal(t, reason, gotReason)
-			want := clWant{sp: sipws.SIP, initiator: sipws.InitiatorHost, code: code, reason: reason, errNil: tc.reply}
+			want := clWant{sp: sipws.SIP, initiator: sipws.CauseHost, code: code, reason: reason, errNil: tc.reply}
 			if tc.reply {
 				c.sendClose(uint16(code), "")
 				c.expectEOF(clPrompt)
@@ -297,7 +299,7 @@ func TestClosedByHostDefaultCode(t *testing.T) {
 	c.sendClose(1000, "")
 	c.expectEOF(clPrompt)
 	ev := ts.nextClosed(t)
-	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.MSRP, initiator: sipws.InitiatorHost,
+	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.MSRP, initiator: sipws.CauseHost,
 		code: sipws.CloseNormal, reason: sipws.DefaultCloseReason, errNil: true})
 }
 
@@ -326,7 +328,7 @@ func TestRegistryCloseUnknownID(t *testing.T) {
 	c, conn := clOpen(t, ts, "sip")
 	require.NoError(t, c.conn.Close())
 	ev := ts.nextClosed(t)
-	require.Equal(t, conn.ID(), ev.ConnID)
+	require.Equal(t, conn.ID(), ev.ID)
 	assert.ErrorIs(t, ts.Registry().Close(conn.ID(), 0, ""), sipws.ErrNotFound)
 	ts.noMoreClosed(t, clQuiet)
 }
@@ -350,7 +352,7 @@ func TestClosedPanicInOnMessage(t *testing.T) {
 	assert.Equal(t, uint16(1011), code)
 	ev := clAwait(t, ts, start)
 	victim.expectEOF(clPrompt)
-	clCheck(t, ts, ev, victim.conn, vconn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorHost,
+	clCheck(t, ts, ev, victim.conn, vconn, clWant{sp: sipws.SIP, initiator: sipws.CauseHost,
 		code: sipws.CloseInternalError, reason: reason})
 	assert.Contains(t, ev.Err.Error(), "hook exploded")
 
@@ -381,7 +383,7 @@ func TestClosedPanicInOnOpen(t *testing.T) {
 	assert.Equal(t, uint16(1011), code)
 	ev := ts.nextClosed(t)
 	victim.expectEOF(clPrompt)
-	clCheck(t, ts, ev, victim.conn, vconn, clWant{sp: sipws.MSRP, initiator: sipws.InitiatorHost,
+	clCheck(t, ts, ev, victim.conn, vconn, clWant{sp: sipws.MSRP, initiator: sipws.CauseHost,
 		code: sipws.CloseInternalError, reason: reason})
 	assert.Contains(t, ev.Err.Error(), "OnOpen exploded")
 
@@ -422,7 +424,7 @@ func TestClosedSlowConsumer(t *testing.T) {
 	t.Logf("slow consumer detected after %d messages of %d bytes in %v", sent, len(chunk), time.Since(start))
 
 	ev := ts.nextClosed(t)
-	clCheck(t, ts, ev, slow.conn, sconn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorSlowConsumer,
+	clCheck(t, ts, ev, slow.conn, sconn, clWant{sp: sipws.SIP, initiator: sipws.CauseSlowConsumer,
 		code: sipws.ClosePolicyViolation, anyReason: true})
 	assert.ErrorIs(t, ev.Err, sipws.ErrSendQueueFull)
 
@@ -451,7 +453,7 @@ func TestClosedWriteTimeout(t *testing.T) {
 		assert.ErrorIs(t, sendErr, sipws.ErrClosed, "the only failure expected is the end of the connection")
 	}
 	ev := ts.nextClosed(t)
-	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.InitiatorWriteFailure,
+	clCheck(t, ts, ev, c.conn, conn, clWant{sp: sipws.SIP, initiator: sipws.CauseWriteFailure,
 		code: sipws.CloseAbnormal, reason: ""})
 	assert.ErrorIs(t, ev.Err, os.ErrDeadlineExceeded)
 }
@@ -493,15 +495,15 @@ func TestClosedShutdown(t *testing.T) {
 	assert.Less(t, time.Since(start), clPrompt)
 	// Shutdown waited for every OnClosed to return.
 	require.Len(t, ts.Closed, len(pairs))
-	byID := map[sipws.ConnID]sipws.Closed{}
+	byID := map[sipws.ConnID]sipws.CloseEvent{}
 	for range pairs {
 		ev := ts.nextClosed(t)
-		byID[ev.ConnID] = ev
+		byID[ev.ID] = ev
 	}
 	for _, p := range pairs {
 		ev, ok := byID[p.conn.ID()]
 		require.True(t, ok, "no OnClosed for connection %d", p.conn.ID())
-		clCheckFields(t, ts, ev, p.c.conn, p.conn, clWant{sp: p.sp, initiator: sipws.InitiatorShutdown,
+		clCheckFields(t, ts, ev, p.c.conn, p.conn, clWant{sp: p.sp, initiator: sipws.CauseShutdown,
 			code: sipws.CloseGoingAway, reason: "Going away", errNil: true})
 	}
 	assert.Equal(t, 0, ts.Registry().Len())
@@ -531,19 +533,21 @@ func TestClosedShutdownExpiredContext(t *testing.T) {
 	elapsed := time.Since(start)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.Less(t, elapsed, closeTimeout, "Shutdown waited for the close replies despite its context")
-	// Every OnClosed has fired (and returned) by the time Shutdown returns.
+	// The connections were dropped; a second Shutdown waits for their ends:
+	// every OnClosed has fired (and returned) by the time it returns.
+	require.NoError(t, ts.Shutdown(context.Background()))
 	require.Len(t, ts.Closed, len(conns))
 	assert.Equal(t, 0, ts.Registry().Len())
 	assert.Zero(t, ts.Stats().CurrentConnections)
-	byID := map[sipws.ConnID]sipws.Closed{}
+	byID := map[sipws.ConnID]sipws.CloseEvent{}
 	for range conns {
 		ev := ts.nextClosed(t)
-		byID[ev.ConnID] = ev
+		byID[ev.ID] = ev
 	}
 	for i, conn := range conns {
 		ev, ok := byID[conn.ID()]
 		require.True(t, ok, "no OnClosed for connection %d", conn.ID())
-		assert.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
+		assert.Equal(t, sipws.CauseShutdown, ev.Cause)
 		assert.Equal(t, sipws.CloseGoingAway, ev.Code)
 		assert.Equal(t, clAddr(clients[i].conn.LocalAddr()), ev.RemoteAddr)
 		select {
@@ -630,8 +634,8 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 			gate := newGateClock()
 			logged := &msgHandler{msg: "shutting down", seen: make(chan struct{})}
 			// No keepalive: its workers read the clock too.
-			ts := startServer(t, sipws.Config{CloseTimeout: 5 * time.Second, Clock: gate, Logger: slog.New(logged),
-				Keepalive: sipws.KeepaliveNone})
+			ts := startServer(t, sipws.WithClock(sipws.Config{CloseTimeout: 5 * time.Second, Logger: slog.New(logged),
+				Keepalive: sipws.KeepaliveNone}, gate))
 			// Registered after startServer's cleanup, so run before it: a
 			// test that fails while the handshake is held must not leave
 			// Shutdown waiting for it.
@@ -696,10 +700,18 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 			}
 			shut := make(chan error, 1)
 			go func() { shut <- ts.Shutdown(ctx) }()
+			var err error
 			if tc.expired {
 				ev := ts.nextClosed(t) // the probe, dropped after the deadline
-				require.Equal(t, sipws.InitiatorShutdown, ev.Initiator)
+				require.Equal(t, sipws.CauseShutdown, ev.Cause)
 				clExpectGone(t, probe, clPrompt)
+				// Its ctx done, Shutdown returns without waiting for
+				// the held handshake.
+				select {
+				case err = <-shut:
+				case <-time.After(ioTimeout):
+					t.Fatal("Shutdown did not return once its context was done")
+				}
 			} else {
 				// Shutdown logs this once it refuses handshakes.
 				select {
@@ -707,33 +719,35 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 				case <-time.After(ioTimeout):
 					t.Fatal("Shutdown did not log that it began")
 				}
-			}
-			select {
-			case err := <-shut:
-				t.Fatalf("Shutdown returned (%v) while a connection that had its 101 was not yet registered", err)
-			default:
+				select {
+				case err := <-shut:
+					t.Fatalf("Shutdown returned (%v) while a connection that had its 101 was not yet registered", err)
+				default:
+				}
 			}
 
 			gate.open()
 			conn := ts.nextOpened(t)
 			if tc.expired {
+				// Registered after the drop, it drops itself; a second
+				// Shutdown waits for its end.
 				clExpectGone(t, d.c, clPrompt)
+				require.NoError(t, ts.Shutdown(context.Background()))
 			} else {
 				code, reason := clReadClose(t, d.c)
 				assert.Equal(t, uint16(1001), code)
 				assert.Equal(t, "Going away", reason)
 				d.c.sendClose(1001, "")
-			}
-			var err error
-			select {
-			case err = <-shut:
-			case <-time.After(ioTimeout):
-				t.Fatal("Shutdown did not return")
+				select {
+				case err = <-shut:
+				case <-time.After(ioTimeout):
+					t.Fatal("Shutdown did not return")
+				}
 			}
 			// OnClosed had fired by the time Shutdown returned.
 			require.Len(t, ts.Closed, 1, "OnClosed of the held connection, before Shutdown returned")
 			ev := ts.nextClosed(t)
-			want := clWant{sp: sipws.SIP, initiator: sipws.InitiatorShutdown, code: sipws.CloseGoingAway, reason: "Going away", errNil: true}
+			want := clWant{sp: sipws.SIP, initiator: sipws.CauseShutdown, code: sipws.CloseGoingAway, reason: "Going away", errNil: true}
 			if tc.expired {
 				require.ErrorIs(t, err, context.Canceled)
 				want.errNil = false
@@ -747,7 +761,7 @@ func TestClosedShutdownDuringHandshake(t *testing.T) {
 }
 
 // The connections Shutdown dropped without a close handshake ended
-// abnormally: Closed.Err says so, as it does when Conn.Close gets no reply.
+// abnormally: CloseEvent.Err says so, as it does when Conn.Close gets no reply.
 func TestClosedShutdownExpiredContextReportsErr(t *testing.T) {
 	ts := startServer(t, sipws.Config{CloseTimeout: 5 * time.Second})
 	_, conn := clOpen(t, ts, "sip")
@@ -755,19 +769,19 @@ func TestClosedShutdownExpiredContextReportsErr(t *testing.T) {
 	cancel()
 	require.ErrorIs(t, ts.Shutdown(ctx), context.Canceled)
 	ev := ts.nextClosed(t)
-	require.Equal(t, conn.ID(), ev.ConnID)
+	require.Equal(t, conn.ID(), ev.ID)
 	// Nil only for a clean close handshake, as for Conn.Close without a
 	// reply.
 	assert.ErrorIs(t, ev.Err, context.Canceled)
 }
 
 func TestClosedSecureConnection(t *testing.T) {
-	closed := make(chan sipws.Closed, 4)
+	closed := make(chan sipws.CloseEvent, 4)
 	opened := make(chan *sipws.Conn, 4)
 	srv, err := sipws.New(sipws.Config{
 		CloseTimeout: 5 * time.Second,
 		OnOpen:       func(c *sipws.Conn) { opened <- c },
-		OnClosed:     func(ev sipws.Closed) { closed <- ev },
+		OnClosed:     func(ev sipws.CloseEvent) { closed <- ev },
 	})
 	require.NoError(t, err)
 	hs := httptest.NewTLSServer(srv)
@@ -803,7 +817,7 @@ func TestClosedSecureConnection(t *testing.T) {
 	c.sendClose(1000, "bye")
 	code, _ := clReadClose(t, c)
 	assert.Equal(t, uint16(1000), code)
-	var ev sipws.Closed
+	var ev sipws.CloseEvent
 	select {
 	case ev = <-closed:
 	case <-time.After(ioTimeout):
@@ -811,11 +825,11 @@ func TestClosedSecureConnection(t *testing.T) {
 	}
 	assert.Less(t, time.Since(start), clPrompt)
 	assert.True(t, ev.Secure)
-	assert.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+	assert.Equal(t, sipws.CausePeer, ev.Cause)
 	assert.Equal(t, sipws.CloseNormal, ev.Code)
 	assert.Equal(t, "bye", ev.Reason)
 	assert.NoError(t, ev.Err)
-	assert.Equal(t, conn.ID(), ev.ConnID)
+	assert.Equal(t, conn.ID(), ev.ID)
 	assert.Equal(t, clAddr(tc.LocalAddr()), ev.RemoteAddr)
 	assert.Equal(t, clAddr(tc.RemoteAddr()), ev.LocalAddr)
 	select {
@@ -823,4 +837,430 @@ func TestClosedSecureConnection(t *testing.T) {
 		t.Fatalf("unexpected extra OnClosed: %+v", ev)
 	case <-time.After(clQuiet):
 	}
+}
+
+// TestClosedShutdownFromHook calls Shutdown from a hook of one connection
+// (X), with a context that never ends and with one of 1 s, while another
+// connection (Y) is open. Shutdown does not wait for its caller's own
+// connection: with no deadline it returns once Y has answered its 1001 and
+// ended; with 1 s and a Y that never answers, it returns the deadline's
+// error and drops Y. Either way X, which got its 1001 too, ends once the
+// hook has returned, and every connection has exactly one OnClosed.
+func TestClosedShutdownFromHook(t *testing.T) {
+	for _, hook := range []string{"OnOpen", "OnMessage", "OnClosed"} {
+		for _, deadline := range []bool{false, true} {
+			name := hook + "/no deadline"
+			if deadline {
+				name = hook + "/1s"
+			}
+			t.Run(name, func(t *testing.T) {
+				var srv atomic.Pointer[sipws.Server]
+				var xID atomic.Uint64
+				shut := make(chan error, 1)
+				shutdown := func() {
+					ctx, cancel := context.Background(), context.CancelFunc(func() {})
+					if deadline {
+						ctx, cancel = context.WithTimeout(ctx, time.Second)
+					}
+					defer cancel()
+					shut <- srv.Load().Shutdown(ctx)
+				}
+				cfg := sipws.Config{CloseTimeout: 5 * time.Second, Keepalive: sipws.KeepaliveNone}
+				isX := func(c *sipws.Conn) bool { return c.URL().Path == "/x" }
+				switch hook {
+				case "OnOpen":
+					cfg.OnOpen = func(c *sipws.Conn) {
+						if isX(c) {
+							shutdown()
+						}
+					}
+				case "OnMessage":
+					cfg.OnMessage = func(c *sipws.Conn, m sipws.Message) {
+						if isX(c) && string(m.Data) == "shutdown" {
+							shutdown()
+						}
+					}
+				case "OnClosed":
+					cfg.OnOpen = func(c *sipws.Conn) {
+						if isX(c) {
+							xID.Store(uint64(c.ID()))
+						}
+					}
+					cfg.OnClosed = func(ev sipws.CloseEvent) {
+						if uint64(ev.ID) == xID.Load() {
+							shutdown()
+						}
+					}
+				}
+				ts := startServer(t, cfg)
+				srv.Store(ts.Server)
+
+				y, yConn := clOpen(t, ts, "sip")
+				x, resp := rawDial(t, ts.Addr, strings.Replace(handshakeRequest(ts.Addr, "sip"), "GET / ", "GET /x ", 1))
+				require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+				xConn := ts.nextOpened(t)
+				switch hook {
+				case "OnMessage":
+					x.sendText("shutdown")
+				case "OnClosed":
+					x.sendClose(1000, "bye")
+					x.expectClose(1000, ioTimeout)
+					x.expectEOF(ioTimeout)
+					ev := ts.nextClosed(t)
+					clCheckFields(t, ts, ev, x.conn, xConn, clWant{sp: sipws.SIP, initiator: sipws.CausePeer,
+						code: sipws.CloseNormal, reason: "bye", errNil: true})
+				}
+
+				// Y gets its 1001; it answers, unless Shutdown is to pass
+				// its deadline.
+				code, _ := clReadClose(t, y)
+				require.Equal(t, uint16(1001), code)
+				if !deadline {
+					y.sendClose(1001, "")
+				}
+				var err error
+				select {
+				case err = <-shut:
+				case <-time.After(10 * time.Second):
+					t.Fatalf("Shutdown called from %s did not return", hook)
+				}
+				// Y, and X, the caller's own, which had its 1001 too and
+				// ends once the hook has returned. With the deadline, both
+				// were dropped, and may end in either order.
+				want := clWant{sp: sipws.SIP, initiator: sipws.CauseShutdown, code: sipws.CloseGoingAway, reason: "Going away", errNil: !deadline}
+				check := func(ev sipws.CloseEvent) {
+					t.Helper()
+					switch ev.ID {
+					case yConn.ID():
+						clCheckFields(t, ts, ev, y.conn, yConn, want)
+					case xConn.ID():
+						clCheckFields(t, ts, ev, x.conn, xConn, want)
+					default:
+						t.Errorf("OnClosed of an unknown connection %d", ev.ID)
+					}
+					if deadline {
+						assert.ErrorIs(t, ev.Err, context.DeadlineExceeded)
+					}
+				}
+				xOpen := hook != "OnClosed"
+				if xOpen {
+					code, _ := clReadClose(t, x)
+					require.Equal(t, uint16(1001), code)
+				}
+				if deadline {
+					require.ErrorIs(t, err, context.DeadlineExceeded)
+					clExpectGone(t, y, clPrompt)
+					n := 1
+					if xOpen {
+						clExpectGone(t, x, clPrompt)
+						n = 2
+					}
+					seen := map[sipws.ConnID]bool{}
+					for range n {
+						ev := ts.nextClosed(t)
+						require.False(t, seen[ev.ID], "a second OnClosed for %d", ev.ID)
+						seen[ev.ID] = true
+						check(ev)
+					}
+				} else {
+					require.NoError(t, err)
+					// Shutdown waited for Y's end and its OnClosed.
+					require.Len(t, ts.Closed, 1, "Y's OnClosed, before Shutdown returned")
+					ev := ts.nextClosed(t)
+					require.Equal(t, yConn.ID(), ev.ID)
+					check(ev)
+					if xOpen {
+						x.sendClose(1001, "")
+						x.expectEOF(ioTimeout)
+						ev := ts.nextClosed(t)
+						require.Equal(t, xConn.ID(), ev.ID)
+						check(ev)
+					}
+				}
+				ts.noMoreClosed(t, clQuiet)
+				assert.Equal(t, 0, ts.Registry().Len())
+			})
+		}
+	}
+}
+
+// TestClosedShutdownStuckHook checks that Shutdown returns when its context
+// is done even though a connection's OnMessage does not return: every
+// connection is dropped (the stuck one too: its peer's socket is closed),
+// the idle one's OnClosed fires at once, the stuck one's once its hook
+// returns, exactly once, and then nothing of the server is left running.
+func TestClosedShutdownStuckHook(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // should the test fail before
+	closed := make(chan sipws.CloseEvent, 4)
+	opened := make(chan *sipws.Conn, 4)
+	srv, err := sipws.New(sipws.Config{
+		CloseTimeout: 5 * time.Second,
+		Keepalive:    sipws.KeepaliveNone,
+		OnOpen:       func(c *sipws.Conn) { opened <- c },
+		OnMessage: func(c *sipws.Conn, m sipws.Message) {
+			if string(m.Data) == "block" {
+				close(entered)
+				<-release
+			}
+		},
+		OnClosed: func(ev sipws.CloseEvent) { closed <- ev },
+	})
+	require.NoError(t, err)
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	addr := strings.TrimPrefix(hs.URL, "http://")
+	nextOpened := func() *sipws.Conn {
+		select {
+		case c := <-opened:
+			return c
+		case <-time.After(ioTimeout):
+			t.Fatal("no connection opened")
+			return nil
+		}
+	}
+	nextClosed := func() sipws.CloseEvent {
+		select {
+		case ev := <-closed:
+			return ev
+		case <-time.After(ioTimeout):
+			t.Fatal("OnClosed did not fire")
+			return sipws.CloseEvent{}
+		}
+	}
+
+	stuck := dialWS(t, addr, "sip")
+	stuckConn := nextOpened()
+	idle := dialWS(t, addr, "sip")
+	idleConn := nextOpened()
+	stuck.sendText("block")
+	select {
+	case <-entered:
+	case <-time.After(ioTimeout):
+		t.Fatal("OnMessage not entered")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctx) }()
+	select {
+	case err = <-shut:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return while OnMessage was stuck")
+	}
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
+	// Both peers are dropped, the stuck one too.
+	clExpectGone(t, stuck, clPrompt)
+	clExpectGone(t, idle, clPrompt)
+	ev := nextClosed()
+	assert.Equal(t, idleConn.ID(), ev.ID, "the idle connection's OnClosed")
+	assert.Equal(t, sipws.CauseShutdown, ev.Cause)
+	assert.ErrorIs(t, ev.Err, context.DeadlineExceeded)
+	require.Empty(t, closed, "OnClosed of a connection whose OnMessage has not returned")
+	select {
+	case <-stuckConn.Done():
+		t.Fatal("the stuck connection ended while its hook runs")
+	default:
+	}
+
+	releaseOnce.Do(func() { close(release) })
+	ev = nextClosed()
+	assert.Equal(t, stuckConn.ID(), ev.ID, "the stuck connection's OnClosed, once its hook returned")
+	assert.Equal(t, sipws.CauseShutdown, ev.Cause)
+	assert.Equal(t, sipws.CloseGoingAway, ev.Code)
+	assert.ErrorIs(t, ev.Err, context.DeadlineExceeded)
+	select {
+	case ev := <-closed:
+		t.Fatalf("a second OnClosed: %+v", ev)
+	case <-time.After(clQuiet):
+	}
+
+	// A second Shutdown has nothing left to wait for.
+	require.NoError(t, srv.Shutdown(context.Background()))
+	assert.Equal(t, 0, srv.Registry().Len())
+	assert.Zero(t, srv.Stats().CurrentConnections)
+	require.NoError(t, stuck.conn.Close())
+	require.NoError(t, idle.conn.Close())
+	hs.Close()
+	goleak.VerifyNone(t, ignore)
+}
+
+// TestClosedShutdownFromTwoHooks has two connections call Shutdown from
+// their OnMessage at the same time, with no deadline: neither waits for the
+// other's goroutine, which is blocked in Shutdown too, so both return; then
+// both connections end, once each.
+func TestClosedShutdownFromTwoHooks(t *testing.T) {
+	var srv atomic.Pointer[sipws.Server]
+	var entered sync.WaitGroup
+	entered.Add(2)
+	shut := make(chan error, 2)
+	ts := startServer(t, sipws.Config{
+		CloseTimeout: 5 * time.Second,
+		Keepalive:    sipws.KeepaliveNone,
+		OnMessage: func(c *sipws.Conn, m sipws.Message) {
+			entered.Done()
+			entered.Wait() // both hooks run before either calls Shutdown
+			shut <- srv.Load().Shutdown(context.Background())
+		},
+	})
+	srv.Store(ts.Server)
+	a, aConn := clOpen(t, ts, "sip")
+	b, bConn := clOpen(t, ts, "sip")
+	a.sendText("shutdown")
+	b.sendText("shutdown")
+	for range 2 {
+		select {
+		case err := <-shut:
+			require.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("Shutdown called from two hooks did not return")
+		}
+	}
+	for _, p := range []struct {
+		c    *rawClient
+		conn *sipws.Conn
+	}{{a, aConn}, {b, bConn}} {
+		code, _ := clReadClose(t, p.c)
+		require.Equal(t, uint16(1001), code)
+		p.c.sendClose(1001, "")
+		p.c.expectEOF(ioTimeout)
+	}
+	ended := map[sipws.ConnID]int{}
+	for range 2 {
+		ev := ts.nextClosed(t)
+		assert.Equal(t, sipws.CauseShutdown, ev.Cause)
+		assert.NoError(t, ev.Err)
+		ended[ev.ID]++
+	}
+	assert.Equal(t, map[sipws.ConnID]int{aConn.ID(): 1, bConn.ID(): 1}, ended)
+	ts.noMoreClosed(t, clQuiet)
+}
+
+func TestFrameServerClose(t *testing.T) {
+	t.Run("client replies", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{CloseTimeout: 3 * time.Second})
+		c, conn := frDial(t, ts)
+		require.NoError(t, conn.Close(4000, "because"))
+		f := c.mustReadFrame()
+		frServerFrame(t, f)
+		require.Equal(t, frOpClose, f.Op)
+		code, reason := f.closeCode()
+		assert.Equal(t, uint16(4000), code)
+		assert.Equal(t, "because", reason)
+
+		assert.ErrorIs(t, conn.Send([]byte("x")), sipws.ErrClosed)
+		assert.ErrorIs(t, conn.Ping(nil), sipws.ErrClosed)
+		assert.ErrorIs(t, conn.Close(1000, ""), sipws.ErrClosed)
+
+		c.sendClose(4000, "")
+		c.expectEOF(time.Second) // at once, far before CloseTimeout
+		ev := frEnded(t, ts, c)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
+		assert.Equal(t, sipws.CloseCode(4000), ev.Code)
+		assert.Equal(t, "because", ev.Reason)
+		assert.NoError(t, ev.Err, "a completed close handshake")
+	})
+	t.Run("client never replies", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{CloseTimeout: 300 * time.Millisecond})
+		c, conn := frDial(t, ts)
+		start := time.Now()
+		require.NoError(t, conn.Close(4000, "because"))
+		f := c.mustReadFrame()
+		require.Equal(t, frOpClose, f.Op)
+		c.expectEOF(3 * time.Second)
+		elapsed := time.Since(start)
+		assert.GreaterOrEqual(t, elapsed, 250*time.Millisecond, "TCP closed before CloseTimeout")
+		ev := frEnded(t, ts, c)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
+		assert.Equal(t, sipws.CloseCode(4000), ev.Code)
+		assert.Equal(t, "because", ev.Reason)
+		assert.Error(t, ev.Err, "the close handshake did not complete")
+	})
+	t.Run("messages after the server's close are not delivered", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{CloseTimeout: 3 * time.Second})
+		c, conn := frDial(t, ts)
+		c.sendText("before")
+		assert.Equal(t, "before", string(ts.nextMsg(t).Msg.Data))
+		require.NoError(t, conn.Close(4000, "because"))
+		f := c.mustReadFrame()
+		require.Equal(t, frOpClose, f.Op)
+		c.sendText("late")
+		c.writeFrame(true, 0, frOpBinary, []byte("late binary"), true)
+		c.writeFrame(false, 0, frOpText, []byte("late "), true)
+		c.writeFrame(true, 0, frOpCont, []byte("fragments"), true)
+		c.sendClose(4000, "")
+		c.expectEOF(time.Second)
+		ev := frEnded(t, ts, c)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
+		assert.Zero(t, len(ts.Msgs), "a message sent after the server's close was delivered")
+	})
+	t.Run("default code and reason", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, sipws.Config{})
+		c, conn := frDial(t, ts)
+		require.NoError(t, conn.Close(0, ""))
+		f := c.mustReadFrame()
+		require.Equal(t, frOpClose, f.Op)
+		code, reason := f.closeCode()
+		assert.Equal(t, uint16(1000), code)
+		assert.Equal(t, sipws.DefaultCloseReason, reason)
+		c.sendClose(1000, "")
+		c.expectEOF(time.Second)
+	})
+}
+
+func TestFrameServerCloseInvalidSendsNothing(t *testing.T) {
+	ts := startServer(t, sipws.Config{})
+	c, conn := frDial(t, ts)
+	for _, code := range []sipws.CloseCode{1005, 1006, 1015, 999, 1004, 1016, 2000, 2999, 5000} {
+		err := conn.Close(code, "x")
+		assert.ErrorIs(t, err, sipws.ErrInvalidCloseCode, "code %d", code)
+	}
+	err := conn.Close(1000, strings.Repeat("r", 124))
+	assert.ErrorIs(t, err, sipws.ErrInvalidCloseReason)
+	err = conn.Close(1000, "bad \xff")
+	assert.ErrorIs(t, err, sipws.ErrInvalidCloseReason)
+
+	// Nothing went out and the connection is open: the next frame the
+	// client reads is this message, and a valid close still works.
+	require.NoError(t, conn.Send([]byte("marker")))
+	f := c.mustReadFrame()
+	require.Equal(t, frOpText, f.Op)
+	assert.Equal(t, "marker", string(f.Payload))
+	c.sendText("client still heard")
+	assert.Equal(t, "client still heard", string(ts.nextMsg(t).Msg.Data))
+
+	reason := strings.Repeat("r", 123)
+	require.NoError(t, conn.Close(3000, reason))
+	f = c.mustReadFrame()
+	require.Equal(t, frOpClose, f.Op)
+	code, got := f.closeCode()
+	assert.Equal(t, uint16(3000), code)
+	assert.Equal(t, reason, got)
+}
+
+// RFC 6455 §5.5.2: a Ping is answered "unless it already received a Close
+// frame" — having sent one is no exception (§5.5.1 forbids only data frames
+// after a Close).
+func TestFramePingAnsweredAfterServerClose(t *testing.T) {
+	ts := startServer(t, sipws.Config{CloseTimeout: 3 * time.Second})
+	c, conn := frDial(t, ts)
+	require.NoError(t, conn.Close(4000, "because"))
+	f := c.mustReadFrame()
+	require.Equal(t, frOpClose, f.Op)
+	c.writeFrame(true, 0, frOpPing, []byte("still there?"), true)
+	c.sendClose(4000, "")
+	f, err := c.readFrame()
+	require.NoError(t, err, "no pong before the server closed TCP")
+	require.Equal(t, frOpPong, f.Op)
+	assert.Equal(t, "still there?", string(f.Payload))
+	c.expectEOF(time.Second)
 }

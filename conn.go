@@ -12,7 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 )
 
 // ConnID identifies a connection. IDs start at 1 and are never reused by a
@@ -39,7 +38,7 @@ type Conn struct {
 	secure   bool
 	remote   netip.AddrPort
 	local    netip.AddrPort
-	req      string // the handshake request, compacted: see packRequest
+	req      string // what it keeps of the handshake request: see packRequest
 	identity any
 	opened   time.Time
 
@@ -67,35 +66,13 @@ type Conn struct {
 	sockMu  sync.Mutex    // held while writing to nc
 	done    chan struct{} // closed when the connection has ended
 
-	graced bool // the current frame had its grace read (read goroutine only)
-}
-
-// outFrame is a complete frame waiting to be written.
-type outFrame struct {
-	b       []byte
-	data    bool    // a data frame (for the per-sub-protocol counters)
-	pong    bool    // a Pong answering a Ping: a later one may replace it
-	scratch *[]byte // the server's pooled block b is in: b is copied before it waits
-}
-
-// own makes f's bytes its own, out of the pooled block, which goes back to
-// the pool; the frame can then wait in the queue.
-func (f *outFrame) own(s *Server) {
-	if f.scratch != nil {
-		f.b = append([]byte(nil), f.b...)
-		s.putScratch(f)
-	}
-}
-
-// endCause records how a connection ends.
-type endCause struct {
-	by     Initiator
-	code   CloseCode
-	reason string
-	err    error
+	graced bool        // the current frame had its grace read (read goroutine only)
+	hidx   int32       // 1 + index among partialBudget.holders; 0 when not there (partialBudget.mu)
+	doomed atomic.Bool // closed by partialBudget: its reads fail at once (set under partialBudget.mu)
 }
 
 func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol, identity any, pre []byte) *Conn {
+	req, dropped := packRequest(r, s.cfg.KeepHeaders, s.cfg.MaxKeptHeaderBytes)
 	c := &Conn{
 		srv:      s,
 		id:       ConnID(s.nextID.Add(1)),
@@ -103,7 +80,7 @@ func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol
 		secure:   cl.secure,
 		remote:   cl.addr,
 		local:    unmap(addrPort(nc.LocalAddr())),
-		req:      packRequest(r),
+		req:      req,
 		identity: identity,
 		opened:   s.clock.Now(),
 		nc:       nc,
@@ -113,6 +90,10 @@ func (s *Server) newConn(nc net.Conn, r *http.Request, cl client, sp Subprotocol
 	c.rb.pool = &s.readers
 	c.pre = pre
 	c.lastRecv.Store(c.opened.UnixNano())
+	if dropped != nil {
+		s.log.Info("handshake request parts not kept", "conn", c.id, "remote", c.remote,
+			"dropped", dropped, "max_kept_header_bytes", s.cfg.MaxKeptHeaderBytes)
+	}
 	return c
 }
 
@@ -138,10 +119,16 @@ func (c *Conn) LocalAddr() netip.AddrPort { return c.local }
 // Secure reports a wss connection (TLS on the socket).
 func (c *Conn) Secure() bool { return c.secure }
 
-// Header returns the handshake request's headers, less the ones that only
-// served the handshake (Upgrade, Connection, Sec-WebSocket-Key/Version/
-// Extensions). The connection keeps them compactly, as text, to stay small
-// while idle: each call parses them into a new map, which the caller owns.
+// Header returns the handshake request's headers that the connection kept
+// for its life: those Config.KeepHeaders names (by default Origin and
+// User-Agent), each with all its values, as long as they fit
+// Config.MaxKeptHeaderBytes together with the request URI and the Host (see
+// there). Every other header is dropped once the handshake is done: the
+// host's handler, CheckOrigin and Authorize see them all, and what a
+// connection needs later, such as who the user is, travels with it as
+// Conn.Identity. The headers are kept compactly, as text, to keep an idle
+// connection small: each call parses them into a new map, which the caller
+// owns.
 func (c *Conn) Header() http.Header {
 	_, _, head := unpackRequest(c.req)
 	h, err := textproto.NewReader(bufio.NewReader(strings.NewReader(head))).ReadMIMEHeader()
@@ -151,19 +138,22 @@ func (c *Conn) Header() http.Header {
 	return http.Header(h)
 }
 
-// Cookies parses the handshake request's cookies (RFC 7118 §7).
+// Cookies parses the cookies of the handshake request's Cookie header (RFC
+// 7118 §7), when the connection kept it: Config.KeepHeaders must name
+// Cookie, which it does not by default.
 func (c *Conn) Cookies() []*http.Cookie {
 	return (&http.Request{Header: c.Header()}).Cookies()
 }
 
 // Cookie returns the named cookie of the handshake request, or
-// http.ErrNoCookie.
+// http.ErrNoCookie; as Cookies, it needs Cookie in Config.KeepHeaders.
 func (c *Conn) Cookie(name string) (*http.Cookie, error) {
 	return (&http.Request{Header: c.Header()}).Cookie(name)
 }
 
 // URL returns the handshake request's URL (path and query), parsed anew on
-// each call.
+// each call. It is empty when the request URI was longer than
+// Config.MaxKeptHeaderBytes allows.
 func (c *Conn) URL() *url.URL {
 	uri, _, _ := unpackRequest(c.req)
 	u, err := url.ParseRequestURI(uri)
@@ -173,33 +163,63 @@ func (c *Conn) URL() *url.URL {
 	return u
 }
 
-// Host returns the handshake request's Host header.
+// Host returns the handshake request's Host header; "" when it was longer
+// than Config.MaxKeptHeaderBytes allows.
 func (c *Conn) Host() string {
 	_, host, _ := unpackRequest(c.req)
 	return host
 }
 
-// handshakeOnly are the request headers that served only the handshake; a
-// Conn does not keep them.
-var handshakeOnly = map[string]bool{
-	"Sec-Websocket-Key": true, "Sec-Websocket-Version": true, "Sec-Websocket-Extensions": true,
-	"Upgrade": true, "Connection": true,
-}
+// packedFraming is the bytes packRequest adds to what it keeps: the two
+// newlines after the URI and the Host, and the blank line that ends the
+// headers.
+const packedFraming = 4
 
 // packRequest keeps what a Conn tells of its handshake request in one
-// string: the request URI, the Host, and the header lines, each part ended
-// by a newline, the headers as "Name: value\r\n" lines and a blank line.
-func packRequest(r *http.Request) string {
-	var b strings.Builder
-	b.WriteString(r.RequestURI)
-	b.WriteByte('\n')
-	b.WriteString(r.Host)
-	b.WriteByte('\n')
-	for k, vs := range r.Header {
-		if handshakeOnly[k] {
-			continue
+// string of at most limit bytes: the request URI, the Host, and the headers
+// named in keep, in that order of priority. Each part ends with a newline;
+// the headers are "Name: value\r\n" lines followed by a blank line. A part
+// that does not fit in what is left is dropped whole (a header with all its
+// values), and named in dropped; the later ones may still fit. The string is
+// a fresh copy: it holds on to none of the request's memory.
+func packRequest(r *http.Request, keep []string, limit int) (packed string, dropped []string) {
+	room := limit - packedFraming
+	fits := func(n int) bool {
+		if n > room {
+			return false
 		}
-		for _, v := range vs {
+		room -= n
+		return true
+	}
+	uri, host := r.RequestURI, r.Host
+	if !fits(len(uri)) {
+		dropped, uri = append(dropped, "request URI"), ""
+	}
+	if !fits(len(host)) {
+		dropped, host = append(dropped, "Host"), ""
+	}
+	kept := make([]string, 0, len(keep))
+	for _, k := range keep {
+		n := 0
+		for _, v := range r.Header[k] {
+			n += len(k) + len(": ") + len(v) + len("\r\n")
+		}
+		switch {
+		case n == 0:
+		case fits(n):
+			kept = append(kept, k)
+		default:
+			dropped = append(dropped, k)
+		}
+	}
+	var b strings.Builder
+	b.Grow(limit - room)
+	b.WriteString(uri)
+	b.WriteByte('\n')
+	b.WriteString(host)
+	b.WriteByte('\n')
+	for _, k := range kept {
+		for _, v := range r.Header[k] {
 			b.WriteString(k)
 			b.WriteString(": ")
 			b.WriteString(v)
@@ -207,7 +227,7 @@ func packRequest(r *http.Request) string {
 		}
 	}
 	b.WriteString("\r\n")
-	return b.String()
+	return b.String(), dropped
 }
 
 // unpackRequest splits what packRequest made.
@@ -256,349 +276,4 @@ func (c *Conn) scheme() string {
 		return "wss"
 	}
 	return "ws"
-}
-
-// Send sends data as one message: a text frame when data is valid UTF-8, a
-// binary frame otherwise (RFC 7118 §4.2, RFC 7977). It copies data and returns
-// without waiting for the peer. It fails with ErrClosed once the connection is
-// closing, ErrMessageTooBig past Config.MaxMessageSize, and ErrSendQueueFull
-// when the peer does not read (the connection is then closed).
-func (c *Conn) Send(data []byte) error {
-	typ := Binary
-	if utf8.Valid(data) {
-		typ = Text
-	}
-	return c.send(typ, data)
-}
-
-// SendMessage sends data as one message of the given type. A Text message
-// must be valid UTF-8.
-func (c *Conn) SendMessage(typ MessageType, data []byte) error {
-	switch typ {
-	case Text:
-		if !utf8.Valid(data) {
-			return fmt.Errorf("sipws: send on %d: text message is not valid UTF-8", c.id)
-		}
-	case Binary:
-	default:
-		return fmt.Errorf("sipws: send on %d: unknown message type %d", c.id, typ)
-	}
-	return c.send(typ, data)
-}
-
-// send is SendMessage once the type is known to fit the data.
-func (c *Conn) send(typ MessageType, data []byte) error {
-	if int64(len(data)) > c.srv.cfg.MaxMessageSize {
-		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrMessageTooBig, len(data), c.srv.cfg.MaxMessageSize)
-	}
-	f := outFrame{data: true}
-	if c.raw != nil && len(data) <= scratchSize-maxHeaderLen {
-		// Built in a pooled block: the frame usually goes out at once, and
-		// is copied only if it must wait.
-		f.scratch = c.srv.scratch.Get().(*[]byte)
-		f.b = appendDataFrame((*f.scratch)[:0], typ, data)
-	} else {
-		f.b = dataFrame(typ, data)
-	}
-	if err := c.enqueue(f); err != nil {
-		return err
-	}
-	if o := c.srv.obs; o != nil {
-		o.Message(Out, c.sp, len(data))
-	}
-	return nil
-}
-
-// Ping sends a Ping frame with data (at most 125 bytes) as payload. It does
-// not wait for the Pong; the Pong's round-trip time shows in Registry.Dump.
-func (c *Conn) Ping(data []byte) error {
-	if len(data) > maxControlPayload {
-		return ErrControlTooLong
-	}
-	// Note the Ping before it can go out, so that no Pong can come first.
-	c.srv.ka.pingSent(c)
-	if err := c.enqueue(outFrame{b: controlFrame(opPing, data)}); err != nil {
-		c.ka.awaiting.Store(false)
-		return err
-	}
-	return nil
-}
-
-// Pong sends an unsolicited Pong frame with data (at most 125 bytes): a
-// one-way heartbeat (RFC 6455 §5.5.3).
-func (c *Conn) Pong(data []byte) error {
-	if len(data) > maxControlPayload {
-		return ErrControlTooLong
-	}
-	return c.enqueue(outFrame{b: controlFrame(opPong, data)})
-}
-
-// Close starts the close handshake with code and reason, as Kamailio's
-// ws_close(): 0 and "" stand for 1000 "Normal closure". The code must be one
-// that may be sent (RFC 6455 §7.4: 1000–1003, 1007–1014, 3000–4999) and the
-// reason at most 123 bytes of UTF-8, or an error wrapping ErrInvalidCloseCode
-// or ErrInvalidCloseReason is returned and nothing is sent. Close returns at
-// once; the TCP connection is closed when the peer answers, or after
-// Config.CloseTimeout, and then OnClosed fires. Closing a connection that is
-// already closing returns ErrClosed.
-func (c *Conn) Close(code CloseCode, reason string) error {
-	if code == 0 {
-		code = DefaultCloseCode
-		if reason == "" {
-			reason = DefaultCloseReason
-		}
-	}
-	if err := checkClose(code, reason); err != nil {
-		return err
-	}
-	return c.startClose(InitiatorHost, code, reason, nil)
-}
-
-// pongReply queues the answer to a Ping (RFC 6455 §5.5.2): also while our
-// own close handshake is under way — only data frames stop after a close
-// frame (§5.5.1) — but not after the peer's close. When an earlier answer is
-// still waiting at the end of the queue, it is replaced rather than joined
-// (§5.5.3 lets the last Ping alone be answered), so that a peer that floods
-// Pings and reads nothing holds one Pong, not a pile of them.
-func (c *Conn) pongReply(p []byte) {
-	f := outFrame{b: controlFrame(opPong, p), pong: true}
-	c.wmu.Lock()
-	switch {
-	case c.state == stateClosed:
-		c.wmu.Unlock()
-		return
-	case len(c.queue) > 0 && c.queue[len(c.queue)-1].pong:
-		last := &c.queue[len(c.queue)-1]
-		c.queued += len(f.b) - len(last.b)
-		*last = f
-		c.wmu.Unlock()
-		return
-	case c.raw != nil && !c.writing && len(c.queue) == 0:
-		c.writeNow(f)
-		return
-	}
-	c.pushLocked(f)
-	c.wmu.Unlock()
-}
-
-// enqueue adds a frame to the send queue and makes sure a writer runs. A
-// control frame is not held to the queue bound.
-func (c *Conn) enqueue(f outFrame) error {
-	c.wmu.Lock()
-	if c.state != stateOpen {
-		c.wmu.Unlock()
-		c.srv.putScratch(&f)
-		return fmt.Errorf("%w (connection %d)", ErrClosed, c.id)
-	}
-	if f.data && c.queued > 0 && c.queued+len(f.b) > c.srv.cfg.SendQueueSize {
-		queued := c.queued
-		c.wmu.Unlock()
-		c.srv.putScratch(&f)
-		err := fmt.Errorf("%w: connection %d has %d bytes waiting, the bound is %d", ErrSendQueueFull, c.id, queued, c.srv.cfg.SendQueueSize)
-		c.abort(InitiatorSlowConsumer, ClosePolicyViolation, "send queue full", err)
-		return err
-	}
-	if c.raw != nil && !c.writing && len(c.queue) == 0 {
-		c.writeNow(f)
-		return nil
-	}
-	c.pushLocked(f)
-	c.wmu.Unlock()
-	return nil
-}
-
-// writeNow writes f from the caller's goroutine as far as the socket takes it
-// without waiting, and leaves the rest, and whatever was queued meanwhile, to
-// a writer goroutine. c.wmu is held on entry and released on return. Most
-// frames go out this way, with no goroutine and no copy of the queue.
-func (c *Conn) writeNow(f outFrame) {
-	// The caller is the writer for now: counted like a writer goroutine, so
-	// that the end of the connection waits for it.
-	c.writing = true
-	c.wwg.Add(1)
-	defer c.wwg.Done()
-	c.wmu.Unlock()
-	c.sockMu.Lock()
-	n, err := c.raw.tryWrite(f.b)
-	c.sockMu.Unlock()
-	if err != nil {
-		c.srv.putScratch(&f)
-		c.abort(InitiatorWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
-		c.wmu.Lock()
-		clear(c.queue)
-		c.queue, c.queued, c.writing = c.queue[:0], 0, false
-		c.wmu.Unlock()
-		return
-	}
-	c.wmu.Lock()
-	if n == len(f.b) {
-		var data uint64
-		if f.data {
-			data = 1
-		}
-		c.srv.stats.countTx(c.sp, 1, data)
-	} else {
-		// The rest of the frame goes first; never as a Pong that a later
-		// one could replace.
-		f.b = f.b[n:]
-		f.own(c.srv)
-		c.queue = append(c.queue, outFrame{})
-		copy(c.queue[1:], c.queue)
-		c.queue[0] = outFrame{b: f.b, data: f.data}
-		c.queued += len(f.b)
-	}
-	c.srv.putScratch(&f)
-	if len(c.queue) == 0 {
-		c.writing = false
-	} else {
-		c.wwg.Add(1)
-		go c.writeLoop()
-	}
-	c.wmu.Unlock()
-}
-
-// pushLocked appends f and starts a writer when none runs. c.wmu is held.
-func (c *Conn) pushLocked(f outFrame) {
-	f.own(c.srv)
-	c.queue = append(c.queue, f)
-	c.queued += len(f.b)
-	if !c.writing {
-		c.writing = true
-		c.wwg.Add(1)
-		go c.writeLoop()
-	}
-}
-
-// writeLoop writes the queue until it is empty. At most one runs per
-// connection; the connection's read goroutine waits for it before it ends.
-func (c *Conn) writeLoop() {
-	defer c.wwg.Done()
-	for {
-		c.wmu.Lock()
-		batch := c.queue
-		if len(batch) == 0 {
-			c.queue, c.queued, c.writing = c.queue[:0], 0, false
-			c.wmu.Unlock()
-			return
-		}
-		c.queue, c.spare = c.spare[:0], nil
-		c.wmu.Unlock()
-
-		n, err := c.writeFrames(batch)
-
-		clear(batch)
-		c.wmu.Lock()
-		c.queued -= n
-		c.spare = batch[:0]
-		c.wmu.Unlock()
-		if err != nil {
-			c.abort(InitiatorWriteFailure, CloseAbnormal, "", fmt.Errorf("sipws: write to connection %d: %w", c.id, err))
-			c.wmu.Lock()
-			clear(c.queue)
-			c.queue, c.queued, c.writing = c.queue[:0], 0, false
-			c.wmu.Unlock()
-			return
-		}
-	}
-}
-
-// writeFrames writes frames to the socket in one go, with the write
-// deadline, and counts them. It returns the bytes the frames held.
-func (c *Conn) writeFrames(frames []outFrame) (int, error) {
-	var total, data int
-	bufs := make(net.Buffers, 0, len(frames))
-	for _, f := range frames {
-		bufs = append(bufs, f.b)
-		total += len(f.b)
-		if f.data {
-			data++
-		}
-	}
-	c.sockMu.Lock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-	_, err := bufs.WriteTo(c.nc)
-	if err == nil && c.raw != nil {
-		// A deadline left in the past would fail the next direct write.
-		_ = c.nc.SetWriteDeadline(time.Time{})
-	}
-	c.sockMu.Unlock()
-	if err == nil {
-		c.srv.stats.countTx(c.sp, uint64(len(frames)), uint64(data))
-	}
-	return total, err
-}
-
-// recordEnd sets why the connection ends, unless that is already known.
-// c.wmu is held.
-func (c *Conn) recordEnd(by Initiator, code CloseCode, reason string, err error) {
-	if c.end.by == 0 {
-		c.end = endCause{by: by, code: code, reason: reason, err: err}
-	}
-}
-
-// startClose sends our close frame and gives the peer Config.CloseTimeout to
-// answer it.
-func (c *Conn) startClose(by Initiator, code CloseCode, reason string, err error) error {
-	c.wmu.Lock()
-	if c.state != stateOpen {
-		c.wmu.Unlock()
-		return fmt.Errorf("%w (connection %d)", ErrClosed, c.id)
-	}
-	c.state = stateClosing
-	c.recordEnd(by, code, reason, err)
-	c.pushLocked(outFrame{b: closeFrame(code, reason)})
-	c.wmu.Unlock()
-	c.srv.log.Debug("closing", "conn", c.id, "remote", c.remote, "code", code, "reason", reason, "by", by)
-	c.armCloseDeadline()
-	return nil
-}
-
-// armCloseDeadline bounds the read side's wait for the close reply.
-func (c *Conn) armCloseDeadline() {
-	dl := time.Now().Add(c.srv.cfg.CloseTimeout)
-	c.closeDL.Store(dl.UnixNano())
-	_ = c.nc.SetReadDeadline(dl)
-}
-
-// abort ends the connection at once, without a close handshake: the socket is
-// closed, which ends the read goroutine and any write in progress. When a
-// close handshake was under way, its cause stays and err tells why it did
-// not complete.
-func (c *Conn) abort(by Initiator, code CloseCode, reason string, err error) {
-	c.wmu.Lock()
-	c.recordEnd(by, code, reason, err)
-	if c.end.err == nil {
-		c.end.err = err
-	}
-	c.state = stateClosed
-	c.wmu.Unlock()
-	c.srv.log.Debug("aborting", "conn", c.id, "remote", c.remote, "by", by, "err", err)
-	_ = c.nc.Close()
-}
-
-// finalFrame is called by the read goroutine when the connection is to end
-// after one last frame (the echo of the peer's close, or our close for a
-// protocol error). It records cause, stops the queue, appends f when the
-// connection was still open (no close frame of ours went out yet), and writes
-// whatever is queued, waiting for a writer that runs.
-func (c *Conn) finalFrame(cause endCause, f []byte) {
-	c.wmu.Lock()
-	c.recordEnd(cause.by, cause.code, cause.reason, cause.err)
-	if c.state == stateOpen && f != nil {
-		c.queue = append(c.queue, outFrame{b: f})
-		c.queued += len(f)
-	}
-	c.state = stateClosed
-	inline := !c.writing && len(c.queue) > 0
-	var batch []outFrame
-	if inline {
-		batch, c.queue = c.queue, nil
-		c.queued = 0
-	}
-	c.wmu.Unlock()
-	if inline {
-		_, _ = c.writeFrames(batch)
-		return
-	}
-	c.wwg.Wait()
 }

@@ -2,6 +2,8 @@ package sipws_test
 
 import (
 	"bytes"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http/httptest"
@@ -44,10 +46,17 @@ func benchConn(b *testing.B, onMsg func(*sipws.Conn, sipws.Message)) net.Conn {
 		_ = srv.Shutdown(b.Context())
 		hs.Close()
 	})
+	benchUpgrade(b, conn, addr)
+	return conn
+}
+
+// benchUpgrade sends a sip handshake on conn and reads the 101 up to its
+// blank line, byte by byte, so that nothing past it is consumed.
+func benchUpgrade(b *testing.B, conn net.Conn, addr string) {
+	b.Helper()
 	if _, err := io.WriteString(conn, handshakeRequest(addr, "sip")); err != nil {
 		b.Fatal(err)
 	}
-	// Read the 101 up to the blank line.
 	var resp []byte
 	buf := make([]byte, 1)
 	for !bytes.HasSuffix(resp, []byte("\r\n\r\n")) {
@@ -56,7 +65,6 @@ func benchConn(b *testing.B, onMsg func(*sipws.Conn, sipws.Message)) net.Conn {
 		}
 		resp = append(resp, buf[0])
 	}
-	return conn
 }
 
 // BenchmarkReceiveSIP measures reading one SIP-sized message (a 400-byte
@@ -69,6 +77,86 @@ func BenchmarkReceiveSIP(b *testing.B) {
 	const batch = 64
 	burst := bytes.Repeat(frame, batch)
 	b.SetBytes(int64(len(benchOptions)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	sent := 0
+	for sent < b.N {
+		n := min(batch, b.N-sent)
+		if _, err := conn.Write(burst[:n*len(frame)]); err != nil {
+			b.Fatal(err)
+		}
+		sent += n
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for got.Load() < int64(b.N) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Microsecond)
+	}
+	if got.Load() < int64(b.N) {
+		b.Fatalf("delivered %d of %d", got.Load(), b.N)
+	}
+}
+
+// benchInvite is an INVITE with a WebRTC-sized SDP offer (about 3 KB): more
+// than the default 512-byte read buffer, so that its frame is read in
+// several steps.
+var benchInvite = func() string {
+	var sdp strings.Builder
+	sdp.WriteString("v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n" +
+		"a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n" +
+		"c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:Wq1B\r\na=ice-pwd:bXV0ZWQgdGhlIGljZSBwYXNzd29yZA\r\n" +
+		"a=fingerprint:sha-256 5B:D3:8E:66:0E:7D:D3:F3:8F:AD:4D:1C:3A:0C:66:4F:0B:4C:2B:44:38:1B:3F:06:12:55:6E:33:0B:5E:69:2C\r\n" +
+		"a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\n")
+	for i := range 24 {
+		fmt.Fprintf(&sdp, "a=candidate:%d 1 udp 2122260223 192.0.2.%d 5%04d typ host generation 0 network-id 1\r\n", 1000+i, i+1, i)
+	}
+	body := sdp.String()
+	return "INVITE sip:bob@sipws.test SIP/2.0\r\n" +
+		"Via: SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bK776asdhds\r\n" +
+		"Max-Forwards: 70\r\nTo: <sip:bob@sipws.test>\r\nFrom: <sip:alice@sipws.test>;tag=1928301774\r\n" +
+		"Call-ID: a84b4c76e66710\r\nCSeq: 314159 INVITE\r\nContact: <sip:alice@df7jal23ls0d.invalid;transport=ws>\r\n" +
+		"Content-Type: application/sdp\r\n" + fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body)) + body
+}()
+
+// BenchmarkReceiveInvite is BenchmarkReceiveSIP with benchInvite, a message
+// larger than the read buffer.
+func BenchmarkReceiveInvite(b *testing.B) {
+	var got atomic.Int64
+	benchReceiveInvite(b, benchConn(b, func(*sipws.Conn, sipws.Message) { got.Add(1) }), &got)
+}
+
+// BenchmarkReceiveInviteTLS is BenchmarkReceiveInvite over wss.
+func BenchmarkReceiveInviteTLS(b *testing.B) {
+	var got atomic.Int64
+	benchReceiveInvite(b, benchConnTLS(b, func(*sipws.Conn, sipws.Message) { got.Add(1) }), &got)
+}
+
+// benchConnTLS is benchConn over TLS.
+func benchConnTLS(b *testing.B, onMsg func(*sipws.Conn, sipws.Message)) net.Conn {
+	b.Helper()
+	srv, err := sipws.New(sipws.Config{OnMessage: onMsg, Keepalive: sipws.KeepaliveNone})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs := httptest.NewTLSServer(srv)
+	addr := strings.TrimPrefix(hs.URL, "https://")
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // a loopback test server
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = conn.Close()
+		_ = srv.Shutdown(b.Context())
+		hs.Close()
+	})
+	benchUpgrade(b, conn, addr)
+	return conn
+}
+
+func benchReceiveInvite(b *testing.B, conn net.Conn, got *atomic.Int64) {
+	frame := encodeFrame(true, 0, 0x1, []byte(benchInvite), true)
+	const batch = 16
+	burst := bytes.Repeat(frame, batch)
+	b.SetBytes(int64(len(benchInvite)))
 	b.ReportAllocs()
 	b.ResetTimer()
 	sent := 0

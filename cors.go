@@ -1,7 +1,11 @@
 package sipws
 
 import (
+	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
+	"path"
 	"strings"
 )
 
@@ -34,9 +38,9 @@ func (m CORSMode) String() string {
 	return fmt.Sprintf("CORSMode(%d)", uint8(m))
 }
 
-// ParseCORSMode parses "none", "any" (or "*") and "echo", or Kamailio's
+// parseCORSMode parses "none", "any" (or "*") and "echo", or Kamailio's
 // numbers "0", "1" and "2".
-func ParseCORSMode(s string) (CORSMode, error) {
+func parseCORSMode(s string) (CORSMode, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "none", "0":
 		return CORSNone, nil
@@ -61,4 +65,65 @@ func (m CORSMode) allowOrigin(origin string) string {
 		return origin
 	}
 	return ""
+}
+
+// MarshalText implements encoding.TextMarshaler: "none", "any" or "echo".
+func (m CORSMode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler: "none", "any" (or "*"),
+// "echo", or Kamailio's cors_mode numbers "0", "1", "2".
+func (m *CORSMode) UnmarshalText(b []byte) error {
+	v, err := parseCORSMode(string(b))
+	if err == nil {
+		*m = v
+	}
+	return err
+}
+
+// checkOriginPatterns validates Config.AllowedOrigins.
+func checkOriginPatterns(patterns []string) error {
+	for _, p := range patterns {
+		if p == "" {
+			return errors.New("empty pattern")
+		}
+		if _, err := path.Match(strings.ToLower(p), ""); err != nil {
+			return fmt.Errorf("pattern %s: %w", quote(p), err)
+		}
+	}
+	return nil
+}
+
+// originAllowed reports whether the Origin of handshake r is acceptable
+// under Config.AllowedOrigins: none (not a browser), the server's own (its
+// host:port is the request's Host), or one a pattern matches.
+func originAllowed(patterns []string, r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" && len(r.Header.Values("Origin")) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if p == "*" || (p == "null" && origin == "null") {
+			return true
+		}
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" || u.Scheme == "" || u.Path != "" || u.User != nil {
+		return false
+	}
+	host := strings.ToLower(u.Host)
+	if host == strings.ToLower(r.Host) {
+		return true
+	}
+	full := strings.ToLower(u.Scheme) + "://" + host
+	for _, p := range patterns {
+		p = strings.ToLower(p)
+		target := host
+		if strings.Contains(p, "://") {
+			target = full
+		}
+		if ok, _ := path.Match(p, target); ok {
+			return true
+		}
+	}
+	return false
 }

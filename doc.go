@@ -41,7 +41,13 @@
 //
 // Shutdown closes every connection with 1001 (also one whose 101 went out as
 // Shutdown began) and waits for their goroutines, the writers and the
-// keepalive workers: after it returns, nothing of the Server runs.
-// http.Server.Shutdown does not touch hijacked connections, so a host calls
-// both.
+// keepalive workers: after it returns nil, nothing of the Server runs — but
+// for the connection of the hook that called it, if one did: Shutdown never
+// waits for its caller's own goroutine, whose connection ends once the hook
+// returns. Shutdown never waits past its ctx either, whatever the hooks do:
+// once ctx is done it drops the connections left (closes their sockets) and
+// returns ctx's error; a connection whose goroutine is inside a hook then ends
+// when the hook returns, and its OnClosed still runs, once. Calling Shutdown
+// again waits for those ends. http.Server.Shutdown does not touch hijacked
+// connections, so a host calls both.
 package sipws

@@ -9,18 +9,18 @@ import (
 type MessageType uint8
 
 const (
-	// Text is a text message (opcode 0x1); its payload is valid UTF-8.
-	Text MessageType = 1
-	// Binary is a binary message (opcode 0x2).
-	Binary MessageType = 2
+	// MessageText is a text message (opcode 0x1); its payload is valid UTF-8.
+	MessageText MessageType = 1
+	// MessageBinary is a binary message (opcode 0x2).
+	MessageBinary MessageType = 2
 )
 
 // String returns "text" or "binary".
 func (t MessageType) String() string {
 	switch t {
-	case Text:
+	case MessageText:
 		return "text"
-	case Binary:
+	case MessageBinary:
 		return "binary"
 	}
 	return "unknown"
@@ -37,12 +37,12 @@ type Message struct {
 	Data []byte
 }
 
-// Closed describes a connection that has ended. Config.OnClosed receives
+// CloseEvent describes a connection that has ended. Config.OnClosed receives
 // exactly one per connection that completed its handshake — the counterpart of
 // Kamailio's event_route[websocket:closed] with $ws_conid, $si and $sp.
-type Closed struct {
-	// ConnID is the connection's ID ($ws_conid).
-	ConnID ConnID
+type CloseEvent struct {
+	// ID is the connection's ID ($ws_conid).
+	ID ConnID
 	// RemoteAddr is the client's address ($si:$sp).
 	RemoteAddr netip.AddrPort
 	// LocalAddr is the server's address the connection came in on.
@@ -58,33 +58,15 @@ type Closed struct {
 	// CloseAbnormal (1006) when no close frame was exchanged (TCP lost).
 	Code   CloseCode
 	Reason string
-	// Initiator says who or what ended the connection.
-	Initiator Initiator
+	// Cause says who or what ended the connection.
+	Cause CloseCause
 	// Err is the error behind an abnormal end (a read or write error, a
 	// *CloseError for a protocol violation, ErrSendQueueFull); nil for a
 	// clean close handshake.
 	Err error
 	// Opened is when the handshake completed; Ended is when the TCP
-	// connection was closed (from Config.Clock).
+	// connection was closed.
 	Opened, Ended time.Time
-}
-
-// Direction is the direction of a message: In from the peer, Out to it.
-type Direction uint8
-
-const (
-	// In is a message received from the peer.
-	In Direction = iota + 1
-	// Out is a message sent to the peer.
-	Out
-)
-
-// String returns "in" or "out".
-func (d Direction) String() string {
-	if d == Out {
-		return "out"
-	}
-	return "in"
 }
 
 // Observer receives measurements as they happen, for metrics that counters
@@ -97,12 +79,15 @@ type Observer interface {
 	// a success, the refusal's status otherwise; d is the time from the
 	// start of HandleHandshake to the response.
 	Handshake(status int, d time.Duration)
-	// Message is called for every message received (In, when it is
-	// delivered) and sent (Out, when it is queued), with its size in bytes.
-	Message(dir Direction, sp Subprotocol, size int)
+	// MessageReceived is called for every message received, when it is
+	// delivered, with its size in bytes.
+	MessageReceived(sp Subprotocol, size int)
+	// MessageSent is called for every message sent, when it is queued,
+	// with its size in bytes.
+	MessageSent(sp Subprotocol, size int)
 	// RTT is called with each Ping's round-trip time as it is measured.
 	RTT(d time.Duration)
 	// Closed is called once for each connection that ends, with its close
-	// code and initiator.
-	Closed(code CloseCode, by Initiator)
+	// code and cause.
+	Closed(code CloseCode, cause CloseCause)
 }

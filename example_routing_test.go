@@ -27,7 +27,7 @@ import (
 // new connection takes the flow over and the old one is closed as replaced.
 // The binding is per AOR: another user's REGISTER with the same
 // +sip.instance would replace nothing.
-func ExampleServer_BindInstance() {
+func ExampleConn_BindInstance() {
 	edge := exrStart()
 	defer edge.close()
 
@@ -36,7 +36,7 @@ func ExampleServer_BindInstance() {
 	register := func(m exrMsg) (replaced *sipws.Conn) {
 		// One SIP message per WebSocket message (RFC 7118 §5); the Server
 		// can also check this itself: Config.Framing.
-		if err := sipws.CheckSIP(m.data); err != nil {
+		if err := sipws.CheckMessage(sipws.SIP, m.data); err != nil {
 			panic(err)
 		}
 		msg, err := sip.ParseMessage(m.data)
@@ -48,7 +48,7 @@ func ExampleServer_BindInstance() {
 		contact := req.Contact()
 		instance, _ := contact.Params.Get("+sip.instance") // quoted: BindInstance takes it as it is
 		regID, _ := strconv.Atoi(contact.Params.GetOr("reg-id", "0"))
-		replaced, err = m.conn.Server().BindInstance(m.conn, aor, instance, regID)
+		replaced, err = m.conn.BindInstance(aor, instance, regID)
 		if err != nil {
 			panic(err)
 		}
@@ -56,11 +56,10 @@ func ExampleServer_BindInstance() {
 		// uses Outbound (RFC 5626 §5.1); the registrar echoes Path in its
 		// 200 OK, with Require: outbound (§6). FlowToken fails on a Server
 		// without Config.FlowTokens.
-		token, err := m.conn.FlowToken()
+		path, err := m.conn.FlowURI("edge.example.com", 443, true)
 		if err != nil {
 			panic(err)
 		}
-		path := sipws.FlowURI(token, "edge.example.com", 443, true)
 		req.PrependHeader(sip.NewHeader("Path", "<"+path+">"))
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 		sip.CopyHeaders("Path", req, res)
@@ -96,7 +95,7 @@ func ExampleServer_BindInstance() {
 		fmt.Printf("first connection got close %d %q\n", ce.Code, ce.Reason)
 	}
 	ev := edge.nextClosed()
-	fmt.Println("OnClosed:", ev.Initiator, ev.Code, ev.Reason)
+	fmt.Println("OnClosed:", ev.Cause, ev.Code, ev.Reason)
 	now, _ := edge.srv.Registry().ByInstance("sip:alice@example.com", "<urn:uuid:3e5b1e5c-8b9f-4f7a-9d4e-2c6f0a1b7d21>", 1)
 	fmt.Println("ByInstance finds the new connection:", now == conn2)
 	// Output:
@@ -115,7 +114,7 @@ func ExampleServer_BindInstance() {
 // URI that holds her connection's token, bob's BYE comes back with that URI
 // in its Route, and the token names alice's connection — until it has
 // ended, when the edge answers 430 Flow Failed.
-func ExampleFlowURI() {
+func ExampleConn_FlowURI() {
 	edge := exrStart()
 	defer edge.close()
 	alice, _ := edge.dial("sip")
@@ -129,12 +128,12 @@ func ExampleFlowURI() {
 	exrWrite(alice, exrInvite)
 	m := edge.next()
 	invite := exrParse(m.data).(*sip.Request)
-	token, err := m.conn.FlowToken()
-	if err != nil { // ErrNoFlowTokens: the Server has no Config.FlowTokens
+	uri, err := m.conn.FlowURI("edge.example.com", 0, false)
+	if err != nil { // the Server has no Config.FlowTokens
 		panic(err)
 	}
 	rr := &sip.RecordRouteHeader{}
-	if err := sip.ParseUri(sipws.FlowURI(token, "edge.example.com", 0, false), &rr.Address); err != nil {
+	if err := sip.ParseUri(uri, &rr.Address); err != nil {
 		panic(err)
 	}
 	invite.PrependHeader(rr)
@@ -157,8 +156,8 @@ func ExampleFlowURI() {
 	// the request to the node it names.)
 	route := func(m exrMsg) {
 		req := exrParse(m.data).(*sip.Request)
-		token, _ := sipws.TokenFromURI(req.Route().Value())
-		conn, err := edge.srv.ResolveFlow(token)
+		token, _ := sipws.FlowTokenFromURI(req.Route().Value())
+		conn, err := edge.srv.Registry().ResolveFlow(token)
 		if err == nil {
 			req.RemoveHeader("Route") // the edge's own Route (RFC 3261 §16.4)
 			// Send fails with ErrClosed when the connection is closing.
@@ -173,7 +172,7 @@ func ExampleFlowURI() {
 
 	// alice closes the tab before she answers; bob retransmits the BYE.
 	_ = alice.Close()
-	fmt.Println("alice's connection ended:", edge.nextClosed().Initiator)
+	fmt.Println("alice's connection ended:", edge.nextClosed().Cause)
 	exrWrite(bob, bye)
 	route(edge.next())
 	fmt.Println("bob got", exrParse(exrRead(bob)).(*sip.Response).StartLine())
@@ -192,7 +191,7 @@ func ExampleFlowURI() {
 // 0–9 - _), all of them allowed in a branch, and hold no ".". The response
 // comes back with the edge's Via on top; the edge takes the token out of the
 // branch, pops its Via and sends the rest on the connection the token names.
-func ExampleServer_ResolveFlow() {
+func ExampleRegistry_ResolveFlow() {
 	edge := exrStart()
 	defer edge.close()
 	alice, aliceConn := edge.dial("sip")
@@ -219,7 +218,7 @@ func ExampleServer_ResolveFlow() {
 	res := exrParse([]byte(wire)).(*sip.Response)
 	branch, _ := res.Via().Params.Get("branch")
 	token, _, _ := strings.Cut(strings.TrimPrefix(branch, "z9hG4bK"), ".")
-	conn, err := edge.srv.ResolveFlow(token)
+	conn, err := edge.srv.Registry().ResolveFlow(token)
 	if err != nil { // ErrFlowGone: alice has left; drop the response
 		panic(err)
 	}
@@ -254,7 +253,7 @@ func ExampleMSRPURI() {
 	session := "iau39soe2843z"
 	uri := sipws.MSRPURI("relay.example.com", 443, session, true)
 	fmt.Println("alice's Use-Path:", uri)
-	if err := edge.srv.MapMSRPSession(aliceConn, session); err != nil {
+	if err := aliceConn.MapMSRPSession(session); err != nil {
 		panic(err)
 	}
 
@@ -269,7 +268,7 @@ func ExampleMSRPURI() {
 		"Hey Alice, are you there?\r\n"+
 		"-------a786hjs2$\r\n")
 	m := edge.next()
-	if err := sipws.CheckMSRP(m.data); err != nil {
+	if err := sipws.CheckMessage(sipws.MSRP, m.data); err != nil {
 		panic(err)
 	}
 	s, _ := sipws.MSRPSessionFromURI(exrMSRPHeader(m.data, "To-Path"))
@@ -300,7 +299,7 @@ type exrEdge struct {
 	hs     *httptest.Server
 	opened chan *sipws.Conn
 	in     chan exrMsg
-	closed chan sipws.Closed
+	closed chan sipws.CloseEvent
 }
 
 // exrMsg is a message an exrEdge received, with its connection.
@@ -319,13 +318,13 @@ func exrStart() *exrEdge {
 	e := &exrEdge{
 		opened: make(chan *sipws.Conn, 8),
 		in:     make(chan exrMsg, 8),
-		closed: make(chan sipws.Closed, 8),
+		closed: make(chan sipws.CloseEvent, 8),
 	}
 	e.srv, err = sipws.New(sipws.Config{
 		FlowTokens: tokens,
 		OnOpen:     func(c *sipws.Conn) { e.opened <- c },
 		OnMessage:  func(c *sipws.Conn, m sipws.Message) { e.in <- exrMsg{c, m.Data} },
-		OnClosed: func(ev sipws.Closed) {
+		OnClosed: func(ev sipws.CloseEvent) {
 			select {
 			case e.closed <- ev:
 			default: // nobody waits for it
@@ -361,7 +360,7 @@ func (e *exrEdge) next() exrMsg {
 }
 
 // nextClosed returns the next connection that ended.
-func (e *exrEdge) nextClosed() sipws.Closed {
+func (e *exrEdge) nextClosed() sipws.CloseEvent {
 	select {
 	case ev := <-e.closed:
 		return ev
@@ -393,7 +392,7 @@ func exrRead(c *exampleClient) string {
 
 // exrParse checks that data is one SIP message and parses it with sipgo.
 func exrParse[T string | []byte](data T) sip.Message {
-	if err := sipws.CheckSIP([]byte(data)); err != nil {
+	if err := sipws.CheckMessage(sipws.SIP, []byte(data)); err != nil {
 		panic(err)
 	}
 	msg, err := sip.ParseMessage([]byte(data))
@@ -406,7 +405,7 @@ func exrParse[T string | []byte](data T) sip.Message {
 // exrMask writes "TOKEN" for the flow token in a URI: tokens change at every
 // run.
 func exrMask(uri string) string {
-	if tok, ok := sipws.TokenFromURI(uri); ok {
+	if tok, ok := sipws.FlowTokenFromURI(uri); ok {
 		return strings.Replace(uri, tok, "TOKEN", 1)
 	}
 	return uri

@@ -132,8 +132,8 @@ func ExampleConn_Send() {
 			// Sends are queued in order and never wait for the peer.
 			_ = c.Send([]byte("NOTIFY sip:alice@example.com SIP/2.0\r\n\r\n"))
 			_ = c.Send([]byte{0x00, 0xff, 0x10})
-			_ = c.SendMessage(sipws.Binary, []byte("MSRP d93kswow SEND\r\n"))
-			invalid <- c.SendMessage(sipws.Text, []byte{0xff}) // refused: not UTF-8
+			_ = c.SendMessage(sipws.MessageBinary, []byte("MSRP d93kswow SEND\r\n"))
+			invalid <- c.SendMessage(sipws.MessageText, []byte{0xff}) // refused: not UTF-8
 		},
 	})
 	if err != nil {
@@ -164,14 +164,14 @@ func ExampleConn_Send() {
 // receives the close frame and answers it; then OnClosed reports who closed
 // it and with which code.
 func ExampleConn_Close() {
-	closed := make(chan sipws.Closed, 1)
+	closed := make(chan sipws.CloseEvent, 1)
 	srv, err := sipws.New(sipws.Config{
 		OnMessage: func(c *sipws.Conn, m sipws.Message) {
 			if string(m.Data) == "logout" {
 				_ = c.Close(4000, "logged out")
 			}
 		},
-		OnClosed: func(ev sipws.Closed) { closed <- ev },
+		OnClosed: func(ev sipws.CloseEvent) { closed <- ev },
 	})
 	if err != nil {
 		panic(err)
@@ -192,7 +192,7 @@ func ExampleConn_Close() {
 	_ = c.Close()
 
 	ev := exampleRecv(closed, "OnClosed", exampleWait)
-	fmt.Println("OnClosed:", ev.Initiator, ev.Code, ev.Reason, ev.Err)
+	fmt.Println("OnClosed:", ev.Cause, ev.Code, ev.Reason, ev.Err)
 	// Output:
 	// client got close 4000 "logged out"
 	// OnClosed: host 4000 logged out <nil>
@@ -219,12 +219,12 @@ func ExampleRegistry_Dump() {
 		exampleRecv(opened, "OnOpen", exampleWait) // registered before OnOpen is called
 	}
 
-	d := srv.Registry().Dump(sipws.DumpByID, 1)
+	d := srv.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: 1})
 	fmt.Printf("listed %d of %d, truncated: %v\n", len(d.Conns), d.Total, d.Truncated)
 	for _, ci := range d.Conns {
 		fmt.Println(" ", ci.ID, ci.Subprotocol, ci.State)
 	}
-	d = srv.Registry().Dump(sipws.DumpByID, 0) // 0: the default limit, 50
+	d = srv.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: 0}) // 0: the default limit, 50
 	fmt.Printf("listed %d of %d, truncated: %v\n", len(d.Conns), d.Total, d.Truncated)
 	for _, ci := range d.Conns {
 		fmt.Println(" ", ci.ID, ci.Subprotocol, ci.State)
@@ -242,9 +242,9 @@ func ExampleRegistry_Dump() {
 // done), and later handshakes are refused with 503. http.Server.Shutdown does
 // not know hijacked connections, so a host calls both.
 func ExampleServer_Shutdown() {
-	closed := make(chan sipws.Closed, 1)
+	closed := make(chan sipws.CloseEvent, 1)
 	srv, err := sipws.New(sipws.Config{
-		OnClosed: func(ev sipws.Closed) { closed <- ev },
+		OnClosed: func(ev sipws.CloseEvent) { closed <- ev },
 	})
 	if err != nil {
 		panic(err)
@@ -272,7 +272,7 @@ func ExampleServer_Shutdown() {
 	fmt.Println("Shutdown:", srv.Shutdown(ctx))
 	fmt.Println(exampleRecv(got, "the client's close", exampleWait))
 	ev := exampleRecv(closed, "OnClosed", exampleWait)
-	fmt.Println("OnClosed:", ev.Initiator, ev.Code)
+	fmt.Println("OnClosed:", ev.Cause, ev.Code)
 	fmt.Println("live connections:", srv.Registry().Len())
 
 	d := ws.Dialer{Protocols: []string{"sip"}, Timeout: 5 * time.Second}
@@ -316,9 +316,9 @@ func dialExample(httpURL, protocol string) *exampleClient {
 }
 
 // exampleShutdown shuts a server down, waiting at most 5 s for the close
-// handshakes. Shutdown then still waits for the dropped connections'
-// goroutines to end; should one never end, the example fails 10 s later
-// rather than hang.
+// handshakes; past that, Shutdown drops the connections and returns an
+// error, which fails the example, as does a Shutdown that does not return
+// within 15 s, rather than hang.
 func exampleShutdown(srv *sipws.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

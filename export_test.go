@@ -31,3 +31,56 @@ func (i *FlowIssuer) WithKeys(key []byte, previous ...[]byte) (*FlowIssuer, erro
 	}
 	return &FlowIssuer{f: f, run: i.run}, nil
 }
+
+// Names the external tests use that are not part of the API.
+const (
+	DefaultSubprotocols       = defaultSubprotocols
+	DefaultMaxMessageSize     = defaultMaxMessageSize
+	MaxMaxMessageSize         = maxMaxMessageSize
+	DefaultReadBufferSize     = defaultReadBufferSize
+	DefaultCloseTimeout       = defaultCloseTimeout
+	DefaultWriteTimeout       = defaultWriteTimeout
+	DefaultFrameTimeout       = defaultFrameTimeout
+	DefaultSendQueueSize      = defaultSendQueueSize
+	DefaultKeepaliveTimeout   = defaultKeepaliveTimeout
+	DefaultKeepaliveInterval  = defaultKeepaliveInterval
+	DefaultKeepaliveWorkers   = defaultKeepaliveWorkers
+	DefaultPongWait           = defaultPongWait
+	DefaultIPv6PrefixLen      = defaultIPv6PrefixLen
+	DefaultCloseCode          = defaultCloseCode
+	DefaultCloseReason        = defaultCloseReason
+	DefaultDumpLimit          = defaultDumpLimit
+	DefaultPingData           = defaultPingData
+	DefaultMessageTimeout     = defaultMessageTimeout
+	DefaultMaxPartialBytes    = defaultMaxPartialBytes
+	DefaultMaxKeptHeaderBytes = defaultMaxKeptHeaderBytes
+	MaxRPCRequestSize         = maxRPCRequestSize
+	ReplacedReason            = replacedReason
+)
+
+var (
+	ErrInvalidCloseCode     = errInvalidCloseCode
+	ErrInvalidCloseReason   = errInvalidCloseReason
+	ErrControlTooLong       = errControlTooLong
+	ErrNoFlowTokens         = errNoFlowTokens
+	ParseCORSMode           = parseCORSMode
+	ParseKeepaliveMechanism = parseKeepaliveMechanism
+	ParseDumpOrder          = parseDumpOrder
+	ParseSubprotocols       = parseSubprotocols
+	CheckSIP                = checkSIP
+	CheckMSRP               = checkMSRP
+	FlowURI                 = flowURI
+)
+
+type (
+	ConfigError  = configError
+	FramingError = framingError
+	Clock        = clock
+	Ticker       = ticker
+)
+
+// WithClock returns cfg with the manual clock clk.
+func WithClock(cfg Config, clk Clock) Config { cfg.clock = clk; return cfg }
+
+// CauseFailed is CloseCause.failed.
+func CauseFailed(c CloseCause) bool { return c.failed() }

@@ -16,7 +16,7 @@ import (
 // URIs that carry a connection's identity through Path, Record-Route and
 // To-Path. Everything here is pure: strings in, strings out.
 
-// Errors of Server.ResolveFlow for a token that names no connection of this
+// Errors of Registry.ResolveFlow for a token that names no connection of this
 // Server. Test for them with errors.Is: they are wrapped with detail.
 // FlowStatus maps each to the SIP status to answer.
 var (
@@ -38,7 +38,7 @@ var (
 	ErrFlowStale = errors.New("sipws: flow token of another server run")
 )
 
-// ForeignFlowError is the error Server.ResolveFlow returns for a valid token
+// ForeignFlowError is the error Registry.ResolveFlow returns for a valid token
 // issued by another edge node that shares our keys. It unwraps to
 // ErrFlowForeign.
 type ForeignFlowError struct {
@@ -100,7 +100,7 @@ func newFlowRun() flowRun {
 // the user part of a SIP URI, that name this node, the Server that issued
 // them and one of its connections, and that cannot be forged without the
 // key. Give it to a Server as Config.FlowTokens; the Server issues tokens
-// (Conn.FlowToken) and resolves them (Server.ResolveFlow). A FlowTokens is
+// (Conn.FlowToken) and resolves them (Registry.ResolveFlow). A FlowTokens is
 // immutable and safe for concurrent use.
 //
 // Each Server puts a random nonce of its own lifetime in its tokens, so a
@@ -259,7 +259,7 @@ func (f *FlowTokens) parse(run flowRun, token string) (ConnID, error) {
 // isFlowChar reports whether c is in the base64url alphabet.
 func isFlowChar(c byte) bool { return isAlpha(c) || isDigit(c) || c == '-' || c == '_' }
 
-// FlowURI returns the SIP URI an edge node puts in Path (RFC 3327) or
+// flowURI returns the SIP URI an edge node puts in Path (RFC 3327) or
 // Record-Route for a flow: "sip:TOKEN@HOST:PORT;transport=ws;lr", with ";ob"
 // appended when outbound is true (the client registered with RFC 5626
 // Outbound, §5.1). transport=ws is right for wss too: RFC 7118 §5.2 defines
@@ -268,7 +268,7 @@ func isFlowChar(c byte) bool { return isAlpha(c) || isDigit(c) || c == '-' || c 
 // names no flow. token and host are not escaped: pass a token from
 // Conn.FlowToken (which fails, rather than giving "", on a Server without
 // Config.FlowTokens) and a host name or IP address.
-func FlowURI(token, host string, port int, outbound bool) string {
+func flowURI(token, host string, port int, outbound bool) string {
 	var sb strings.Builder
 	sb.Grow(len("sip:@:65535;transport=ws;lr;ob[]") + len(token) + len(host))
 	sb.WriteString("sip:")
@@ -298,16 +298,16 @@ func writeHostPort(sb *strings.Builder, host string, port int) {
 	}
 }
 
-// TokenFromURI returns the user part of the SIP or SIPS URI in uri — where an
+// FlowTokenFromURI returns the user part of the SIP or SIPS URI in uri — where an
 // edge node finds its flow token again — and whether there was one. uri may
 // be a Request-URI ("sip:TOKEN@host;lr") or a Route header value: a
 // name-addr with or without display name ("Edge" <sip:TOKEN@host;lr>), an
 // addr-spec, or several comma-separated values, of which the first is used.
 // A password ("user:password@") is dropped; a user part with characters RFC
 // 3261 does not allow there (other than escaped) is no user part. The
-// extraction is syntactic: Server.ResolveFlow says whether the result is a
+// extraction is syntactic: Registry.ResolveFlow says whether the result is a
 // token.
-func TokenFromURI(uri string) (string, bool) {
+func FlowTokenFromURI(uri string) (string, bool) {
 	addr, ok := firstAddr(uri)
 	if !ok {
 		return "", false

@@ -22,7 +22,7 @@ func BenchmarkFlowTokenEncode(b *testing.B) {
 	}
 }
 
-// BenchmarkFlowTokenParsePreviousKey is the check behind Server.ResolveFlow
+// BenchmarkFlowTokenParsePreviousKey is the check behind Registry.ResolveFlow
 // of a token signed with the previous key during a key rotation: two MACs
 // are computed.
 func BenchmarkFlowTokenParsePreviousKey(b *testing.B) {
@@ -40,7 +40,7 @@ func BenchmarkFlowTokenParsePreviousKey(b *testing.B) {
 	}
 }
 
-// BenchmarkFlowTokenParseForged is the check behind Server.ResolveFlow of a
+// BenchmarkFlowTokenParseForged is the check behind Registry.ResolveFlow of a
 // well-formed token whose MAC is wrong: every key is tried, and the error is
 // built.
 func BenchmarkFlowTokenParseForged(b *testing.B) {

@@ -123,7 +123,7 @@ func FuzzTokenFromURI(f *testing.F) {
 		f.Add(s, tok, "kjhd37s2s20w2a")
 	}
 	f.Fuzz(func(t *testing.T, uri, token, session string) {
-		if user, ok := TokenFromURI(uri); ok {
+		if user, ok := FlowTokenFromURI(uri); ok {
 			if user == "" || !strings.Contains(uri, user) || strings.ContainsAny(user, "@<") {
 				t.Fatalf("TokenFromURI(%q) = %q", uri, user)
 			}
@@ -142,11 +142,11 @@ func FuzzTokenFromURI(f *testing.F) {
 		// A base64url token survives FlowURI and a Route header around it.
 		if token != "" && strings.Trim(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == "" {
 			for _, route := range []string{
-				FlowURI(token, "edge1.example.com", 443, true),
-				"<" + FlowURI(token, "2001:db8::1", 0, false) + ">, <sip:core;lr>",
-				`"Edge, \"one\"" <` + FlowURI(token, "192.0.2.1", 8443, true) + ">",
+				flowURI(token, "edge1.example.com", 443, true),
+				"<" + flowURI(token, "2001:db8::1", 0, false) + ">, <sip:core;lr>",
+				`"Edge, \"one\"" <` + flowURI(token, "192.0.2.1", 8443, true) + ">",
 			} {
-				if got, ok := TokenFromURI(route); !ok || got != token {
+				if got, ok := FlowTokenFromURI(route); !ok || got != token {
 					t.Fatalf("TokenFromURI(%q) = %q, %v; want %q", route, got, ok, token)
 				}
 			}

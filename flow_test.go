@@ -378,7 +378,7 @@ func TestFlowTokenFromURI(t *testing.T) {
 		"sip:" + tok + "@edge1.example.com;lr , <sip:proxy.example.com;lr>",
 	}
 	for _, uri := range good {
-		got, ok := sipws.TokenFromURI(uri)
+		got, ok := sipws.FlowTokenFromURI(uri)
 		assert.True(t, ok, uri)
 		assert.Equal(t, tok, got, uri)
 	}
@@ -402,7 +402,7 @@ func TestFlowTokenFromURI(t *testing.T) {
 		"sips",
 	}
 	for _, uri := range bad {
-		got, ok := sipws.TokenFromURI(uri)
+		got, ok := sipws.FlowTokenFromURI(uri)
 		assert.False(t, ok, "%q gave %q", uri, got)
 		assert.Empty(t, got)
 	}
@@ -415,7 +415,7 @@ func TestFlowTokenThroughURI(t *testing.T) {
 	for _, id := range ftkIDs()[:40] {
 		for _, ob := range []bool{false, true} {
 			route := `"edge" <` + sipws.FlowURI(f.Token(id), "2001:db8::7", 443, ob) + `>, <sip:core.example.com;lr>`
-			tok, ok := sipws.TokenFromURI(route)
+			tok, ok := sipws.FlowTokenFromURI(route)
 			require.True(t, ok, route)
 			got, err := f.Parse(tok)
 			require.NoError(t, err)

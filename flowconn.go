@@ -10,26 +10,26 @@ import (
 // the UA registers a new flow.
 var ErrFlowGone = errors.New("sipws: flow token's connection has ended")
 
-// ErrNoFlowTokens: Config.FlowTokens is not set, so the server neither
+// errNoFlowTokens: Config.FlowTokens is not set, so the server neither
 // issues nor resolves flow tokens.
-var ErrNoFlowTokens = errors.New("sipws: no flow tokens configured")
+var errNoFlowTokens = errors.New("sipws: no flow tokens configured")
 
 // FlowToken returns the RFC 5626 flow token that names this connection of
 // its Server (see FlowTokens): put it in the user part of a Path or
-// Record-Route URI (FlowURI) and get the connection back with
-// Server.ResolveFlow. The token holds the node's name, a random nonce of
-// this Server's lifetime and the connection ID, under an HMAC. It fails with
-// ErrNoFlowTokens when Config.FlowTokens is not set, so that a Path or
+// Record-Route URI (Conn.FlowURI builds it) and get the connection back
+// with Registry.ResolveFlow. The token holds the node's name, a random nonce of
+// this Server's lifetime and the connection ID, under an HMAC. It fails
+// (FlowStatus: 500) when Config.FlowTokens is not set, so that a Path or
 // Record-Route without a token is never built by mistake.
 func (c *Conn) FlowToken() (string, error) {
 	f := c.srv.flows.Load()
 	if f == nil {
-		return "", fmt.Errorf("%w (connection %d)", ErrNoFlowTokens, c.id)
+		return "", fmt.Errorf("%w (connection %d)", errNoFlowTokens, c.id)
 	}
 	return f.token(c.srv.flowRun, c.id), nil
 }
 
-// ResolveFlow returns the live connection of this Server that a flow token
+// ResolveFlow returns the live connection of r's Server that a flow token
 // (from Conn.FlowToken) names. It fails with an error wrapping
 // ErrFlowGone when the token is valid but its connection has ended or is
 // closing; ErrFlowInvalid for a malformed, tampered or forged token;
@@ -37,12 +37,13 @@ func (c *Conn) FlowToken() (string, error) {
 // naming it, so a host may forward there); ErrFlowStale for a token of this
 // node issued by another Server (before a restart or before Shutdown and
 // New, or another Server sharing the FlowTokens) — never the connection of
-// this Server that has the same ID; ErrNoFlowTokens without
-// Config.FlowTokens. FlowStatus gives the SIP status to answer for each.
-func (s *Server) ResolveFlow(token string) (*Conn, error) {
+// this Server that has the same ID; and an error FlowStatus maps to 500
+// without Config.FlowTokens. FlowStatus gives the SIP status to answer for each.
+func (r *Registry) ResolveFlow(token string) (*Conn, error) {
+	s := r.srv
 	f := s.flows.Load()
 	if f == nil {
-		return nil, ErrNoFlowTokens
+		return nil, errNoFlowTokens
 	}
 	id, err := f.parse(s.flowRun, token)
 	if err != nil {
@@ -59,13 +60,13 @@ func (s *Server) ResolveFlow(token string) (*Conn, error) {
 // with key from now on, and those signed with any of previous still resolve.
 // The node name and the Server's lifetime nonce stay, so existing tokens of
 // live connections keep working, and tokens of other Servers stay
-// ErrFlowStale. It fails with ErrNoFlowTokens when Config.FlowTokens was not
-// set, or for a key that is too short. Config.FlowTokens itself is not
+// ErrFlowStale. It fails when Config.FlowTokens was not set, or for a key that
+// is too short. Config.FlowTokens itself is not
 // changed.
 func (s *Server) SetFlowKeys(key []byte, previous ...[]byte) error {
 	f := s.flows.Load()
 	if f == nil {
-		return ErrNoFlowTokens
+		return errNoFlowTokens
 	}
 	nf, err := f.withKeys(key, previous...)
 	if err != nil {
@@ -77,7 +78,7 @@ func (s *Server) SetFlowKeys(key []byte, previous ...[]byte) error {
 
 // FlowStatus returns the SIP status code and reason phrase an edge answers
 // a request with when routing it by flow token failed with err (from
-// Server.ResolveFlow, or from Conn.Send on the connection it returned):
+// Registry.ResolveFlow, or from Conn.Send on the connection it returned):
 //
 //   - 0, "" for nil: nothing failed, the request went on.
 //   - 430 Flow Failed (RFC 5626 §5.3) for ErrFlowGone, ErrFlowStale,
@@ -93,8 +94,8 @@ func (s *Server) SetFlowKeys(key []byte, previous ...[]byte) error {
 //     forward refuses it like a token it does not know.
 //   - 513 Message Too Large for ErrMessageTooBig: the request is over
 //     Config.MaxMessageSize.
-//   - 500 Server Internal Error for anything else, ErrNoFlowTokens (the
-//     Server has no Config.FlowTokens) included.
+//   - 500 Server Internal Error for anything else, the error of a
+//     Server without Config.FlowTokens included.
 func FlowStatus(err error) (code int, reason string) {
 	switch {
 	case err == nil:
@@ -108,4 +109,17 @@ func FlowStatus(err error) (code int, reason string) {
 		return 513, "Message Too Large" // RFC 3261 §21.5.14
 	}
 	return 500, "Server Internal Error" // RFC 3261 §21.5.1
+}
+
+// FlowURI returns the SIP URI an edge node puts in Path (RFC 3327) or
+// Record-Route for this connection's flow:
+// "sip:TOKEN@HOST:PORT;transport=ws;lr" with FlowToken's token, and ";ob" when outbound is true (RFC 5626 §5.1).
+// An IPv6 host is put in brackets; a port of 0 or less is left out. It fails
+// as FlowToken does.
+func (c *Conn) FlowURI(host string, port int, outbound bool) (string, error) {
+	tok, err := c.FlowToken()
+	if err != nil {
+		return "", err
+	}
+	return flowURI(tok, host, port, outbound), nil
 }

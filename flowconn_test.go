@@ -34,33 +34,33 @@ func TestResolveFlow(t *testing.T) {
 
 	tok := fcToken(t, conn)
 	uri := sipws.FlowURI(tok, "edge1.example.com", 443, true)
-	got, ok := sipws.TokenFromURI("<" + uri + ">")
+	got, ok := sipws.FlowTokenFromURI("<" + uri + ">")
 	require.True(t, ok)
 	require.Equal(t, tok, got)
-	back, err := ts.ResolveFlow(got)
+	back, err := ts.Registry().ResolveFlow(got)
 	require.NoError(t, err)
 	assert.Equal(t, conn.ID(), back.ID())
 
 	// Tampered: any changed character fails.
 	bad := []byte(tok)
 	bad[len(bad)/2] ^= 1
-	_, err = ts.ResolveFlow(string(bad))
+	_, err = ts.Registry().ResolveFlow(string(bad))
 	assert.ErrorIs(t, err, sipws.ErrFlowInvalid)
 
 	// A token of another node signed with our key is foreign.
 	other, err := sipws.NewFlowTokens("edge2", keyA)
 	require.NoError(t, err)
-	_, err = ts.ResolveFlow(sipws.NewFlowIssuer(other).Token(conn.ID()))
+	_, err = ts.Registry().ResolveFlow(sipws.NewFlowIssuer(other).Token(conn.ID()))
 	assert.ErrorIs(t, err, sipws.ErrFlowForeign)
 
 	// Rotation: tokens signed with the old key still resolve.
 	require.NoError(t, ts.SetFlowKeys(keyB, keyA))
-	back, err = ts.ResolveFlow(tok)
+	back, err = ts.Registry().ResolveFlow(tok)
 	require.NoError(t, err)
 	assert.Equal(t, conn.ID(), back.ID())
 	assert.NotEqual(t, tok, fcToken(t, conn), "new tokens use the new key")
 	require.NoError(t, ts.SetFlowKeys(keyB))
-	_, err = ts.ResolveFlow(tok)
+	_, err = ts.Registry().ResolveFlow(tok)
 	assert.ErrorIs(t, err, sipws.ErrFlowInvalid, "the old key was dropped")
 	tok = fcToken(t, conn)
 
@@ -68,7 +68,7 @@ func TestResolveFlow(t *testing.T) {
 	c.sendClose(1000, "")
 	c.expectClose(1000, time.Second)
 	ts.nextClosed(t)
-	_, err = ts.ResolveFlow(tok)
+	_, err = ts.Registry().ResolveFlow(tok)
 	assert.ErrorIs(t, err, sipws.ErrFlowGone)
 }
 
@@ -82,7 +82,7 @@ func TestResolveFlowWithoutTokens(t *testing.T) {
 	require.ErrorIs(t, err, sipws.ErrNoFlowTokens)
 	assert.Empty(t, tok)
 	assert.Contains(t, err.Error(), fmt.Sprintf("connection %d", conn.ID()))
-	_, err = ts.ResolveFlow("anything")
+	_, err = ts.Registry().ResolveFlow("anything")
 	assert.ErrorIs(t, err, sipws.ErrNoFlowTokens)
 	assert.ErrorIs(t, ts.SetFlowKeys(bytes.Repeat([]byte("k"), 32)), sipws.ErrNoFlowTokens)
 }
@@ -107,16 +107,16 @@ func TestResolveFlowTokenOfAnotherServer(t *testing.T) {
 
 	check := func(when string) {
 		t.Helper()
-		got, err := b.ResolveFlow(tokA)
+		got, err := b.Registry().ResolveFlow(tokA)
 		require.ErrorIs(t, err, sipws.ErrFlowStale, when)
 		assert.True(t, got == nil, "%s: A's token resolved on B to connection %v", when, got)
-		got, err = a.ResolveFlow(tokB)
+		got, err = a.Registry().ResolveFlow(tokB)
 		require.ErrorIs(t, err, sipws.ErrFlowStale, when)
 		assert.True(t, got == nil, "%s: B's token resolved on A", when)
-		got, err = a.ResolveFlow(tokA)
+		got, err = a.Registry().ResolveFlow(tokA)
 		require.NoError(t, err, when)
 		assert.True(t, got == connA, when)
-		got, err = b.ResolveFlow(tokB)
+		got, err = b.Registry().ResolveFlow(tokB)
 		require.NoError(t, err, when)
 		assert.True(t, got == connB, when)
 	}
@@ -126,7 +126,7 @@ func TestResolveFlowTokenOfAnotherServer(t *testing.T) {
 	require.NoError(t, b.SetFlowKeys(bytes.Repeat([]byte("b"), 32), keyA))
 	check("after B's rotation")
 	tokB2 := fcToken(t, connB)
-	_, err = a.ResolveFlow(tokB2)
+	_, err = a.Registry().ResolveFlow(tokB2)
 	assert.ErrorIs(t, err, sipws.ErrFlowInvalid, "A does not know B's new key")
 }
 
@@ -160,10 +160,10 @@ func TestResolveFlowAfterShutdownAndNew(t *testing.T) {
 	dialWS(t, second.Addr, "sip")
 	newConn := second.nextOpened(t)
 	require.Equal(t, oldConn.ID(), newConn.ID(), "the new Server starts at connection 1 again")
-	got, err := second.ResolveFlow(oldTok)
+	got, err := second.Registry().ResolveFlow(oldTok)
 	require.ErrorIs(t, err, sipws.ErrFlowStale)
 	assert.True(t, got == nil, "the old token resolved to the new connection %v", got)
-	got, err = second.ResolveFlow(fcToken(t, newConn))
+	got, err = second.Registry().ResolveFlow(fcToken(t, newConn))
 	require.NoError(t, err)
 	assert.True(t, got == newConn)
 }
@@ -202,34 +202,34 @@ func TestFlowStatusOfResolveFlow(t *testing.T) {
 	conn := ts.nextOpened(t)
 	tok := fcToken(t, conn)
 
-	got, err := ts.ResolveFlow(tok)
+	got, err := ts.Registry().ResolveFlow(tok)
 	require.NoError(t, err)
 	code, _ := sipws.FlowStatus(err)
 	assert.Equal(t, 0, code)
 	code, _ = sipws.FlowStatus(got.Send(make([]byte, 2048)))
 	assert.Equal(t, 513, code)
 
-	_, err = ts.ResolveFlow(tok[:len(tok)-1])
+	_, err = ts.Registry().ResolveFlow(tok[:len(tok)-1])
 	code, _ = sipws.FlowStatus(err)
 	assert.Equal(t, 403, code, "truncated token: %v", err)
 
 	other, err := sipws.NewFlowTokens("edge2", key)
 	require.NoError(t, err)
-	_, err = ts.ResolveFlow(sipws.NewFlowIssuer(other).Token(conn.ID()))
+	_, err = ts.Registry().ResolveFlow(sipws.NewFlowIssuer(other).Token(conn.ID()))
 	var fe *sipws.ForeignFlowError
 	require.ErrorAs(t, err, &fe)
 	assert.Equal(t, "edge2", fe.Node)
 	code, _ = sipws.FlowStatus(err)
 	assert.Equal(t, 403, code)
 
-	_, err = ts.ResolveFlow(sipws.NewFlowIssuer(ft).Token(conn.ID()))
+	_, err = ts.Registry().ResolveFlow(sipws.NewFlowIssuer(ft).Token(conn.ID()))
 	code, _ = sipws.FlowStatus(err)
 	assert.Equal(t, 430, code, "another run: %v", err)
 
 	c.sendClose(1000, "")
 	c.expectClose(1000, time.Second)
 	ts.nextClosed(t)
-	_, err = ts.ResolveFlow(tok)
+	_, err = ts.Registry().ResolveFlow(tok)
 	code, _ = sipws.FlowStatus(err)
 	assert.Equal(t, 430, code, "gone: %v", err)
 	code, _ = sipws.FlowStatus(got.Send([]byte("OPTIONS")))

@@ -1,17 +1,12 @@
 package sipws
 
-// This file and the reading half of the connection are the only ones that
-// know the WebSocket engine (github.com/gobwas/ws).
+// This file holds the wire format: frame headers and their length rules, and
+// the frames we send (data, control and close). It and read.go, which parses
+// and unmasks what arrives, are the only ones that know the WebSocket engine
+// (github.com/gobwas/ws).
 
 import (
 	"encoding/binary"
-	"errors"
-	"fmt"
-	"io"
-	"os"
-	"runtime/debug"
-	"slices"
-	"time"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -28,11 +23,6 @@ const (
 	opPing         = ws.OpPing
 	opPong         = ws.OpPong
 )
-
-// preallocLimit is the largest declared payload allocated before its bytes
-// arrive; a larger one grows as data actually comes in, so that a peer cannot
-// make the server allocate what it only announces.
-const preallocLimit = 16 << 10
 
 // appendHeader appends an unmasked final-frame header (server to client).
 func appendHeader(b []byte, op ws.OpCode, n int) []byte {
@@ -63,7 +53,7 @@ func dataFrame(t MessageType, p []byte) []byte {
 // appendDataFrame appends a complete, unfragmented data frame to b.
 func appendDataFrame(b []byte, t MessageType, p []byte) []byte {
 	op := opBinary
-	if t == Text {
+	if t == MessageText {
 		op = opText
 	}
 	return append(appendHeader(b, op, len(p)), p...)
@@ -86,276 +76,6 @@ func closeFrame(code CloseCode, reason string) []byte {
 	return append(b, reason...)
 }
 
-// Sentinels the read loop ends with when it ended the connection itself.
-var (
-	errPeerClose = errors.New("sipws: close handshake done")
-	errFailed    = errors.New("sipws: connection failed")
-)
-
-// serve is the connection's goroutine: it calls OnOpen, reads and delivers
-// messages until the connection ends, then cleans up and calls OnClosed.
-func (c *Conn) serve() {
-	defer c.srv.wg.Done()
-	c.finish(c.run())
-}
-
-// run calls the hooks and the read loop. A panic in a hook is logged and
-// fails only this connection (1011).
-func (c *Conn) run() (err error) {
-	defer c.recoverHook(&err)
-	c.open()
-	return c.readLoop()
-}
-
-// open calls OnOpen. It is a function of its own so that its frame is not
-// on the stack while the connection idles.
-//
-//go:noinline
-func (c *Conn) open() {
-	if h := c.srv.cfg.OnOpen; h != nil {
-		h(c)
-	}
-}
-
-// recoverHook, deferred by run, turns a panic in a hook into the failure of
-// this connection alone (1011).
-func (c *Conn) recoverHook(err *error) {
-	p := recover()
-	if p == nil {
-		return
-	}
-	c.srv.log.Error("panic in a hook", "conn", c.id, "remote", c.remote, "panic", p, "stack", string(debug.Stack()))
-	perr := fmt.Errorf("sipws: panic in a hook: %v", p)
-	c.finalFrame(endCause{by: InitiatorHost, code: CloseInternalError, reason: "Internal error", err: perr},
-		closeFrame(CloseInternalError, "Internal error"))
-	*err = errFailed
-}
-
-// fail fails the connection for a protocol violation (RFC 6455 §7.1.7): our
-// close frame with code and reason, then the end.
-func (c *Conn) fail(code CloseCode, reason string) error {
-	c.srv.log.Info("protocol error", "conn", c.id, "remote", c.remote, "code", code, "reason", reason)
-	c.finalFrame(endCause{by: InitiatorProtocolError, code: code, reason: reason, err: &CloseError{Code: code, Reason: reason}},
-		closeFrame(code, reason))
-	return errFailed
-}
-
-// setReadDeadline sets the socket's read deadline to frame (zero for none),
-// or to the close deadline when that is sooner. It re-checks the close
-// deadline afterwards, as Close may arm it from another goroutine.
-func (c *Conn) setReadDeadline(frame time.Time) {
-	dl := frame
-	cd := c.closeDL.Load()
-	if cd != 0 && (dl.IsZero() || cd < dl.UnixNano()) {
-		dl = time.Unix(0, cd)
-	}
-	_ = c.nc.SetReadDeadline(dl)
-	if cd2 := c.closeDL.Load(); cd2 != cd && (frame.IsZero() || cd2 < frame.UnixNano()) {
-		_ = c.nc.SetReadDeadline(time.Unix(0, cd2))
-	}
-}
-
-// bufferedHeader returns the next frame's header when it is already whole
-// in the read buffer (in place, valid until the next read), else nil. It
-// does no I/O.
-func (c *Conn) bufferedHeader() []byte {
-	b := c.rb.bytes()
-	if len(b) < 2 {
-		return nil
-	}
-	if hl := headerLen(b[1]); len(b) >= hl {
-		return b[:hl]
-	}
-	return nil
-}
-
-// isTimeout reports a deadline error.
-func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
-
-// readState is a message being assembled across frames.
-type readState struct {
-	msg        []byte      // the message being assembled
-	typ        MessageType // its type
-	fragmented bool        // a message has started and not finished
-	checked    int         // bytes of msg known to be valid UTF-8
-}
-
-// readLoop reads frames to the letter of RFC 6455 until the connection ends.
-// It keeps its own frame small: an idle connection waits here, and a short
-// stack lets the runtime keep its goroutine at the smallest stack size
-// (waiting inside readFrame instead, an idle connection took 8.4 KiB of PSS,
-// not 6.5, at 10,000 connections).
-func (c *Conn) readLoop() error {
-	var st readState
-	defer c.dropInput()
-	for {
-		// Wait, without a deadline, for the first byte of the next frame.
-		// On plain TCP an idle connection waits holding no read buffer.
-		if c.rb.buffered() == 0 {
-			if err := c.fill(); err != nil {
-				return err
-			}
-		}
-		if err := c.readFrame(&st); err != nil {
-			return err
-		}
-	}
-}
-
-// readFrame reads and handles one frame, whose first byte is in the read
-// buffer.
-func (c *Conn) readFrame(st *readState) error {
-	maxSize := c.srv.cfg.MaxMessageSize
-	// A frame already whole in the buffer is read without a deadline; any
-	// other has FrameTimeout to arrive, from its first byte on.
-	c.graced = false
-	timed := false
-	hb := c.bufferedHeader()
-	var err error
-	if hb == nil {
-		timed = true
-		c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
-		if hb, err = c.peekHeader(); err != nil {
-			return c.readError(err)
-		}
-	}
-	h, ok := parseHeader(hb)
-	if !ok {
-		return c.fail(CloseProtocolError, "invalid frame length")
-	}
-	if !timed && int64(c.rb.buffered()-len(hb)) < h.Length {
-		timed = true
-		c.setReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
-	}
-	c.rb.discard(len(hb))
-	c.lastRecv.Store(c.srv.clock.Now().UnixNano())
-
-	switch {
-	case h.Rsv != 0:
-		return c.fail(CloseProtocolError, "reserved bits set")
-	case !h.Masked:
-		return c.fail(CloseProtocolError, "unmasked frame")
-	}
-
-	switch h.OpCode {
-	case opPing, opPong, opClose:
-		if !h.Fin {
-			return c.fail(CloseProtocolError, "st.fragmented control frame")
-		}
-		if h.Length > maxControlPayload {
-			return c.fail(CloseProtocolError, "control frame payload over 125 bytes")
-		}
-		// The payload (at most 125 bytes) is read in place in the
-		// read buffer, valid until the next read.
-		p, err := c.peek(int(h.Length))
-		for err != nil && c.grace(err) {
-			p, err = c.peek(int(h.Length))
-		}
-		if err != nil {
-			return c.readError(err)
-		}
-		c.rb.discard(len(p))
-		ws.Cipher(p, h.Mask, 0)
-		c.srv.stats.countRx(c.sp, false)
-		switch h.OpCode {
-		case opPing:
-			// Answer with the same payload.
-			c.pongReply(p)
-		case opPong:
-			c.srv.ka.pongReceived(c)
-		case opClose:
-			return c.peerClose(p)
-		}
-
-	case opText, opBinary, opContinuation:
-		switch {
-		case h.OpCode == opContinuation && !st.fragmented:
-			return c.fail(CloseProtocolError, "continuation frame without a message to continue")
-		case h.OpCode != opContinuation && st.fragmented:
-			return c.fail(CloseProtocolError, "new message inside a st.fragmented message")
-		case h.OpCode != opContinuation:
-			st.typ, st.msg, st.checked = Binary, nil, 0
-			if h.OpCode == opText {
-				st.typ = Text
-			}
-		}
-		if h.Length > maxSize-int64(len(st.msg)) {
-			return c.fail(CloseMessageTooBig, fmt.Sprintf("message over %d bytes", maxSize))
-		}
-		var check *int
-		if st.typ == Text {
-			check = &st.checked
-		}
-		st.msg, err = c.readPayload(st.msg, int(h.Length), h.Mask, check)
-		if err == errBadUTF8 {
-			return c.fail(CloseInvalidPayload, "invalid UTF-8 in a text message")
-		}
-		if err != nil {
-			return c.readError(err)
-		}
-		c.srv.stats.countRx(c.sp, true)
-		if st.typ == Text {
-			n, ok := validUTF8Prefix(st.msg[st.checked:], h.Fin)
-			if !ok {
-				return c.fail(CloseInvalidPayload, "invalid UTF-8 in a text message")
-			}
-			st.checked += n
-		}
-		st.fragmented = !h.Fin
-		if h.Fin {
-			m := Message{Type: st.typ, Data: st.msg}
-			st.msg = nil
-			c.deliver(m)
-		}
-
-	default:
-		return c.fail(CloseProtocolError, fmt.Sprintf("reserved opcode %#x", byte(h.OpCode)))
-	}
-	if timed {
-		c.setReadDeadline(time.Time{})
-	}
-	return nil
-}
-
-// frameGrace is how long a frame whose FrameTimeout has passed gets to
-// deliver what is already on its way: a deadline checked late (a busy
-// machine did not run the goroutine in time) must not fail a healthy peer
-// whose bytes are already in the socket.
-const frameGrace = 100 * time.Millisecond
-
-// grace reports whether a read that failed with err may be tried again: once
-// per frame, after its FrameTimeout, with a short deadline that only lets
-// bytes already there be read.
-func (c *Conn) grace(err error) bool {
-	if !isTimeout(err) || c.closeDL.Load() != 0 || c.graced {
-		return false
-	}
-	c.graced = true
-	c.setReadDeadline(time.Now().Add(frameGrace))
-	return true
-}
-
-// peekHeader waits until the next frame's whole header is in the read
-// buffer, so that reading it cannot stop half-way, and returns it, in place
-// in the buffer (valid until the next read).
-func (c *Conn) peekHeader() ([]byte, error) {
-	need := 2
-	for {
-		b, err := c.peek(need)
-		if err != nil {
-			if c.grace(err) {
-				continue
-			}
-			return nil, err
-		}
-		if hl := headerLen(b[1]); need < hl {
-			need = hl
-			continue
-		}
-		return b, nil
-	}
-}
-
 // headerLen is the length of a frame header whose second byte is b1.
 func headerLen(b1 byte) int {
 	hl := 2
@@ -372,9 +92,10 @@ func headerLen(b1 byte) int {
 }
 
 // parseHeader parses a whole frame header (RFC 6455 §5.2), as peekHeader
-// returns it. It reports false for a 64-bit length with its most significant
-// bit set.
-func parseHeader(b []byte) (h ws.Header, ok bool) {
+// returns it. It returns why the length field breaks §5.2 — the most
+// significant bit of a 64-bit length set, or a length not in the minimal
+// number of bytes — or "" when it is sound.
+func parseHeader(b []byte) (h ws.Header, bad string) {
 	h.Fin = b[0]&0x80 != 0
 	h.Rsv = (b[0] & 0x70) >> 4
 	h.OpCode = ws.OpCode(b[0] & 0x0f)
@@ -383,12 +104,18 @@ func parseHeader(b []byte) (h ws.Header, ok bool) {
 	switch l := b[1] & 0x7f; l {
 	case 126:
 		h.Length = int64(binary.BigEndian.Uint16(rest))
+		if h.Length < 126 {
+			return h, "non-minimal payload length"
+		}
 		rest = rest[2:]
 	case 127:
 		if rest[0]&0x80 != 0 {
-			return h, false
+			return h, "64-bit payload length with the most significant bit set"
 		}
 		h.Length = int64(binary.BigEndian.Uint64(rest))
+		if h.Length <= 0xffff {
+			return h, "non-minimal payload length"
+		}
 		rest = rest[8:]
 	default:
 		h.Length = int64(l)
@@ -396,253 +123,5 @@ func parseHeader(b []byte) (h ws.Header, ok bool) {
 	if h.Masked {
 		copy(h.Mask[:], rest)
 	}
-	return h, true
-}
-
-// readError turns a read error into the end of the loop; a frame deadline
-// that passed fails the connection.
-func (c *Conn) readError(err error) error {
-	if isTimeout(err) && c.closeDL.Load() == 0 {
-		return c.fail(ClosePolicyViolation, "frame not finished in time")
-	}
-	return err
-}
-
-// errBadUTF8 reports invalid UTF-8 found while a text frame arrives.
-var errBadUTF8 = errors.New("sipws: invalid UTF-8")
-
-// readPayload reads n payload bytes onto msg and unmasks them. Memory grows
-// with the bytes that actually arrive, not with the declared length. With
-// checked set (a text message), the bytes are checked for UTF-8 as they
-// arrive, from *checked on, so that a bad sequence fails the connection at
-// once (errBadUTF8) rather than when the frame ends; the end of the message
-// is checked by the caller.
-func (c *Conn) readPayload(msg []byte, n int, mask [4]byte, checked *int) ([]byte, error) {
-	start := len(msg)
-	if n == 0 {
-		if msg == nil {
-			msg = []byte{}
-		}
-		return msg, nil
-	}
-	if cap(msg)-start < n && (n <= preallocLimit || n <= c.rb.buffered()) {
-		msg = slices.Grow(msg, n)
-	}
-	end := start + n
-	for len(msg) < end {
-		if len(msg) == cap(msg) {
-			msg = slices.Grow(msg, min(max(cap(msg), preallocLimit), end-len(msg)))
-		}
-		k, err := c.read(msg[len(msg):min(cap(msg), end)])
-		ws.Cipher(msg[len(msg):len(msg)+k], mask, len(msg)-start)
-		msg = msg[:len(msg)+k]
-		if err != nil && len(msg) < end && c.grace(err) {
-			continue
-		}
-		if err != nil && len(msg) < end {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return msg, err
-		}
-		if checked != nil && len(msg) < end {
-			v, ok := validUTF8Prefix(msg[*checked:], false)
-			if !ok {
-				return msg, errBadUTF8
-			}
-			*checked += v
-		}
-	}
-	return msg, nil
-}
-
-// crlfcrlf is the RFC 5626 §4.4.1 keepalive ping; crlf its pong.
-const crlfcrlf = "\r\n\r\n"
-
-// deliver hands a message to OnMessage, unless we are closing. On a sip
-// connection a message that is exactly CRLFCRLF is a keepalive (RFC 5626
-// §3.5.1, §4.4.1): it is answered with CRLF in the same frame type and not
-// delivered; like any frame it counted as activity.
-func (c *Conn) deliver(m Message) {
-	if !c.isOpen() {
-		return
-	}
-	if c.sp == SIP && string(m.Data) == crlfcrlf {
-		_ = c.enqueue(outFrame{b: dataFrame(m.Type, m.Data[:2]), data: true})
-		return
-	}
-	if c.srv.cfg.Framing != FramingOff {
-		if err := CheckMessage(c.sp, m.Data); err != nil {
-			c.invalid(m, err)
-			return
-		}
-	}
-	if o := c.srv.obs; o != nil {
-		o.Message(In, c.sp, len(m.Data))
-	}
-	if h := c.srv.cfg.OnMessage; h != nil {
-		h(c, m)
-	}
-}
-
-// peerClose handles the peer's close frame: it validates it, answers it
-// (echoing its code) unless it answers ours, and ends the loop.
-func (c *Conn) peerClose(p []byte) error {
-	code, reason := CloseNoStatus, ""
-	switch {
-	case len(p) == 1:
-		return c.fail(CloseProtocolError, "close frame with a 1-byte payload")
-	case len(p) >= 2:
-		code = CloseCode(binary.BigEndian.Uint16(p))
-		if !code.validOnWire() {
-			return c.fail(CloseProtocolError, fmt.Sprintf("invalid close code %d", code))
-		}
-		if !utf8.Valid(p[2:]) {
-			return c.fail(CloseInvalidPayload, "invalid UTF-8 in the close reason")
-		}
-		reason = string(p[2:])
-	}
-	echo := code
-	if echo == CloseNoStatus {
-		echo = CloseNormal
-	}
-	c.finalFrame(endCause{by: InitiatorPeer, code: code, reason: reason}, closeFrame(echo, ""))
-	return errPeerClose
-}
-
-// validUTF8Prefix checks b, the part of a text message not yet checked. For
-// the final fragment all of b must be valid; before it, b may end in the
-// first bytes of a character that the next fragment completes. It returns how
-// many bytes are whole valid characters.
-func validUTF8Prefix(b []byte, final bool) (int, bool) {
-	if final {
-		return len(b), utf8.Valid(b)
-	}
-	// Find where the last character starts.
-	start := len(b)
-	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
-		if !utf8.RuneStart(b[i]) {
-			continue
-		}
-		start = i
-		break
-	}
-	if start == len(b) || utf8.FullRune(b[start:]) {
-		return len(b), utf8.Valid(b)
-	}
-	if !utf8.Valid(b[:start]) {
-		return 0, false
-	}
-	return start, viablePrefix(b[start:])
-}
-
-// viablePrefix reports whether p, an incomplete UTF-8 sequence, can still be
-// completed into a valid character.
-func viablePrefix(p []byte) bool {
-	var buf [utf8.UTFMax]byte
-	for _, second := range [...]byte{0x80, 0x90, 0xA0} {
-		n := copy(buf[:], p)
-		if n == 1 {
-			buf[1] = second
-			n = 2
-		}
-		for ; n < utf8.UTFMax; n++ {
-			buf[n] = 0x80
-		}
-		for l := len(p) + 1; l <= utf8.UTFMax; l++ {
-			if r, size := utf8.DecodeRune(buf[:l]); r != utf8.RuneError && size == l {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// finish ends the connection: the socket is closed (gracefully after a close
-// handshake), the connection leaves the registry and the counters, and
-// OnClosed fires.
-func (c *Conn) finish(readErr error) {
-	graceful := readErr == errPeerClose || readErr == errFailed
-	c.wmu.Lock()
-	switch {
-	case c.end.by == 0:
-		c.end = endCause{by: InitiatorPeerLost, code: CloseAbnormal, err: readErr}
-	case !graceful && c.end.err == nil && c.state == stateClosing:
-		c.end.err = fmt.Errorf("sipws: no close reply from the peer: %w", readErr)
-	}
-	c.state = stateClosed
-	end := c.end
-	c.wmu.Unlock()
-
-	// After a close handshake our FIN goes out now and the socket is closed
-	// once the peer's FIN is in (or CloseTimeout passed), after OnClosed;
-	// otherwise it is closed at once.
-	if !graceful || c.srv.shutdown.Load() || !c.closeWrite() {
-		graceful = false
-		_ = c.nc.Close()
-	}
-	c.wwg.Wait()
-	defer func() {
-		if graceful {
-			c.linger()
-			_ = c.nc.Close()
-		}
-	}()
-
-	c.srv.reg.remove(c)
-	c.srv.reg.unroute(c)
-	c.srv.ka.remove(c)
-	c.srv.limits.release(c.remote.Addr())
-	c.srv.stats.closed(c.sp, end.by, end.err != nil)
-	if o := c.srv.obs; o != nil {
-		o.Closed(end.code, end.by)
-	}
-	ended := c.srv.clock.Now()
-	close(c.done)
-	c.srv.log.Info("connection closed", "conn", c.id, "remote", c.remote, "subprotocol", c.sp,
-		"code", int(end.code), "reason", end.reason, "by", end.by.String(), "err", end.err)
-	if h := c.srv.cfg.OnClosed; h != nil {
-		defer func() {
-			if p := recover(); p != nil {
-				c.srv.log.Error("panic in OnClosed", "conn", c.id, "remote", c.remote, "panic", p, "stack", string(debug.Stack()))
-			}
-		}()
-		h(Closed{
-			ConnID:      c.id,
-			RemoteAddr:  c.remote,
-			LocalAddr:   c.local,
-			Subprotocol: c.sp,
-			Secure:      c.secure,
-			Identity:    c.identity,
-			Code:        end.code,
-			Reason:      end.reason,
-			Initiator:   end.by,
-			Err:         end.err,
-			Opened:      c.opened,
-			Ended:       ended,
-		})
-	}
-}
-
-// closeWrite sends our FIN after the close handshake, keeping the socket
-// open for reading; it reports whether it could.
-func (c *Conn) closeWrite() bool {
-	cw, ok := c.nc.(interface{ CloseWrite() error })
-	if !ok {
-		return false
-	}
-	c.sockMu.Lock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
-	err := cw.CloseWrite()
-	c.sockMu.Unlock()
-	return err == nil
-}
-
-// linger waits, at most Config.CloseTimeout, for the peer's FIN after ours,
-// discarding what it still sends, so that the peer reads our close frame
-// before the socket is gone (closing a socket with unread input resets it).
-func (c *Conn) linger() {
-	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.CloseTimeout))
-	c.dropInput()
-	_, _ = io.CopyN(io.Discard, c.nc, 1<<16)
+	return h, ""
 }

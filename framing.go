@@ -16,12 +16,12 @@ import (
 // is well framed, and never panic.
 
 // ErrFraming is the error every framing check failure wraps: test for it with
-// errors.Is. The *FramingError in the chain carries the reason.
+// errors.Is. The error in the chain above it says why.
 var ErrFraming = errors.New("sipws: invalid framing")
 
-// FramingError says why a WebSocket message is not exactly one SIP message or
+// framingError says why a WebSocket message is not exactly one SIP message or
 // one MSRP chunk. It unwraps to ErrFraming.
-type FramingError struct {
+type framingError struct {
 	// Subprotocol is the sub-protocol the message was checked against.
 	Subprotocol Subprotocol
 	// Reason is a human-readable explanation, fit for a log line, e.g.
@@ -30,7 +30,7 @@ type FramingError struct {
 }
 
 // Error implements error.
-func (e *FramingError) Error() string {
+func (e *framingError) Error() string {
 	if t := e.Subprotocol.Token(); t != "" {
 		return "sipws: invalid " + t + " framing: " + e.Reason
 	}
@@ -38,31 +38,32 @@ func (e *FramingError) Error() string {
 }
 
 // Unwrap returns ErrFraming.
-func (e *FramingError) Unwrap() error { return ErrFraming }
+func (e *framingError) Unwrap() error { return ErrFraming }
 
 // CheckMessage checks that b is exactly one message of sub-protocol sp: it is
-// CheckSIP for SIP and CheckMSRP for MSRP. Any other sp fails.
+// checkSIP for SIP and checkMSRP for MSRP. Any other sp fails. It returns nil
+// or an error wrapping ErrFraming whose text says what is wrong.
 func CheckMessage(sp Subprotocol, b []byte) error {
 	switch sp {
 	case SIP:
-		return CheckSIP(b)
+		return checkSIP(b)
 	case MSRP:
-		return CheckMSRP(b)
+		return checkMSRP(b)
 	}
-	return &FramingError{Subprotocol: sp, Reason: "no framing check for sub-protocol " + sp.String()}
+	return &framingError{Subprotocol: sp, Reason: "no framing check for sub-protocol " + sp.String()}
 }
 
 func sipFail(format string, args ...any) error {
-	return &FramingError{Subprotocol: SIP, Reason: fmt.Sprintf(format, args...)}
+	return &framingError{Subprotocol: SIP, Reason: fmt.Sprintf(format, args...)}
 }
 
 func msrpFail(format string, args ...any) error {
-	return &FramingError{Subprotocol: MSRP, Reason: fmt.Sprintf(format, args...)}
+	return &framingError{Subprotocol: MSRP, Reason: fmt.Sprintf(format, args...)}
 }
 
-// CheckSIP checks that b holds exactly one SIP message, as RFC 7118 §5
+// checkSIP checks that b holds exactly one SIP message, as RFC 7118 §5
 // requires of a WebSocket message on the "sip" sub-protocol. It returns nil or
-// a *FramingError (wrapping ErrFraming) whose Reason says what is wrong.
+// a *framingError (wrapping ErrFraming) whose Reason says what is wrong.
 //
 // The message is a request line ("METHOD SP Request-URI SP SIP/2.0", the
 // method a token, the Request-URI an absolute URI) or a status line ("SIP/2.0
@@ -92,7 +93,7 @@ func msrpFail(format string, args ...any) error {
 // CSeq, Max-Forwards) are the SIP stack's business and are not checked.
 //
 // An MSRP chunk fails with a reason saying it is MSRP, not SIP.
-func CheckSIP(b []byte) error {
+func checkSIP(b []byte) error {
 	if len(b) == 0 {
 		return sipFail("empty message")
 	}
@@ -369,9 +370,9 @@ func hasScheme(uri []byte) bool {
 	return false
 }
 
-// CheckMSRP checks that b holds exactly one MSRP chunk, as RFC 7977 requires
+// checkMSRP checks that b holds exactly one MSRP chunk, as RFC 7977 requires
 // of a WebSocket message on the "msrp" sub-protocol, following the grammar of
-// RFC 4975 §7.1 and §9. It returns nil or a *FramingError (wrapping
+// RFC 4975 §7.1 and §9. It returns nil or a *framingError (wrapping
 // ErrFraming) whose Reason says what is wrong.
 //
 // The chunk is a start line "MSRP SP transact-id SP method" (the method in
@@ -390,7 +391,7 @@ func hasScheme(uri []byte) bool {
 // end-line) is rejected as ambiguous. Content-Type, Byte-Range and Message-ID are not checked.
 //
 // A SIP message fails with a reason saying it is SIP, not MSRP.
-func CheckMSRP(b []byte) error {
+func checkMSRP(b []byte) error {
 	if len(b) == 0 {
 		return msrpFail("empty message")
 	}

@@ -13,7 +13,7 @@ import (
 // properties: a message built from valid headers and a body with the right
 // Content-Length always passes whatever the body holds; two of them in one
 // buffer, or one cut short, always fail; nothing passes both as SIP and as
-// MSRP; and every failure is a *FramingError for the right sub-protocol.
+// MSRP; and every failure is a *framingError for the right sub-protocol.
 
 // chkFuzzFailure checks the shape of a framing failure.
 func chkFuzzFailure(t *testing.T, sp sipws.Subprotocol, err error) {

@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// This file checks CheckSIP, CheckMSRP and CheckMessage against messages
+// This file checks checkSIP, checkMSRP and CheckMessage against messages
 // shaped like those JsSIP and SIP.js send, the RFC 4975 and RFC 7977 MSRP
 // examples, and the ways a WebSocket message can hold other than exactly one
 // of them.
@@ -189,7 +189,7 @@ func chkOptions(uri string) []byte {
 	}, "")
 }
 
-// chkReason checks that err is a *FramingError for sp whose reason contains
+// chkReason checks that err is a *framingError for sp whose reason contains
 // every one of want, and that it wraps ErrFraming.
 func chkReason(t *testing.T, sp sipws.Subprotocol, err error, want ...string) {
 	t.Helper()

@@ -10,11 +10,11 @@ const (
 	// FramingOff delivers every message as it is (the default).
 	FramingOff FramingMode = iota
 	// FramingReport counts and logs a message that fails, gives it to
-	// Config.OnInvalid instead of OnMessage, and keeps the connection.
+	// Config.OnInvalidMessage instead of OnMessage, and keeps the connection.
 	FramingReport
 	// FramingClose fails the connection with 1007 (invalid payload) on the
 	// first message that fails; it is counted, logged and given to
-	// Config.OnInvalid first.
+	// Config.OnInvalidMessage first.
 	FramingClose
 )
 
@@ -35,10 +35,10 @@ func (m FramingMode) String() string {
 func (c *Conn) invalid(m Message, err error) {
 	c.srv.stats.invalid.Add(1)
 	c.srv.log.Info("invalid message", "conn", c.id, "remote", c.remote, "subprotocol", c.sp, "size", len(m.Data), "err", err)
-	if h := c.srv.cfg.OnInvalid; h != nil {
+	if h := c.srv.cfg.OnInvalidMessage; h != nil {
 		h(c, m, err)
 	}
 	if c.srv.cfg.Framing == FramingClose {
-		_ = c.startClose(InitiatorProtocolError, CloseInvalidPayload, "invalid "+c.sp.Token()+" message", err)
+		_ = c.startClose(CauseProtocolError, CloseInvalidPayload, "invalid "+c.sp.Token()+" message", err)
 	}
 }

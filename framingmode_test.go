@@ -28,7 +28,7 @@ func TestFramingReport(t *testing.T) {
 	invalid := make(chan fmInvalid, 16)
 	ts := startServer(t, sipws.Config{
 		Framing: sipws.FramingReport,
-		OnInvalid: func(c *sipws.Conn, m sipws.Message, err error) {
+		OnInvalidMessage: func(c *sipws.Conn, m sipws.Message, err error) {
 			invalid <- fmInvalid{c, m, err}
 		},
 	})
@@ -72,7 +72,7 @@ func TestFramingClose(t *testing.T) {
 	c.sendClose(1007, "")
 	c.expectEOF(time.Second)
 	ev := ts.nextClosed(t)
-	assert.Equal(t, sipws.InitiatorProtocolError, ev.Initiator)
+	assert.Equal(t, sipws.CauseProtocolError, ev.Cause)
 	assert.Equal(t, sipws.CloseInvalidPayload, ev.Code)
 	assert.ErrorIs(t, ev.Err, sipws.ErrFraming)
 	ts.noMsg(t, quiet)

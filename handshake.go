@@ -33,8 +33,8 @@ type refusal struct {
 
 // checkRequest applies RFC 6455 §4.2.1 to r. It returns the sub-protocol the
 // connection will speak, or the refusal to send. The sub-protocol is
-// unnegotiated when the client offered none and Config.NoSubprotocol stood
-// in: the 101 then names none.
+// unnegotiated when the client offered none and
+// Config.ImplicitSubprotocol stood in: the 101 then names none.
 func (s *Server) checkRequest(r *http.Request) (sp Subprotocol, unnegotiated bool, ref *refusal) {
 	if r.Method != http.MethodGet {
 		return 0, false, &refusal{
@@ -78,8 +78,8 @@ func (s *Server) checkRequest(r *http.Request) (sp Subprotocol, unnegotiated boo
 		return 0, false, &refusal{status: http.StatusBadRequest, msg: "invalid Sec-WebSocket-Key: want the base64 encoding of 16 bytes"}
 	}
 	sp, anyOffered := negotiateSubprotocol(r.Header, s.cfg.Subprotocols)
-	if sp == 0 && s.cfg.NoSubprotocol != 0 && !anyOffered {
-		return s.cfg.NoSubprotocol, true, nil
+	if sp == 0 && s.cfg.ImplicitSubprotocol != 0 && !anyOffered {
+		return s.cfg.ImplicitSubprotocol, true, nil
 	}
 	if sp == 0 {
 		ref := &refusal{status: http.StatusBadRequest}
@@ -112,6 +112,24 @@ func headerHasToken(h http.Header, name, token string) bool {
 		}
 	}
 	return false
+}
+
+// isHeaderName reports whether name is an HTTP field name: a token of RFC
+// 9110 §5.1 (letters, digits and !#$%&'*+-.^_`|~).
+func isHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // refuse writes an HTTP error for a failed handshake: the status, the extra
@@ -174,6 +192,9 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 			s.limits.release(cl.addr.Addr())
 		}
 	}()
+	if len(s.cfg.AllowedOrigins) > 0 && !originAllowed(s.cfg.AllowedOrigins, r) {
+		return s.refuse(w, r, &refusal{status: http.StatusForbidden, msg: "origin " + quote(r.Header.Get("Origin")) + " not allowed"})
+	}
 	if s.cfg.CheckOrigin != nil && !s.cfg.CheckOrigin(r) {
 		return s.refuse(w, r, &refusal{status: http.StatusForbidden, msg: "origin " + quote(r.Header.Get("Origin")) + " not allowed"})
 	}
@@ -197,12 +218,12 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 // upgrade hijacks the connection, writes the 101 and starts the connection.
 // It returns the status answered (0 when the connection was lost).
 func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp Subprotocol, unnegotiated bool, identity any) int {
-	// Join wg before the 101, so that a Shutdown that starts once the
+	// Join live before the 101, so that a Shutdown that starts once the
 	// client has its 101 waits for this connection.
 	s.mu.RLock()
 	closed := s.closed
 	if !closed {
-		s.wg.Add(1)
+		s.live.Add(1)
 	}
 	s.mu.RUnlock()
 	if closed {
@@ -211,7 +232,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	started := false
 	defer func() {
 		if !started {
-			s.wg.Done()
+			s.liveDone()
 		}
 	}()
 	extra := w.Header().Clone()
@@ -273,9 +294,9 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	s.log.Info("connection opened", "conn", c.id, "remote", c.remote, "subprotocol", sp, "secure", c.secure)
 	switch {
 	case dropErr != nil:
-		c.abort(InitiatorShutdown, CloseGoingAway, "Going away", dropErr)
+		c.abort(CauseShutdown, CloseGoingAway, "Going away", dropErr)
 	case closing:
-		_ = c.startClose(InitiatorShutdown, CloseGoingAway, "Going away", nil)
+		_ = c.startClose(CauseShutdown, CloseGoingAway, "Going away", nil)
 	}
 	started = true
 	go c.serve()

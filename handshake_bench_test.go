@@ -60,7 +60,7 @@ func BenchmarkHandleHandshake(b *testing.B) {
 	s, err := New(Config{
 		Subprotocols: SIP,
 		Keepalive:    KeepaliveNone,
-		OnClosed:     func(Closed) { closed <- struct{}{} },
+		OnClosed:     func(CloseEvent) { closed <- struct{}{} },
 	})
 	if err != nil {
 		b.Fatal(err)

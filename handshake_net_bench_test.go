@@ -21,7 +21,7 @@ func BenchmarkHandshakeLoopback(b *testing.B) {
 	srv, err := sipws.New(sipws.Config{
 		Subprotocols: sipws.SIP,
 		Keepalive:    sipws.KeepaliveNone,
-		OnClosed:     func(sipws.Closed) { closed <- struct{}{} },
+		OnClosed:     func(sipws.CloseEvent) { closed <- struct{}{} },
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -262,7 +263,7 @@ func hsRoundTrip(t *testing.T, ts *testServer, c *rawClient, conn *sipws.Conn, m
 	c.sendText(msg)
 	m := ts.nextMsg(t)
 	assert.Same(t, conn, m.Conn, "delivered on another connection")
-	assert.Equal(t, sipws.Text, m.Msg.Type)
+	assert.Equal(t, sipws.MessageText, m.Msg.Type)
 	assert.Equal(t, msg, string(m.Msg.Data))
 	f := c.mustReadFrame()
 	assert.Equal(t, byte(0x1), f.Op, "echo opcode")
@@ -616,7 +617,7 @@ func TestHandshakeAuthorize(t *testing.T) {
 		case ck.Value == "suspended":
 			return nil, errors.New("account suspended")
 		case ck.Value == "forbidden":
-			return nil, fmt.Errorf("user banned: %w", sipws.ErrForbidden)
+			return nil, errors.New("user banned")
 		}
 		w.Header().Set("Set-Cookie", "seen=1")
 		return hsIdentity{User: "alice/" + ck.Value}, nil
@@ -646,7 +647,7 @@ func TestHandshakeAuthorize(t *testing.T) {
 		})
 	}
 	t.Run("identity", func(t *testing.T) {
-		ts := startServer(t, sipws.Config{Authorize: authorize})
+		ts := startServer(t, sipws.Config{Authorize: authorize, KeepHeaders: []string{"Cookie"}})
 		req := newHSRequest(ts.Addr, "sip").add("Cookie", "theme=dark; session=tok123")
 		res := hsDial(t, ts.Addr, http.MethodGet, req.String())
 		conn := hsExpectOpened(t, ts, res, req.get("Sec-WebSocket-Key"), sipws.SIP)
@@ -800,7 +801,7 @@ func TestHandshakeTLS(t *testing.T) {
 	first.c.sendClose(1000, "bye")
 	first.c.expectClose(1000, ioTimeout)
 	ev := ts.nextClosed(t)
-	assert.Equal(t, conn.ID(), ev.ConnID)
+	assert.Equal(t, conn.ID(), ev.ID)
 	assert.True(t, ev.Secure, "Closed.Secure")
 }
 
@@ -811,14 +812,16 @@ func unmapAddr(a net.Addr) netip.AddrPort {
 }
 
 // TestHandshakeConnInfo checks what a Conn knows after a successful
-// handshake: addresses, the request's headers (less the handshake-only ones),
-// URL, Host, and the counters, for a sip and then an msrp connection.
+// handshake: addresses, the request's headers named in KeepHeaders (and no
+// other), URL, Host, and the counters, for a sip and then an msrp
+// connection.
 func TestHandshakeConnInfo(t *testing.T) {
-	ts := startServer(t, sipws.Config{})
+	ts := startServer(t, sipws.Config{KeepHeaders: []string{"x-custom", "X-Multi", "User-Agent", "Upgrade"}})
 	req := newHSRequest(ts.Addr, "sip").
 		add("X-Custom", "42").
 		add("X-Multi", "a").
 		add("X-Multi", "b").
+		add("X-Other", "dropped").
 		add("User-Agent", "sipws-test")
 	req.Target = "/ws/path?user=alice"
 	res := hsDial(t, ts.Addr, http.MethodGet, req.String())
@@ -832,9 +835,11 @@ func TestHandshakeConnInfo(t *testing.T) {
 	assert.Equal(t, "42", h.Get("X-Custom"))
 	assert.Equal(t, []string{"a", "b"}, h.Values("X-Multi"))
 	assert.Equal(t, "sipws-test", h.Get("User-Agent"))
-	for _, name := range []string{"Sec-WebSocket-Key", "Sec-WebSocket-Version", "Upgrade", "Connection"} {
-		assert.Empty(t, h.Values(name), "handshake-only header %s kept", name)
+	assert.Equal(t, "websocket", h.Get("Upgrade"), "a handshake header the host asked to keep")
+	for _, name := range []string{"Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Protocol", "Connection", "X-Other", "Origin"} {
+		assert.Empty(t, h.Values(name), "header %s kept, not in KeepHeaders", name)
 	}
+	assert.Len(t, h, 4, "the kept headers: %v", h)
 	assert.Equal(t, "/ws/path", conn.URL().Path)
 	assert.Equal(t, "alice", conn.URL().Query().Get("user"))
 	assert.Equal(t, ts.Addr, conn.Host())
@@ -861,6 +866,95 @@ func TestHandshakeConnInfo(t *testing.T) {
 	assert.Equal(t, uint64(1), st.MSRP.SuccessfulHandshakes, "ws_msrp_successful_handshakes")
 	assert.Equal(t, uint64(2), st.CurrentConnections, "ws_current_connections")
 	assert.Equal(t, 2, ts.Registry().Len())
+}
+
+// TestHandshakeKeepHeaders checks what a Conn keeps of its handshake by
+// default, Origin and User-Agent, and that the whole request, Cookie
+// included, is still what CheckOrigin and Authorize see; an empty
+// KeepHeaders keeps no header.
+func TestHandshakeKeepHeaders(t *testing.T) {
+	const cookie = "session=tok123; theme=dark"
+	seen := make(chan string, 1)
+	authorize := func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		seen <- r.Header.Get("Cookie") + "|" + r.Header.Get("Accept-Language")
+		return nil, nil
+	}
+	for _, tc := range []struct {
+		name string
+		keep []string
+		want []string // the headers kept
+	}{
+		{name: "default", keep: nil, want: []string{"Origin", "User-Agent"}},
+		{name: "none", keep: []string{}, want: nil},
+		{name: "cookie", keep: []string{"COOKIE", "cookie"}, want: []string{"Cookie"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, sipws.Config{Authorize: authorize, KeepHeaders: tc.keep})
+			req := newHSRequest(ts.Addr, "sip").
+				add("Origin", "https://phone.example.test").
+				add("User-Agent", "JsSIP 3.10.1").
+				add("Accept-Language", "en-US,en;q=0.9").
+				add("Cookie", cookie)
+			req.Target = "/ws?user=alice"
+			res := hsDial(t, ts.Addr, http.MethodGet, req.String())
+			conn := hsExpectOpened(t, ts, res, req.get("Sec-WebSocket-Key"), sipws.SIP)
+			assert.Equal(t, cookie+"|en-US,en;q=0.9", <-seen, "Authorize sees the whole request")
+
+			h := conn.Header()
+			var got []string
+			for name := range h {
+				got = append(got, name)
+			}
+			assert.ElementsMatch(t, tc.want, got)
+			if slices.Contains(tc.want, "Origin") {
+				assert.Equal(t, "https://phone.example.test", h.Get("Origin"))
+				assert.Equal(t, "JsSIP 3.10.1", h.Get("User-Agent"))
+			}
+			if slices.Contains(tc.want, "Cookie") {
+				assert.Equal(t, []string{cookie}, h.Values("Cookie"))
+				assert.Len(t, conn.Cookies(), 2)
+			} else {
+				assert.Empty(t, conn.Cookies(), "cookies of a Cookie header not kept")
+				_, err := conn.Cookie("session")
+				assert.ErrorIs(t, err, http.ErrNoCookie)
+			}
+			// The URI and the Host are kept whatever the list.
+			assert.Equal(t, "/ws", conn.URL().Path)
+			assert.Equal(t, "alice", conn.URL().Query().Get("user"))
+			assert.Equal(t, ts.Addr, conn.Host())
+		})
+	}
+}
+
+// TestKeepHeadersConfigErrors checks the validation of KeepHeaders and
+// MaxKeptHeaderBytes.
+func TestKeepHeadersConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		cfg   sipws.Config
+		field string
+	}{
+		{sipws.Config{KeepHeaders: []string{""}}, "KeepHeaders"},
+		{sipws.Config{KeepHeaders: []string{"Origin", "User Agent"}}, "KeepHeaders"},
+		{sipws.Config{KeepHeaders: []string{"Origin:"}}, "KeepHeaders"},
+		{sipws.Config{MaxKeptHeaderBytes: -1}, "MaxKeptHeaderBytes"},
+		{sipws.Config{MaxKeptHeaderBytes: 127}, "MaxKeptHeaderBytes"},
+		{sipws.Config{MaxKeptHeaderBytes: 1<<20 + 1}, "MaxKeptHeaderBytes"},
+	} {
+		_, err := sipws.New(tc.cfg)
+		var ce *sipws.ConfigError
+		if assert.ErrorAs(t, err, &ce, "%+v", tc.cfg) {
+			assert.Equal(t, tc.field, ce.Field)
+		}
+	}
+	for _, cfg := range []sipws.Config{
+		{KeepHeaders: []string{"X-Forwarded-For", "sec-websocket-protocol", "Authorization"}},
+		{MaxKeptHeaderBytes: 128},
+		{MaxKeptHeaderBytes: 1 << 20},
+	} {
+		s, err := sipws.New(cfg)
+		require.NoError(t, err, "%+v", cfg)
+		require.NoError(t, s.Shutdown(context.Background()))
+	}
 }
 
 // TestHandshakeHTTPServerTimeouts mounts the server on an http.Server with
@@ -971,7 +1065,7 @@ func TestHandshakeAfterShutdown(t *testing.T) {
 	hsExpectRefused(t, ts, res, before, hsRefusal{status: http.StatusServiceUnavailable, body: []string{"shutting down"}})
 }
 
-// TestHandshakeNoSubprotocol checks Config.NoSubprotocol: a client that
+// TestHandshakeNoSubprotocol checks Config.ImplicitSubprotocol: a client that
 // offers no sub-protocol (a generic WebSocket tool) is served as the
 // configured one with no Sec-WebSocket-Protocol in the 101, while a client
 // that offers only unknown ones is still refused, and one that offers sip
@@ -979,7 +1073,7 @@ func TestHandshakeAfterShutdown(t *testing.T) {
 func TestHandshakeNoSubprotocol(t *testing.T) {
 	for _, sp := range []sipws.Subprotocol{sipws.SIP, sipws.MSRP} {
 		t.Run(sp.String(), func(t *testing.T) {
-			ts := startServer(t, sipws.Config{NoSubprotocol: sp, OnMessage: hsEcho})
+			ts := startServer(t, sipws.Config{ImplicitSubprotocol: sp, OnMessage: hsEcho})
 
 			for _, offer := range []string{"", " , "} {
 				req := newHSRequest(ts.Addr, "sip").del("Sec-WebSocket-Protocol")
@@ -1019,24 +1113,24 @@ func TestHandshakeNoSubprotocol(t *testing.T) {
 	}
 }
 
-// TestNoSubprotocolConfigErrors checks that NoSubprotocol must name one
+// TestNoSubprotocolConfigErrors checks that ImplicitSubprotocol must name one
 // enabled sub-protocol.
 func TestNoSubprotocolConfigErrors(t *testing.T) {
 	for _, cfg := range []sipws.Config{
-		{NoSubprotocol: sipws.SIP | sipws.MSRP},
-		{NoSubprotocol: 4},
-		{Subprotocols: sipws.SIP, NoSubprotocol: sipws.MSRP},
-		{Subprotocols: sipws.MSRP, NoSubprotocol: sipws.SIP},
+		{ImplicitSubprotocol: sipws.SIP | sipws.MSRP},
+		{ImplicitSubprotocol: 4},
+		{Subprotocols: sipws.SIP, ImplicitSubprotocol: sipws.MSRP},
+		{Subprotocols: sipws.MSRP, ImplicitSubprotocol: sipws.SIP},
 	} {
 		_, err := sipws.New(cfg)
 		var ce *sipws.ConfigError
 		if assert.ErrorAs(t, err, &ce, "%+v", cfg) {
-			assert.Equal(t, "NoSubprotocol", ce.Field)
+			assert.Equal(t, "ImplicitSubprotocol", ce.Field)
 		}
 	}
 	for _, cfg := range []sipws.Config{
-		{NoSubprotocol: sipws.SIP},
-		{Subprotocols: sipws.MSRP, NoSubprotocol: sipws.MSRP},
+		{ImplicitSubprotocol: sipws.SIP},
+		{Subprotocols: sipws.MSRP, ImplicitSubprotocol: sipws.MSRP},
 	} {
 		s, err := sipws.New(cfg)
 		require.NoError(t, err, "%+v", cfg)

@@ -38,9 +38,9 @@ func (m KeepaliveMechanism) String() string {
 	return fmt.Sprintf("KeepaliveMechanism(%d)", uint8(m))
 }
 
-// ParseKeepaliveMechanism parses "none", "ping" and "pong", or Kamailio's
+// parseKeepaliveMechanism parses "none", "ping" and "pong", or Kamailio's
 // numbers "0", "1" and "2".
-func ParseKeepaliveMechanism(s string) (KeepaliveMechanism, error) {
+func parseKeepaliveMechanism(s string) (KeepaliveMechanism, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "ping", "1":
 		return KeepalivePing, nil
@@ -345,5 +345,18 @@ func (w *kaWorker) pass(now int64) passStats {
 // (1001 "keepalive timeout"), then the socket after Config.CloseTimeout at
 // most — a dead peer does not answer.
 func (ka *keepalive) closeDead(c *Conn, err error) {
-	_ = c.startClose(InitiatorKeepalive, CloseGoingAway, "keepalive timeout", err) // ErrClosed: already closing
+	_ = c.startClose(CauseKeepaliveTimeout, CloseGoingAway, "keepalive timeout", err) // ErrClosed: already closing
+}
+
+// MarshalText implements encoding.TextMarshaler: "ping", "pong" or "none".
+func (m KeepaliveMechanism) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler: "none", "ping", "pong",
+// or Kamailio's keepalive_mechanism numbers "0", "1", "2".
+func (m *KeepaliveMechanism) UnmarshalText(b []byte) error {
+	v, err := parseKeepaliveMechanism(string(b))
+	if err == nil {
+		*m = v
+	}
+	return err
 }

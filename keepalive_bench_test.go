@@ -26,7 +26,7 @@ func (c *benchClock) add(d time.Duration) time.Time {
 	return c.now
 }
 
-func (c *benchClock) NewTicker(time.Duration) Ticker { return benchTicker{} }
+func (c *benchClock) NewTicker(time.Duration) ticker { return benchTicker{} }
 
 type benchTicker struct{}
 
@@ -49,7 +49,7 @@ func (discardConn) SetDeadline(t time.Time) error    { return nil }
 func benchKeepalive(b *testing.B, n int, timeout time.Duration) (*Server, *benchClock, *kaWorker, []*Conn) {
 	b.Helper()
 	clk := &benchClock{now: time.Unix(1_700_000_000, 0)}
-	s, err := New(Config{KeepaliveTimeout: timeout, PongWait: min(timeout, 5*time.Second), Clock: clk})
+	s, err := New(Config{KeepaliveTimeout: timeout, PongWait: min(timeout, 5*time.Second), clock: clk})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -92,7 +92,7 @@ func (c *kaClock) step(t testing.TB, d, s time.Duration) {
 func kaServer(t *testing.T, cfg sipws.Config) (*testServer, *kaClock, *rawClient, *sipws.Conn) {
 	t.Helper()
 	clk := newKaClock()
-	cfg.Clock = clk
+	cfg = sipws.WithClock(cfg, clk)
 	ts := startServer(t, cfg)
 	c := dialWS(t, ts.Addr, "sip")
 	conn := ts.nextOpened(t)
@@ -129,7 +129,7 @@ func TestKeepalivePingAfterTimeout(t *testing.T) {
 	f := c.mustReadFrame()
 	assert.Equal(t, byte(0x9), f.Op, "a Ping")
 	assert.Equal(t, "kp-data", string(f.Payload))
-	info := ts.Registry().Dump(sipws.DumpByID, 0).Conns
+	info := ts.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: 0}).Conns
 	require.Len(t, info, 1)
 	assert.True(t, info[0].AwaitingPong)
 
@@ -139,10 +139,10 @@ func TestKeepalivePingAfterTimeout(t *testing.T) {
 	clk.mu.Unlock()
 	c.writeFrame(true, 0, 0xA, f.Payload, true)
 	require.Eventually(t, func() bool {
-		d := ts.Registry().Dump(sipws.DumpByID, 0).Conns
+		d := ts.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: 0}).Conns
 		return len(d) == 1 && !d[0].AwaitingPong
 	}, ioTimeout, time.Millisecond)
-	assert.Equal(t, 150*time.Millisecond, ts.Registry().Dump(sipws.DumpByID, 0).Conns[0].RTT)
+	assert.Equal(t, 150*time.Millisecond, ts.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: 0}).Conns[0].RTT)
 
 	// It answered: it stays past the pong wait, and is pinged again after
 	// another idle timeout.
@@ -195,10 +195,10 @@ func TestKeepaliveSilentPeerClosed(t *testing.T) {
 
 	// The client stays silent (a dead peer): the server drops TCP anyway.
 	ev := ts.nextClosed(t)
-	assert.Equal(t, sipws.InitiatorKeepalive, ev.Initiator)
+	assert.Equal(t, sipws.CauseKeepaliveTimeout, ev.Cause)
 	assert.Equal(t, sipws.CloseGoingAway, ev.Code)
 	assert.Error(t, ev.Err)
-	assert.Equal(t, conn.ID(), ev.ConnID)
+	assert.Equal(t, conn.ID(), ev.ID)
 	c.expectEOF(2 * time.Second)
 	// And on the server's side the socket is really gone: no socket of the
 	// server's port paired with the client's port is still established.
@@ -239,7 +239,7 @@ func TestKeepalivePongMechanism(t *testing.T) {
 		assert.Equal(t, "heartbeat", string(f.Payload))
 	}
 	assert.Equal(t, 1, ts.Registry().Len())
-	assert.False(t, ts.Registry().Dump(sipws.DumpByID, 0).Conns[0].AwaitingPong)
+	assert.False(t, ts.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: 0}).Conns[0].AwaitingPong)
 }
 
 func TestKeepaliveIdleTimeout(t *testing.T) {
@@ -258,7 +258,7 @@ func TestKeepaliveIdleTimeout(t *testing.T) {
 			assert.Equal(t, 1, ts.Registry().Len())
 			clk.step(t, time.Second, time.Second)
 			ev := ts.nextClosed(t)
-			assert.Equal(t, sipws.InitiatorKeepalive, ev.Initiator)
+			assert.Equal(t, sipws.CauseKeepaliveTimeout, ev.Cause)
 			for {
 				f := c.mustReadFrame()
 				if f.Op == 0x8 {
@@ -275,7 +275,7 @@ func TestKeepaliveIdleTimeout(t *testing.T) {
 
 func TestKeepaliveNoneSendsNothing(t *testing.T) {
 	clk := newKaClock()
-	ts := startServer(t, sipws.Config{Keepalive: sipws.KeepaliveNone, Clock: clk})
+	ts := startServer(t, sipws.WithClock(sipws.Config{Keepalive: sipws.KeepaliveNone}, clk))
 	c := dialWS(t, ts.Addr, "sip")
 	ts.nextOpened(t)
 	clk.mu.Lock()
@@ -288,11 +288,10 @@ func TestKeepaliveNoneSendsNothing(t *testing.T) {
 
 func TestKeepaliveWorkersShareConnections(t *testing.T) {
 	clk := newKaClock()
-	ts := startServer(t, sipws.Config{
+	ts := startServer(t, sipws.WithClock(sipws.Config{
 		KeepaliveTimeout: 10 * time.Second,
 		KeepaliveWorkers: 4,
-		Clock:            clk,
-	})
+	}, clk))
 	const n = 20
 	clients := make([]*rawClient, n)
 	for i := range clients {
@@ -311,12 +310,11 @@ func TestKeepaliveVerboseListLogsCounts(t *testing.T) {
 	var buf syncBuffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	clk := newKaClock()
-	ts := startServer(t, sipws.Config{
+	ts := startServer(t, sipws.WithClock(sipws.Config{
 		KeepaliveTimeout: 10 * time.Second,
 		VerboseList:      true,
 		Logger:           logger,
-		Clock:            clk,
-	})
+	}, clk))
 	for range 3 {
 		dialWS(t, ts.Addr, "sip")
 		ts.nextOpened(t)

@@ -13,7 +13,8 @@ const retryAfter = "5"
 
 // connLimits counts the connections held against Config.MaxConns and
 // Config.MaxConnsPerIP. A slot is taken before the hijack and given back when
-// the handshake fails or the connection ends.
+// the handshake fails or the connection's socket is closed — after a close
+// handshake, that is once the peer's FIN is in or CloseTimeout has passed.
 type connLimits struct {
 	max, perIP int
 	v6bits     int // Config.IPv6PrefixLen

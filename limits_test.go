@@ -59,13 +59,67 @@ func TestMaxConns(t *testing.T) {
 	assert.Equal(t, before.FailedHandshakes+1, ts.Stats().FailedHandshakes)
 	assert.Equal(t, 3, ts.Registry().Len())
 
-	// A connection that ends gives its slot back.
+	// A connection that ends gives its slot back once its socket is closed.
 	clients[0].sendClose(1000, "")
 	clients[0].expectClose(1000, time.Second)
 	ts.nextClosed(t)
-	dialWS(t, ts.Addr, "sip")
+	_ = clients[0].conn.Close()
+	dialWhenFree(t, ts.Addr, "127.0.0.1")
 	ts.nextOpened(t)
 	assert.Equal(t, 3, ts.Registry().Len())
+}
+
+// dialWhenFree dials from src until the handshake is accepted: a slot given
+// back when a socket closes is free a moment after the client closed it.
+func dialWhenFree(t testing.TB, addr, src string, extra ...string) *rawClient {
+	t.Helper()
+	var c *rawClient
+	require.Eventually(t, func() bool {
+		cl, resp := dialFrom(t, addr, src, extra...)
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			_ = cl.conn.Close()
+			return false
+		}
+		c = cl
+		return true
+	}, ioTimeout, 5*time.Millisecond, "no slot came free for %s", src)
+	return c
+}
+
+// A connection keeps its slot under the caps until its socket is closed, not
+// only until the close handshake ends: a peer that completes the handshake
+// and never sends its FIN holds it (for at most CloseTimeout).
+func TestCapsHeldUntilSocketClosed(t *testing.T) {
+	ts := startServer(t, sipws.Config{MaxConns: 3, MaxConnsPerIP: 2, CloseTimeout: time.Minute})
+	lingering := make([]*rawClient, 2)
+	for i := range lingering {
+		c, resp := dialFrom(t, ts.Addr, "127.0.0.2")
+		require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+		ts.nextOpened(t)
+		// The close handshake completes, the server's FIN comes; the
+		// client keeps its socket open and sends no FIN.
+		c.sendClose(1000, "")
+		c.expectClose(1000, ioTimeout)
+		ev := ts.nextClosed(t)
+		require.Equal(t, sipws.CausePeer, ev.Cause)
+		lingering[i] = c
+	}
+	require.Zero(t, ts.Registry().Len())
+
+	_, resp := dialFrom(t, ts.Addr, "127.0.0.2")
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "per-IP cap while both sockets are open")
+	_, resp = dialFrom(t, ts.Addr, "127.0.0.3")
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	ts.nextOpened(t)
+	_, resp = dialFrom(t, ts.Addr, "127.0.0.4")
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "total cap while both sockets are open")
+
+	// The peer's FIN ends the linger: the socket is closed, the slot is back.
+	_ = lingering[0].conn.Close()
+	dialWhenFree(t, ts.Addr, "127.0.0.2")
+	ts.nextOpened(t)
+	_, resp = dialFrom(t, ts.Addr, "127.0.0.4")
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "one slot came back, not more")
 }
 
 func TestMaxConnsPerIP(t *testing.T) {
@@ -295,7 +349,7 @@ func TestTrustedProxyForwardedFor(t *testing.T) {
 			want := netip.AddrPortFrom(netip.MustParseAddr(tc.want), peer.Port())
 			assert.Equal(t, want.String(), conn.RemoteAddr().String(), "the client, with the TCP peer's port")
 			assert.Equal(t, tc.secure, conn.Secure())
-			d := ts.Registry().Query(sipws.DumpQuery{RemoteIP: want.Addr()})
+			d := ts.Registry().Dump(sipws.DumpQuery{RemoteIP: want.Addr()})
 			require.Equal(t, 1, d.Total, "lookups see the forwarded client")
 			assert.Equal(t, want.String(), d.Conns[0].RemoteAddr.String())
 			got, ok := ts.Registry().ByRemoteAddr(want)
@@ -335,7 +389,7 @@ func TestClientForwardedBehindAppendingProxy(t *testing.T) {
 				assert.Equal(t, "too many connections from "+realIP+"\n", string(body))
 			}
 			assert.Equal(t, 5, upgraded)
-			d := ts.Registry().Dump(sipws.DumpByID, -1)
+			d := ts.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: -1})
 			require.Equal(t, 5, d.Total)
 			for _, ci := range d.Conns {
 				assert.Equal(t, realIP, ci.RemoteAddr.Addr().String())
@@ -438,8 +492,17 @@ func TestPerIPv6PrefixSlotGivenBack(t *testing.T) {
 	c.sendClose(1000, "")
 	c.expectClose(1000, time.Second)
 	ts.nextClosed(t)
-	_, resp = dialFrom(t, ts.Addr, "127.0.0.5", "X-Forwarded-For: 2001:db8::2")
-	assert.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	// The slot is held until the socket is closed (after the close
+	// handshake, the server waits for our FIN).
+	_ = c.conn.Close()
+	require.Eventually(t, func() bool {
+		cl, resp := dialFrom(t, ts.Addr, "127.0.0.5", "X-Forwarded-For: 2001:db8::2")
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			_ = cl.conn.Close()
+			return false
+		}
+		return true
+	}, ioTimeout, 5*time.Millisecond, "the /64's slot never came back")
 	ts.nextOpened(t)
 }
 

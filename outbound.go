@@ -8,9 +8,9 @@ import (
 	"strings"
 )
 
-// ReplacedReason is the close reason of a connection whose registration flow
+// replacedReason is the close reason of a connection whose registration flow
 // was taken over by a new connection of the same AOR, instance and reg-id.
-const ReplacedReason = "Replaced by a new flow"
+const replacedReason = "Replaced by a new flow"
 
 // ErrMSRPSessionTaken: the MSRP session id is already mapped to another live
 // connection.
@@ -224,7 +224,7 @@ func flowKey(aor, instance string, regID int) (instanceKey, error) {
 // came on c has been authenticated for aor. If another live connection was
 // bound to the same AOR, instance and reg-id — the same phone, reconnected —
 // that connection is closed with 1000 "Replaced by a new flow"
-// (InitiatorReplaced) and returned, so that no ghost connection holds caps or
+// (CauseReplaced) and returned, so that no ghost connection holds caps or
 // receives requests. A binding for another AOR never replaces anything, even
 // with the same instance and reg-id: nobody can take another user's flow by
 // copying a +sip.instance. c may be bound to the flows of up to 16 AORs (a UA
@@ -259,10 +259,8 @@ func flowKey(aor, instance string, regID int) (instanceKey, error) {
 // another Server, when the AOR is not a SIP or SIPS URI, when the
 // +sip.instance is empty, when either is over 256 bytes once normalised, for
 // a negative regID, and when c is already bound for 16 other AORs.
-func (s *Server) BindInstance(c *Conn, aor, instance string, regID int) (replaced *Conn, err error) {
-	if c.srv != s {
-		return nil, fmt.Errorf("sipws: bind connection %d: it belongs to another Server", c.id)
-	}
+func (c *Conn) BindInstance(aor, instance string, regID int) (replaced *Conn, err error) {
+	s := c.srv
 	key, err := flowKey(aor, instance, regID)
 	if err != nil {
 		return nil, fmt.Errorf("sipws: bind connection %d: %w", c.id, err)
@@ -299,7 +297,7 @@ func (s *Server) BindInstance(c *Conn, aor, instance string, regID int) (replace
 	r.routeMu.Unlock()
 	if replaced != nil {
 		s.log.Info("flow replaced", "conn", replaced.id, "remote", replaced.remote, "by", c.id, "aor", key.aor, "instance", key.instance, "reg_id", regID)
-		_ = replaced.startClose(InitiatorReplaced, CloseNormal, ReplacedReason, nil)
+		_ = replaced.startClose(CauseReplaced, CloseNormal, replacedReason, nil)
 	}
 	return replaced, nil
 }
@@ -309,12 +307,12 @@ func (s *Server) BindInstance(c *Conn, aor, instance string, regID int) (replace
 // registration expires), normalising the arguments the same way. It does
 // nothing when c is not bound to that flow — in particular when another
 // connection has taken it over since. The connection stays open.
-func (s *Server) UnbindInstance(c *Conn, aor, instance string, regID int) {
+func (c *Conn) UnbindInstance(aor, instance string, regID int) {
 	key, err := flowKey(aor, instance, regID)
-	if err != nil || c.srv != s {
+	if err != nil {
 		return
 	}
-	r := &s.reg
+	r := &c.srv.reg
 	r.routeMu.Lock()
 	defer r.routeMu.Unlock()
 	if r.instances[key] != c {
@@ -342,10 +340,8 @@ func (r *Registry) ByInstance(aor, instance string, regID int) (*Conn, bool) {
 // ByMSRPSession finds c from the To-Path of a chunk (RFC 7977, RFC 4976). The
 // mapping ends with the connection. Mapping a session already mapped to
 // another live connection fails with ErrMSRPSessionTaken.
-func (s *Server) MapMSRPSession(c *Conn, session string) error {
-	if c.srv != s {
-		return fmt.Errorf("sipws: map MSRP session on connection %d: it belongs to another Server", c.id)
-	}
+func (c *Conn) MapMSRPSession(session string) error {
+	s := c.srv
 	if session == "" {
 		return fmt.Errorf("sipws: map MSRP session on connection %d: empty session id", c.id)
 	}
@@ -369,12 +365,11 @@ func (s *Server) MapMSRPSession(c *Conn, session string) error {
 
 // UnmapMSRPSession removes a session mapped by MapMSRPSession (when the MSRP
 // session ends before the connection does).
-func (s *Server) UnmapMSRPSession(session string) {
-	r := &s.reg
+func (c *Conn) UnmapMSRPSession(session string) {
+	r := &c.srv.reg
 	r.routeMu.Lock()
 	defer r.routeMu.Unlock()
-	c := r.sessions[session]
-	if c == nil {
+	if r.sessions[session] != c {
 		return
 	}
 	delete(r.sessions, session)

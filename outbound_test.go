@@ -81,7 +81,7 @@ func TestBindInstanceReplacesOldFlow(t *testing.T) {
 	ts := startServer(t, sipws.Config{})
 	old := dialWS(t, ts.Addr, "sip")
 	co := ts.nextOpened(t)
-	replaced, err := ts.BindInstance(co, obAlice, obInst, 1)
+	replaced, err := co.BindInstance(obAlice, obInst, 1)
 	require.NoError(t, err)
 	assert.Nil(t, replaced)
 	got, ok := ts.Registry().ByInstance(`"Alice" <sip:alice@EXAMPLE.com>;tag=1928301774`, "<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>", 1)
@@ -91,14 +91,14 @@ func TestBindInstanceReplacesOldFlow(t *testing.T) {
 	// Another reg-id of the same instance is another flow: both live.
 	other := dialWS(t, ts.Addr, "sip")
 	c2 := ts.nextOpened(t)
-	replaced, err = ts.BindInstance(c2, obAlice, obInst, 2)
+	replaced, err = c2.BindInstance(obAlice, obInst, 2)
 	require.NoError(t, err)
 	assert.Nil(t, replaced)
 
 	// The phone reconnects on reg-id 1: the old connection is closed.
 	newc := dialWS(t, ts.Addr, "sip")
 	cn := ts.nextOpened(t)
-	replaced, err = cn.Server().BindInstance(cn, obAlice, obInst, 1)
+	replaced, err = cn.BindInstance(obAlice, obInst, 1)
 	require.NoError(t, err)
 	require.NotNil(t, replaced)
 	assert.Equal(t, co.ID(), replaced.ID())
@@ -110,9 +110,9 @@ func TestBindInstanceReplacesOldFlow(t *testing.T) {
 	old.sendClose(code, "")
 	old.expectEOF(time.Second)
 	ev := ts.nextClosed(t)
-	assert.Equal(t, co.ID(), ev.ConnID)
-	assert.Equal(t, sipws.InitiatorReplaced, ev.Initiator)
-	assert.False(t, ev.Initiator.Failed())
+	assert.Equal(t, co.ID(), ev.ID)
+	assert.Equal(t, sipws.CauseReplaced, ev.Cause)
+	assert.False(t, sipws.CauseFailed(ev.Cause))
 	obStillOpen(t, c2, other)
 
 	got, ok = ts.Registry().ByInstance(obAlice, obInst, 1)
@@ -129,7 +129,7 @@ func TestBindInstanceReplacesOldFlow(t *testing.T) {
 	assert.True(t, ok)
 
 	// A connection that has ended cannot be bound.
-	_, err = ts.BindInstance(cn, obAlice, obInst, 1)
+	_, err = cn.BindInstance(obAlice, obInst, 1)
 	assert.ErrorIs(t, err, sipws.ErrClosed)
 }
 
@@ -143,11 +143,11 @@ func TestBindInstanceOtherAORNeverReplaces(t *testing.T) {
 	dialWS(t, ts.Addr, "sip")
 	mallory := ts.nextOpened(t)
 
-	replaced, err := ts.BindInstance(alice, obAlice, obInst, 1)
+	replaced, err := alice.BindInstance(obAlice, obInst, 1)
 	require.NoError(t, err)
 	require.Nil(t, replaced)
 	for _, aor := range []string{"sip:mallory@example.com", "sips:alice@example.com", "sip:alice@example.com:5060", "sip:Alice@example.com", "sip:alice@example.org"} {
-		replaced, err = ts.BindInstance(mallory, aor, obInst, 1)
+		replaced, err = mallory.BindInstance(aor, obInst, 1)
 		require.NoError(t, err, aor)
 		if replaced != nil {
 			t.Fatalf("binding %s replaced connection %d (alice is %d)", aor, replaced.ID(), alice.ID())
@@ -169,7 +169,7 @@ func TestBindInstanceAORNormalization(t *testing.T) {
 	dialWS(t, ts.Addr, "sip")
 	c := ts.nextOpened(t)
 	const inst = "urn:uuid:00000000-0000-0000-0000-000000000001"
-	_, err := ts.BindInstance(c, "sip:al%69ce;day=x@Example.COM:05060;user=phone?subject=y", inst, 1)
+	_, err := c.BindInstance("sip:al%69ce;day=x@Example.COM:05060;user=phone?subject=y", inst, 1)
 	require.NoError(t, err)
 	same := []string{
 		"sip:alice;day=x@example.com:5060",
@@ -199,7 +199,7 @@ func TestBindInstanceAORNormalization(t *testing.T) {
 		assert.False(t, ok, aor)
 	}
 	// An IPv6 host, and escapes that stay escaped.
-	_, err = ts.BindInstance(c, "sip:a%20b@[2001:DB8::1]:5061", inst, 1)
+	_, err = c.BindInstance("sip:a%20b@[2001:DB8::1]:5061", inst, 1)
 	require.NoError(t, err)
 	got, ok := ts.Registry().ByInstance("<sip:a%20b@[2001:db8::1]:5061;transport=ws>", inst, 1)
 	require.True(t, ok)
@@ -213,7 +213,7 @@ func TestBindInstanceInstanceNormalization(t *testing.T) {
 	ts := startServer(t, sipws.Config{})
 	dialWS(t, ts.Addr, "sip")
 	c := ts.nextOpened(t)
-	_, err := ts.BindInstance(c, obAlice, ` "<URN:UUID:F81D4FAE-7DEC-11D0-A765-00A0C91E6BF6>" `, 1)
+	_, err := c.BindInstance(obAlice, ` "<URN:UUID:F81D4FAE-7DEC-11D0-A765-00A0C91E6BF6>" `, 1)
 	require.NoError(t, err)
 	for _, inst := range []string{"urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "<urn:UUID:f81d4fae-7dec-11d0-A765-00a0c91e6bf6>", obInst} {
 		got, ok := ts.Registry().ByInstance(obAlice, inst, 1)
@@ -221,7 +221,7 @@ func TestBindInstanceInstanceNormalization(t *testing.T) {
 			assert.Equal(t, c.ID(), got.ID(), inst)
 		}
 	}
-	_, err = ts.BindInstance(c, "sip:bob@example.com", `"<urn:Example:Phone-AB>"`, 1)
+	_, err = c.BindInstance("sip:bob@example.com", `"<urn:Example:Phone-AB>"`, 1)
 	require.NoError(t, err)
 	_, ok := ts.Registry().ByInstance("sip:bob@example.com", "URN:example:Phone-AB", 1)
 	assert.True(t, ok, "urn and the namespace are case-insensitive")
@@ -255,13 +255,13 @@ func TestBindInstanceBadArguments(t *testing.T) {
 		{obAlice, "urn:x:" + long, "limit is 256"},
 	}
 	for _, tc := range cases {
-		_, err := ts.BindInstance(c, tc.aor, tc.inst, 1)
+		_, err := c.BindInstance(tc.aor, tc.inst, 1)
 		require.Error(t, err, "%q %q", tc.aor, tc.inst)
 		assert.Contains(t, err.Error(), tc.want, "%q %q", tc.aor, tc.inst)
 		_, ok := ts.Registry().ByInstance(tc.aor, tc.inst, 1)
 		assert.False(t, ok)
 	}
-	_, err := ts.BindInstance(c, obAlice, obInst, -1)
+	_, err := c.BindInstance(obAlice, obInst, -1)
 	assert.ErrorContains(t, err, "negative reg-id")
 }
 
@@ -274,7 +274,7 @@ func TestBindInstanceSeveralAORs(t *testing.T) {
 	c := ts.nextOpened(t)
 	aor := func(i int) string { return fmt.Sprintf("sip:user%d@example.com", i) }
 	for i := range 16 {
-		replaced, err := ts.BindInstance(c, aor(i), obInst, 1)
+		replaced, err := c.BindInstance(aor(i), obInst, 1)
 		require.NoError(t, err)
 		require.Nil(t, replaced)
 	}
@@ -283,16 +283,16 @@ func TestBindInstanceSeveralAORs(t *testing.T) {
 		require.True(t, ok, aor(i))
 		assert.Equal(t, c.ID(), got.ID())
 	}
-	_, err := ts.BindInstance(c, aor(16), obInst, 1)
+	_, err := c.BindInstance(aor(16), obInst, 1)
 	require.ErrorContains(t, err, "16 AORs")
 	_, ok := ts.Registry().ByInstance(aor(16), obInst, 1)
 	assert.False(t, ok)
 
 	// Binding again for a bound AOR is fine, the same flow or another.
-	replaced, err := ts.BindInstance(c, aor(3), obInst, 1)
+	replaced, err := c.BindInstance(aor(3), obInst, 1)
 	require.NoError(t, err)
 	assert.Nil(t, replaced)
-	replaced, err = ts.BindInstance(c, aor(3), obInst, 2)
+	replaced, err = c.BindInstance(aor(3), obInst, 2)
 	require.NoError(t, err)
 	assert.Nil(t, replaced)
 	_, ok = ts.Registry().ByInstance(aor(3), obInst, 1)
@@ -302,8 +302,8 @@ func TestBindInstanceSeveralAORs(t *testing.T) {
 	obStillOpen(t, c, client)
 
 	// Unbinding one makes room for another.
-	ts.UnbindInstance(c, aor(0), obInst, 1)
-	_, err = ts.BindInstance(c, aor(16), obInst, 1)
+	c.UnbindInstance(aor(0), obInst, 1)
+	_, err = c.BindInstance(aor(16), obInst, 1)
 	require.NoError(t, err)
 }
 
@@ -317,58 +317,32 @@ func TestUnbindInstance(t *testing.T) {
 	secondClient := dialWS(t, ts.Addr, "sip")
 	second := ts.nextOpened(t)
 
-	_, err := ts.BindInstance(first, obAlice, obInst, 1)
+	_, err := first.BindInstance(obAlice, obInst, 1)
 	require.NoError(t, err)
-	ts.UnbindInstance(first, "<sip:alice@EXAMPLE.com>", "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", 1)
+	first.UnbindInstance("<sip:alice@EXAMPLE.com>", "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", 1)
 	_, ok := ts.Registry().ByInstance(obAlice, obInst, 1)
 	assert.False(t, ok)
 	obStillOpen(t, first, firstClient)
 
 	// Unbinding what is not bound, or with bad arguments, does nothing.
-	ts.UnbindInstance(first, obAlice, obInst, 1)
-	ts.UnbindInstance(first, "tel:1", "", -1)
+	first.UnbindInstance(obAlice, obInst, 1)
+	first.UnbindInstance("tel:1", "", -1)
 
 	// first binds again, then second takes the flow over; first's late
 	// unbinding leaves second's binding alone.
-	_, err = ts.BindInstance(first, obAlice, obInst, 1)
+	_, err = first.BindInstance(obAlice, obInst, 1)
 	require.NoError(t, err)
-	replaced, err := ts.BindInstance(second, obAlice, obInst, 1)
+	replaced, err := second.BindInstance(obAlice, obInst, 1)
 	require.NoError(t, err)
 	require.NotNil(t, replaced)
 	assert.Equal(t, first.ID(), replaced.ID())
-	ts.UnbindInstance(first, obAlice, obInst, 1)
+	first.UnbindInstance(obAlice, obInst, 1)
 	got, ok := ts.Registry().ByInstance(obAlice, obInst, 1)
 	require.True(t, ok)
 	assert.Equal(t, second.ID(), got.ID())
 	obStillOpen(t, second, secondClient)
-	ts.UnbindInstance(second, obAlice, obInst, 1)
+	second.UnbindInstance(obAlice, obInst, 1)
 	_, ok = ts.Registry().ByInstance(obAlice, obInst, 1)
-	assert.False(t, ok)
-}
-
-// A Server binds and maps only its own connections: a connection of another
-// Server would stay in this one's indexes after it ended.
-func TestBindInstanceConnOfAnotherServer(t *testing.T) {
-	a := startServer(t, sipws.Config{})
-	b := startServer(t, sipws.Config{})
-	client := dialWS(t, a.Addr, "sip")
-	ca := a.nextOpened(t)
-	_, err := b.BindInstance(ca, obAlice, obInst, 1)
-	require.ErrorContains(t, err, "another Server")
-	require.ErrorContains(t, b.MapMSRPSession(ca, "s1"), "another Server")
-	b.UnbindInstance(ca, obAlice, obInst, 1)
-	_, ok := b.Registry().ByInstance(obAlice, obInst, 1)
-	assert.False(t, ok)
-	_, ok = b.Registry().ByMSRPSession("s1")
-	assert.False(t, ok)
-
-	// Its own Server binds it; the binding ends with the connection.
-	_, err = ca.Server().BindInstance(ca, obAlice, obInst, 1)
-	require.NoError(t, err)
-	client.sendClose(1000, "")
-	client.expectClose(1000, time.Second)
-	a.nextClosed(t)
-	_, ok = a.Registry().ByInstance(obAlice, obInst, 1)
 	assert.False(t, ok)
 }
 
@@ -379,19 +353,19 @@ func TestMSRPSessionMapping(t *testing.T) {
 	dialWS(t, ts.Addr, "msrp")
 	cb := ts.nextOpened(t)
 
-	require.NoError(t, ts.MapMSRPSession(ca, "s1a"))
-	require.NoError(t, ts.MapMSRPSession(ca, "s1b"))
-	require.NoError(t, ts.MapMSRPSession(ca, "s1a"), "mapping again to the same connection is fine")
-	require.ErrorIs(t, ts.MapMSRPSession(cb, "s1a"), sipws.ErrMSRPSessionTaken)
-	require.NoError(t, ts.MapMSRPSession(cb, "s2"))
-	assert.Error(t, ts.MapMSRPSession(cb, ""))
+	require.NoError(t, ca.MapMSRPSession("s1a"))
+	require.NoError(t, ca.MapMSRPSession("s1b"))
+	require.NoError(t, ca.MapMSRPSession("s1a"), "mapping again to the same connection is fine")
+	require.ErrorIs(t, cb.MapMSRPSession("s1a"), sipws.ErrMSRPSessionTaken)
+	require.NoError(t, cb.MapMSRPSession("s2"))
+	assert.Error(t, cb.MapMSRPSession(""))
 
 	for sess, want := range map[string]sipws.ConnID{"s1a": ca.ID(), "s1b": ca.ID(), "s2": cb.ID()} {
 		got, ok := ts.Registry().ByMSRPSession(sess)
 		require.True(t, ok, sess)
 		assert.Equal(t, want, got.ID(), sess)
 	}
-	ts.UnmapMSRPSession("s1b")
+	ca.UnmapMSRPSession("s1b")
 	_, ok := ts.Registry().ByMSRPSession("s1b")
 	assert.False(t, ok)
 
@@ -402,5 +376,5 @@ func TestMSRPSessionMapping(t *testing.T) {
 	assert.False(t, ok, "the mapping dies with the connection")
 	_, ok = ts.Registry().ByMSRPSession("s2")
 	assert.True(t, ok)
-	assert.ErrorIs(t, ts.MapMSRPSession(ca, "s3"), sipws.ErrClosed)
+	assert.ErrorIs(t, ca.MapMSRPSession("s3"), sipws.ErrClosed)
 }

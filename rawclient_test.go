@@ -36,7 +36,7 @@ type testServer struct {
 	Addr   string // host:port
 	Opened chan *sipws.Conn
 	Msgs   chan recvMsg
-	Closed chan sipws.Closed
+	Closed chan sipws.CloseEvent
 }
 
 type recvMsg struct {
@@ -51,7 +51,7 @@ func startServer(t testing.TB, cfg sipws.Config) *testServer {
 	ts := &testServer{
 		Opened: make(chan *sipws.Conn, 1024),
 		Msgs:   make(chan recvMsg, 4096),
-		Closed: make(chan sipws.Closed, 1024),
+		Closed: make(chan sipws.CloseEvent, 1024),
 	}
 	onOpen, onMsg, onClosed := cfg.OnOpen, cfg.OnMessage, cfg.OnClosed
 	cfg.OnOpen = func(c *sipws.Conn) {
@@ -66,7 +66,7 @@ func startServer(t testing.TB, cfg sipws.Config) *testServer {
 			onMsg(c, m)
 		}
 	}
-	cfg.OnClosed = func(ev sipws.Closed) {
+	cfg.OnClosed = func(ev sipws.CloseEvent) {
 		ts.Closed <- ev
 		if onClosed != nil {
 			onClosed(ev)
@@ -111,14 +111,14 @@ func (ts *testServer) nextMsg(t testing.TB) recvMsg {
 }
 
 // nextClosed waits for the next OnClosed event.
-func (ts *testServer) nextClosed(t testing.TB) sipws.Closed {
+func (ts *testServer) nextClosed(t testing.TB) sipws.CloseEvent {
 	t.Helper()
 	select {
 	case ev := <-ts.Closed:
 		return ev
 	case <-time.After(ioTimeout):
 		t.Fatal("OnClosed did not fire")
-		return sipws.Closed{}
+		return sipws.CloseEvent{}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"unsafe"
 )
 
 // rawConn reads and writes a plain TCP socket through its file descriptor,
@@ -26,10 +27,11 @@ type rawConn struct {
 
 	// Reading, the read goroutine's own.
 	readFn func(fd uintptr) bool
-	rb     *readBuf // read into its free space, borrowing a block; or
-	dst    []byte   // read into this
-	rn     int      // bytes read; 0 is the end of the stream
-	rerr   error    // the read's error
+	inqFn  func(fd uintptr) // queued's callback; its count goes to rn
+	rb     *readBuf         // read into its free space, borrowing a block; or
+	dst    []byte           // read into this
+	rn     int              // bytes read; 0 is the end of the stream
+	rerr   error            // the read's error
 }
 
 // newRawConn returns a rawConn for nc when it is plain TCP, else nil.
@@ -45,7 +47,29 @@ func newRawConn(nc net.Conn) *rawConn {
 	w := &rawConn{rc: rc}
 	w.writeFn = w.write
 	w.readFn = w.readable
+	w.inqFn = w.countQueued
 	return w
+}
+
+// queued returns how many bytes wait in the socket's receive queue: bytes
+// that have arrived and can be read without waiting (0 when it cannot tell).
+func (w *rawConn) queued() int {
+	w.rn = 0
+	if w.rc.Control(w.inqFn) != nil {
+		return 0
+	}
+	n := w.rn
+	w.rn = 0
+	return n
+}
+
+// countQueued is queued's callback: the FIONREAD ioctl (TIOCINQ).
+func (w *rawConn) countQueued(fd uintptr) {
+	var n int32
+	_, _, e := syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCINQ, uintptr(unsafe.Pointer(&n)))
+	if e == 0 && n > 0 {
+		w.rn = int(n)
+	}
 }
 
 // read reads once, waiting for input (up to the read deadline): into the

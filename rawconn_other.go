@@ -13,3 +13,5 @@ func newRawConn(net.Conn) *rawConn { return nil }
 func (*rawConn) tryWrite([]byte) (int, error) { return 0, nil }
 
 func (*rawConn) read(*readBuf, []byte) (int, error) { return 0, nil }
+
+func (*rawConn) queued() int { return 0 }

@@ -3,6 +3,7 @@ package sipws
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"io"
 	"net"
@@ -89,7 +90,7 @@ func fuzzReadOnce(t *testing.T, in []byte, way string) []string {
 			msgs = append(msgs, string(m.Data))
 			mu.Unlock()
 		},
-		OnClosed: func(Closed) { closed.Add(1) },
+		OnClosed: func(CloseEvent) { closed.Add(1) },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +109,7 @@ func fuzzReadOnce(t *testing.T, in []byte, way string) []string {
 	c := s.newConn(server, r, client{}, SIP, nil, pre)
 	s.stats.opened(SIP)
 	s.reg.add(c)
-	s.wg.Add(1)
+	s.live.Add(1)
 	go c.serve()
 	go func() { _, _ = io.Copy(io.Discard, peer) }()
 	_ = peer.SetWriteDeadline(time.Now().Add(time.Second))
@@ -123,7 +124,9 @@ func fuzzReadOnce(t *testing.T, in []byte, way string) []string {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("%s: the read loop did not end after the input ended", way)
 	}
-	s.wg.Wait()
+	if err := s.Shutdown(context.Background()); err != nil { // waits for the goroutine's end
+		t.Fatalf("%s: %v", way, err)
+	}
 	_ = peer.Close()
 	if n := closed.Load(); n != 1 {
 		t.Fatalf("%s: OnClosed fired %d times", way, n)
@@ -216,6 +219,8 @@ func FuzzHandshake(f *testing.F) {
 		if got, want := resp.Header.Get("Sec-WebSocket-Accept"), acceptKey(strings.TrimSpace(r.Header.Get("Sec-WebSocket-Key"))); got != want {
 			t.Fatalf("accept %q, want %q", got, want)
 		}
-		s.wg.Wait()
+		if err := s.Shutdown(context.Background()); err != nil { // waits for the connection's end
+			t.Fatal(err)
+		}
 	})
 }

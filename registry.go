@@ -209,9 +209,9 @@ func (o DumpOrder) String() string {
 	return fmt.Sprintf("DumpOrder(%d)", uint8(o))
 }
 
-// ParseDumpOrder parses Kamailio's names "id_hash", "used_desc" and
+// parseDumpOrder parses Kamailio's names "id_hash", "used_desc" and
 // "used_asc", in any case ("" is id_hash).
-func ParseDumpOrder(s string) (DumpOrder, error) {
+func parseDumpOrder(s string) (DumpOrder, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "", "id_hash":
 		return DumpByID, nil
@@ -223,8 +223,8 @@ func ParseDumpOrder(s string) (DumpOrder, error) {
 	return 0, fmt.Errorf("sipws: bad display order parameter %s: want id_hash, used_desc or used_asc", quote(s))
 }
 
-// DefaultDumpLimit is the number of connections ws.dump lists by default.
-const DefaultDumpLimit = 50
+// defaultDumpLimit is the number of connections ws.dump lists by default.
+const defaultDumpLimit = 50
 
 // ConnInfo is a snapshot of one connection, as listed by Registry.Dump.
 type ConnInfo struct {
@@ -248,14 +248,8 @@ type Dump struct {
 	Truncated bool // Total > len(Conns)
 }
 
-// Dump returns snapshots of live connections in the given order, at most
-// limit of them (0 means DefaultDumpLimit, 50, as ws.dump; a negative limit
-// means all).
-func (r *Registry) Dump(order DumpOrder, limit int) Dump {
-	return r.Query(DumpQuery{Order: order, Limit: limit})
-}
-
-// DumpQuery selects and pages the connections of Registry.Query.
+// DumpQuery selects and pages the connections of Registry.Dump. Its zero
+// value is ws.dump's default: the first 50 connections by ID.
 type DumpQuery struct {
 	Order       DumpOrder
 	Limit       int         // 0 means 50; negative means all
@@ -264,10 +258,10 @@ type DumpQuery struct {
 	RemoteIP    netip.Addr  // only connections from this IP; invalid means all
 }
 
-// Query is Dump with paging and filters, so that an operator can walk
-// through any number of connections. Total counts the connections that pass
-// the filters.
-func (r *Registry) Query(q DumpQuery) Dump {
+// Dump lists the connections q selects, in q's order, so that an operator
+// can walk through any number of connections. Total counts the connections
+// that pass the filters.
+func (r *Registry) Dump(q DumpQuery) Dump {
 	return r.snapshot(q).query(q)
 }
 
@@ -337,7 +331,7 @@ func (s *connSnapshot) query(q DumpQuery) Dump {
 	idx := s.sorted(q.Order)
 	limit := q.Limit
 	if limit == 0 {
-		limit = DefaultDumpLimit
+		limit = defaultDumpLimit
 	}
 	off := max(q.Offset, 0)
 	var d Dump

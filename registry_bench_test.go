@@ -102,7 +102,7 @@ func BenchmarkResolveFlow15k(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		j := i % len(conns)
-		if got, err := s.ResolveFlow(tokens[j]); err != nil || got != conns[j] {
+		if got, err := s.Registry().ResolveFlow(tokens[j]); err != nil || got != conns[j] {
 			b.Fatalf("ResolveFlow = %v, %v", got, err)
 		}
 		i += 7919

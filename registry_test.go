@@ -17,7 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// This file checks the Registry: lookups, ws.dump (Dump, Query), the RPCs
+// This file checks the Registry: lookups, ws.dump (Dump), the RPCs
 // ws.ping, ws.pong and ws.close, and connection IDs.
 
 // rgClock is a manual sipws.Clock: Now returns what the test set, and its
@@ -120,7 +120,7 @@ func rgDialFrom(t *testing.T, addr string, ip netip.Addr, proto string) *rawClie
 // rgInfo returns the Dump entry of connection id.
 func rgInfo(t *testing.T, reg *sipws.Registry, id sipws.ConnID) sipws.ConnInfo {
 	t.Helper()
-	for _, ci := range reg.Dump(sipws.DumpByID, -1).Conns {
+	for _, ci := range reg.Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: -1}).Conns {
 		if ci.ID == id {
 			return ci
 		}
@@ -166,7 +166,7 @@ func TestRegistryGetAndLen(t *testing.T) {
 
 	require.NoError(t, cs[1].conn.Close())
 	ev := ts.nextClosed(t)
-	require.Equal(t, conns[1].ID(), ev.ConnID)
+	require.Equal(t, conns[1].ID(), ev.ID)
 	assert.Equal(t, 2, reg.Len())
 	_, ok = reg.Get(conns[1].ID())
 	assert.False(t, ok)
@@ -181,23 +181,23 @@ func TestRegistryDumpDefaultLimit(t *testing.T) {
 	cs, conns := rgOpen(t, ts, n, "sip")
 	all := rgSortedIDs(conns)
 
-	d := reg.Dump(sipws.DumpByID, 0)
+	d := reg.Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: 0})
 	assert.Equal(t, n, d.Total)
 	assert.True(t, d.Truncated)
 	require.Len(t, d.Conns, sipws.DefaultDumpLimit)
 	require.Equal(t, 50, sipws.DefaultDumpLimit, "ws.dump lists 50 by default")
 	assert.Equal(t, all[:50], rgIDs(d.Conns))
 
-	d = reg.Dump(sipws.DumpByID, -1)
+	d = reg.Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: -1})
 	assert.Equal(t, n, d.Total)
 	assert.False(t, d.Truncated)
 	assert.Equal(t, all, rgIDs(d.Conns))
 
-	d = reg.Dump(sipws.DumpByID, n)
+	d = reg.Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: n})
 	assert.False(t, d.Truncated)
 	assert.Len(t, d.Conns, n)
 
-	d = reg.Dump(sipws.DumpByID, 7)
+	d = reg.Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: 7})
 	assert.True(t, d.Truncated)
 	assert.Equal(t, all[:7], rgIDs(d.Conns))
 
@@ -206,7 +206,7 @@ func TestRegistryDumpDefaultLimit(t *testing.T) {
 	for i, c := range conns {
 		byID[c.ID()] = i
 	}
-	for _, ci := range reg.Dump(sipws.DumpByID, -1).Conns {
+	for _, ci := range reg.Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: -1}).Conns {
 		i := byID[ci.ID]
 		assert.Equal(t, clAddr(cs[i].conn.LocalAddr()), ci.RemoteAddr)
 		assert.Equal(t, clAddr(cs[i].conn.RemoteAddr()), ci.LocalAddr)
@@ -221,7 +221,7 @@ func TestRegistryDumpDefaultLimit(t *testing.T) {
 
 func TestRegistryDumpOrders(t *testing.T) {
 	clk := newRgClock()
-	ts := startServer(t, sipws.Config{Clock: clk, Keepalive: sipws.KeepaliveNone})
+	ts := startServer(t, sipws.WithClock(sipws.Config{Keepalive: sipws.KeepaliveNone}, clk))
 	reg := ts.Registry()
 	t0 := clk.Now()
 
@@ -276,7 +276,7 @@ func TestRegistryDumpOrders(t *testing.T) {
 		{sipws.DumpLeastRecentlyUsed, lru},
 		{sipws.DumpMostRecentlyUsed, mru},
 	} {
-		d := reg.Dump(tc.order, 0)
+		d := reg.Dump(sipws.DumpQuery{Order: tc.order, Limit: 0})
 		assert.Equal(t, tc.want, rgIDs(d.Conns), "order %s", tc.order)
 		assert.Equal(t, n, d.Total)
 		assert.False(t, d.Truncated)
@@ -284,13 +284,13 @@ func TestRegistryDumpOrders(t *testing.T) {
 			assert.True(t, lastUsed[ci.ID].Equal(ci.LastUsed), "LastUsed of %d", ci.ID)
 			assert.True(t, opened[ci.ID].Equal(ci.Opened), "Opened of %d", ci.ID)
 		}
-		d = reg.Dump(tc.order, 2)
+		d = reg.Dump(sipws.DumpQuery{Order: tc.order, Limit: 2})
 		assert.Equal(t, tc.want[:2], rgIDs(d.Conns), "order %s, limit 2", tc.order)
 		assert.True(t, d.Truncated)
 	}
 	// Kamailio's used_desc lists the longest idle first: its first entry has
 	// the oldest LastUsed.
-	d := reg.Dump(sipws.DumpLeastRecentlyUsed, 0)
+	d := reg.Dump(sipws.DumpQuery{Order: sipws.DumpLeastRecentlyUsed, Limit: 0})
 	assert.True(t, d.Conns[0].LastUsed.Before(d.Conns[n-1].LastUsed))
 }
 
@@ -328,7 +328,7 @@ func TestRegistryQueryPaging(t *testing.T) {
 	var walked []sipws.ConnID
 	pages := 0
 	for off := 0; ; off += page {
-		d := reg.Query(sipws.DumpQuery{Order: sipws.DumpByID, Offset: off, Limit: page})
+		d := reg.Dump(sipws.DumpQuery{Order: sipws.DumpByID, Offset: off, Limit: page})
 		assert.Equal(t, n, d.Total, "Total at offset %d", off)
 		pages++
 		for _, ci := range d.Conns {
@@ -350,14 +350,14 @@ func TestRegistryQueryPaging(t *testing.T) {
 	assert.Equal(t, all, walked, "pages in ID order, contiguous")
 
 	// Past the end: nothing, not truncated.
-	d := reg.Query(sipws.DumpQuery{Offset: n + 5, Limit: page})
+	d := reg.Dump(sipws.DumpQuery{Offset: n + 5, Limit: page})
 	assert.Empty(t, d.Conns)
 	assert.Equal(t, n, d.Total)
 	assert.False(t, d.Truncated)
 	// Limit 0 is the default 50, also with an offset.
-	d = reg.Query(sipws.DumpQuery{Offset: 100})
+	d = reg.Dump(sipws.DumpQuery{Offset: 100})
 	assert.Equal(t, all[100:], rgIDs(d.Conns))
-	d = reg.Query(sipws.DumpQuery{Offset: 10})
+	d = reg.Dump(sipws.DumpQuery{Offset: 10})
 	assert.Equal(t, all[10:60], rgIDs(d.Conns))
 	assert.True(t, d.Truncated)
 }
@@ -384,7 +384,7 @@ func TestRegistryQuerySubprotocolFilter(t *testing.T) {
 		{sipws.SIP | sipws.MSRP, rgSortedIDs(append(slices.Clone(sipConns), msrpConns...))},
 		{0, rgSortedIDs(append(slices.Clone(sipConns), msrpConns...))},
 	} {
-		d := reg.Query(sipws.DumpQuery{Subprotocol: tc.filter, Limit: -1})
+		d := reg.Dump(sipws.DumpQuery{Subprotocol: tc.filter, Limit: -1})
 		assert.Equal(t, tc.want, rgIDs(d.Conns), "filter %s", tc.filter)
 		assert.Equal(t, len(tc.want), d.Total, "filter %s", tc.filter)
 		assert.False(t, d.Truncated)
@@ -395,7 +395,7 @@ func TestRegistryQuerySubprotocolFilter(t *testing.T) {
 		}
 	}
 	// Filtering and paging together.
-	d := reg.Query(sipws.DumpQuery{Subprotocol: sipws.SIP, Limit: 3, Offset: 2})
+	d := reg.Dump(sipws.DumpQuery{Subprotocol: sipws.SIP, Limit: 3, Offset: 2})
 	assert.Equal(t, rgSortedIDs(sipConns)[2:5], rgIDs(d.Conns))
 	assert.Equal(t, len(sipConns), d.Total)
 	assert.True(t, d.Truncated)
@@ -419,7 +419,7 @@ func TestRegistryQueryRemoteIPFilter(t *testing.T) {
 		want[ip] = append(want[ip], conn.ID())
 	}
 	for _, ip := range []netip.Addr{ip1, ip2} {
-		d := reg.Query(sipws.DumpQuery{RemoteIP: ip, Limit: -1})
+		d := reg.Dump(sipws.DumpQuery{RemoteIP: ip, Limit: -1})
 		assert.Equal(t, want[ip], rgIDs(d.Conns), "from %s", ip)
 		assert.Equal(t, len(want[ip]), d.Total)
 		for _, ci := range d.Conns {
@@ -427,22 +427,22 @@ func TestRegistryQueryRemoteIPFilter(t *testing.T) {
 		}
 	}
 	// The IPv4-mapped form of an address matches it too.
-	d := reg.Query(sipws.DumpQuery{RemoteIP: netip.AddrFrom16(ip2.As16()), Limit: -1})
+	d := reg.Dump(sipws.DumpQuery{RemoteIP: netip.AddrFrom16(ip2.As16()), Limit: -1})
 	assert.Equal(t, want[ip2], rgIDs(d.Conns))
 	// An address nobody came from.
-	d = reg.Query(sipws.DumpQuery{RemoteIP: netip.MustParseAddr("127.0.0.3"), Limit: -1})
+	d = reg.Dump(sipws.DumpQuery{RemoteIP: netip.MustParseAddr("127.0.0.3"), Limit: -1})
 	assert.Empty(t, d.Conns)
 	assert.Zero(t, d.Total)
 	// Combined with the sub-protocol filter.
-	d = reg.Query(sipws.DumpQuery{RemoteIP: ip2, Subprotocol: sipws.MSRP, Limit: -1})
+	d = reg.Dump(sipws.DumpQuery{RemoteIP: ip2, Subprotocol: sipws.MSRP, Limit: -1})
 	assert.Empty(t, d.Conns)
 	// No filter: everyone.
-	assert.Equal(t, 7, reg.Query(sipws.DumpQuery{Limit: -1}).Total)
+	assert.Equal(t, 7, reg.Dump(sipws.DumpQuery{Limit: -1}).Total)
 }
 
 func TestRegistryPingAwaitsPong(t *testing.T) {
 	clk := newRgClock()
-	ts := startServer(t, sipws.Config{Clock: clk, Keepalive: sipws.KeepaliveNone, PingData: []byte("rg-ping-data")})
+	ts := startServer(t, sipws.WithClock(sipws.Config{Keepalive: sipws.KeepaliveNone, PingData: []byte("rg-ping-data")}, clk))
 	reg := ts.Registry()
 	c, conn := clOpen(t, ts, "sip")
 	other, oconn := clOpen(t, ts, "sip")
@@ -506,7 +506,7 @@ func TestRegistryUnknownIDs(t *testing.T) {
 	c, conn := clOpen(t, ts, "sip")
 	gone := conn.ID()
 	require.NoError(t, c.conn.Close())
-	require.Equal(t, gone, ts.nextClosed(t).ConnID)
+	require.Equal(t, gone, ts.nextClosed(t).ID)
 	_, live := clOpen(t, ts, "sip")
 
 	for _, id := range []sipws.ConnID{0, gone, live.ID() + 1, 1 << 40} {
@@ -552,13 +552,13 @@ func TestRegistryIDsNeverReused(t *testing.T) {
 			c.expectEOF(ioTimeout)
 		}
 		ev := ts.nextClosed(t)
-		require.Equal(t, id, ev.ConnID)
+		require.Equal(t, id, ev.ID)
 		_, ok := reg.Get(id)
 		require.False(t, ok)
 	}
 	assert.Len(t, seen, cycles+1)
 	assert.Equal(t, 1, reg.Len())
-	assert.Equal(t, []sipws.ConnID{keep.ID()}, rgIDs(reg.Dump(sipws.DumpByID, 0).Conns))
+	assert.Equal(t, []sipws.ConnID{keep.ID()}, rgIDs(reg.Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: 0}).Conns))
 }
 
 // Registry.Ping notes the Ping (its time, AwaitingPong) before the frame can
@@ -566,7 +566,7 @@ func TestRegistryIDsNeverReused(t *testing.T) {
 // clock reading is held, nothing is on the wire yet.
 func TestRegistryPingAnsweredBeforePingReturns(t *testing.T) {
 	clk := newRgClock()
-	ts := startServer(t, sipws.Config{Clock: clk, Keepalive: sipws.KeepaliveNone, PingData: []byte("rg-early")})
+	ts := startServer(t, sipws.WithClock(sipws.Config{Keepalive: sipws.KeepaliveNone, PingData: []byte("rg-early")}, clk))
 	reg := ts.Registry()
 	c, conn := clOpen(t, ts, "sip")
 
@@ -648,7 +648,7 @@ func TestRegistryByRemoteAddrShared(t *testing.T) {
 	for _, c := range conns {
 		require.Equal(t, shared, c.RemoteAddr(), "one address for all")
 	}
-	assert.Equal(t, len(conns), reg.Query(sipws.DumpQuery{RemoteIP: shared.Addr()}).Total)
+	assert.Equal(t, len(conns), reg.Dump(sipws.DumpQuery{RemoteIP: shared.Addr()}).Total)
 
 	lookup := func() sipws.ConnID {
 		t.Helper()
@@ -662,7 +662,7 @@ func TestRegistryByRemoteAddrShared(t *testing.T) {
 		t.Helper()
 		clients[i].sendClose(1000, "")
 		clients[i].expectClose(1000, time.Second)
-		assert.Equal(t, conns[i].ID(), ts.nextClosed(t).ConnID)
+		assert.Equal(t, conns[i].ID(), ts.nextClosed(t).ID)
 	}
 	assert.Equal(t, conns[3].ID(), lookup(), "the most recent")
 	end(1) // one in the middle

@@ -21,8 +21,9 @@ import (
 // statistics RPC (stats.get_statistics) that covers the websocket group, as
 // JSON-RPC 2.0 over HTTP like Kamailio's jsonrpcs module.
 
-// MaxRPCRequestSize is the largest request body NewRPCHandler reads: 1 MiB.
-const MaxRPCRequestSize = 1 << 20
+// maxRPCRequestSize is the largest request body NewRPCHandler reads unless
+// RPCOptions.MaxRequestBytes says otherwise: 1 MiB.
+const maxRPCRequestSize = 1 << 20
 
 // RPCOptions configures NewRPCHandler. A nil *RPCOptions means every
 // default, and so does a zero (or negative) field.
@@ -56,6 +57,10 @@ type RPCOptions struct {
 	// same error, so that the body stays valid JSON at most this size plus
 	// those short errors (which echo the request's ids). Default: 16 MiB.
 	MaxResponseBytes int
+
+	// MaxRequestBytes bounds a request body; a larger one gets 413 with a
+	// JSON-RPC error. Default: 1 MiB.
+	MaxRequestBytes int
 }
 
 // The defaults of RPCOptions.
@@ -119,6 +124,7 @@ type rpcHandler struct {
 	maxBatch      int
 	maxDumpRows   int
 	maxResponse   int
+	maxRequest    int
 	originChecked http.Handler // cross-origin protection in front of serve
 }
 
@@ -147,7 +153,7 @@ type rpcRequest struct {
 //	stats.get_statistics [name...]   (named: {"names": [...]})
 //	system.listMethods
 //
-// ws.dump lists connections as Registry.Query: order is "id_hash" (the
+// ws.dump lists connections as Registry.Dump: order is "id_hash" (the
 // default), "used_desc" (least recently used first) or "used_asc" (most
 // recently used first), in any case as Kamailio accepts them; limit is as
 // DumpQuery.Limit (absent or 0: 50, as Kamailio; negative: all, up to
@@ -172,7 +178,7 @@ type rpcRequest struct {
 // that returns nothing.
 //
 // stats.get_statistics returns an array of strings in Kamailio's format,
-// "websocket:ws_current_connections = 3", in the order of Stats.List, each at
+// "websocket:ws_current_connections = 3", in the order of Stats.All, each at
 // most once. A name is "all", the group "websocket:", or a statistic with or
 // without its "websocket:" prefix; other names are skipped silently, as
 // Kamailio does. With no name it returns all of them (Kamailio answers 400
@@ -195,7 +201,7 @@ type rpcRequest struct {
 // JSON-RPC response, error or not, is sent with HTTP 200 (Kamailio sets the
 // HTTP status to the fault code; a batch can mix results and errors). A
 // request whose Host is not allowed gets 421, a method other than POST 405
-// with Allow: POST, a body over MaxRPCRequestSize 413, a refused
+// with Allow: POST, a body over RPCOptions.MaxRequestBytes 413, a refused
 // cross-origin request 403; these carry a JSON-RPC error too. Responses are
 // encoded whole before anything is written.
 //
@@ -225,6 +231,7 @@ func NewRPCHandler(s *Server, opts *RPCOptions) http.Handler {
 		maxBatch:    positiveOr(opts.MaxBatch, defaultRPCMaxBatch),
 		maxDumpRows: positiveOr(opts.MaxDumpRows, defaultRPCMaxDumpRows),
 		maxResponse: positiveOr(opts.MaxResponseBytes, defaultRPCMaxResponseBytes),
+		maxRequest:  positiveOr(opts.MaxRequestBytes, maxRPCRequestSize),
 	}
 	for _, name := range opts.AllowedHosts {
 		if n := hostName(name); n != "" {
@@ -302,12 +309,12 @@ func (h *rpcHandler) serve(w http.ResponseWriter, r *http.Request) {
 		writeRPCError(w, http.StatusMethodNotAllowed, &rpcError{Code: rpcInvalidRequest, Message: "Invalid Request", Data: "use POST"})
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRPCRequestSize))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(h.maxRequest)))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			writeRPCError(w, http.StatusRequestEntityTooLarge, &rpcError{Code: rpcInvalidRequest, Message: "Invalid Request",
-				Data: fmt.Sprintf("request body over %d bytes", MaxRPCRequestSize)})
+				Data: fmt.Sprintf("request body over %d bytes", h.maxRequest)})
 			return
 		}
 		writeRPCError(w, http.StatusBadRequest, &rpcError{Code: rpcParseError, Message: "Parse error", Data: "reading the request: " + err.Error()})
@@ -667,7 +674,7 @@ func (h *rpcHandler) dump(req *rpcRequest, p rpcParams) (any, *rpcError) {
 		if !ok {
 			return nil, errBadOrder
 		}
-		o, err := ParseDumpOrder(strings.ToLower(s)) // Kamailio ignores case
+		o, err := parseDumpOrder(strings.ToLower(s)) // Kamailio ignores case
 		if err != nil {
 			return nil, errBadOrder
 		}
@@ -700,7 +707,7 @@ func (h *rpcHandler) dump(req *rpcRequest, p rpcParams) (any, *rpcError) {
 			return nil, invalidParams(`subprotocol must be "sip" or "msrp"`)
 		}
 		if s = strings.TrimSpace(s); s != "" && !strings.EqualFold(s, "all") {
-			sp, err := ParseSubprotocols(s)
+			sp, err := parseSubprotocols(s)
 			if err != nil {
 				return nil, invalidParams(`subprotocol must be "sip" or "msrp"`)
 			}
@@ -722,7 +729,7 @@ func (h *rpcHandler) dump(req *rpcRequest, p rpcParams) (any, *rpcError) {
 	}
 
 	if q.Limit == 0 {
-		q.Limit = min(DefaultDumpLimit, h.maxDumpRows)
+		q.Limit = min(defaultDumpLimit, h.maxDumpRows)
 	}
 	if req.snap == nil {
 		req.snap = h.s.reg.snapshot(DumpQuery{})
@@ -799,9 +806,9 @@ func (h *rpcHandler) close(req *rpcRequest, p rpcParams) (any, *rpcError) {
 	case err == nil:
 		req.snap = nil // a later ws.dump shows it closing
 		return voidResult, nil
-	case errors.Is(err, ErrInvalidCloseCode):
+	case errors.Is(err, errInvalidCloseCode):
 		return nil, &rpcError{Code: rpcServerError, Message: "Invalid close code", Data: err.Error()}
-	case errors.Is(err, ErrInvalidCloseReason):
+	case errors.Is(err, errInvalidCloseReason):
 		return nil, &rpcError{Code: rpcServerError, Message: "Invalid close reason", Data: err.Error()}
 	default:
 		return nil, &rpcError{Code: rpcServerError, Message: "Error closing connection", Data: err.Error()}
@@ -877,7 +884,7 @@ func (h *rpcHandler) statistics(_ *rpcRequest, p rpcParams) (any, *rpcError) {
 		}
 	}
 	lines := []string{}
-	for _, st := range h.s.Stats().List() {
+	for _, st := range h.s.Stats().list() {
 		if all || want[st.Name] {
 			lines = append(lines, statsGroup+st.Name+" = "+strconv.FormatUint(st.Value, 10))
 		}

@@ -330,7 +330,7 @@ func TestRPCDumpSecureAndIPv6(t *testing.T) {
 // used first.
 func TestRPCDumpOrder(t *testing.T) {
 	clock := newRPCClock()
-	env := rpcStart(t, sipws.Config{Clock: clock})
+	env := rpcStart(t, sipws.WithClock(sipws.Config{}, clock))
 	a, ca := rpcOpen(t, env.testServer, "sip")
 	_, cb := rpcOpen(t, env.testServer, "sip")
 	c, cc := rpcOpen(t, env.testServer, "msrp")
@@ -471,7 +471,7 @@ func TestRPCDumpPaging(t *testing.T) {
 
 func TestRPCPingPong(t *testing.T) {
 	clock := newRPCClock()
-	env := rpcStart(t, sipws.Config{Clock: clock, PingData: []byte("rpc-ping")})
+	env := rpcStart(t, sipws.WithClock(sipws.Config{PingData: []byte("rpc-ping")}, clock))
 	c, conn := rpcOpen(t, env.testServer, "sip")
 	id := uint64(conn.ID())
 
@@ -547,10 +547,10 @@ func TestRPCClose(t *testing.T) {
 
 	c.sendClose(4000, "Because I say so")
 	ev := env.nextClosed(t)
-	assert.Equal(t, conn.ID(), ev.ConnID)
+	assert.Equal(t, conn.ID(), ev.ID)
 	assert.Equal(t, sipws.CloseCode(4000), ev.Code)
 	assert.Equal(t, "Because I say so", ev.Reason)
-	assert.Equal(t, sipws.InitiatorHost, ev.Initiator)
+	assert.Equal(t, sipws.CauseHost, ev.Cause)
 	c.expectEOF(ioTimeout)
 	assert.Empty(t, rpcDumpCall(t, env.URL, nil).Connections)
 	rpcExpectErr(t, env.URL, "ws.close", []any{id}, 500, "Unknown connection ID")
@@ -577,9 +577,9 @@ func TestRPCClose(t *testing.T) {
 		assert.Equal(t, tc.reason, reason)
 		c.sendClose(code, reason)
 		ev := env.nextClosed(t)
-		assert.Equal(t, conn.ID(), ev.ConnID)
+		assert.Equal(t, conn.ID(), ev.ID)
 		assert.Equal(t, sipws.CloseCode(tc.code), ev.Code)
-		assert.Equal(t, sipws.InitiatorHost, ev.Initiator)
+		assert.Equal(t, sipws.CauseHost, ev.Cause)
 	}
 
 	// Invalid codes and reasons send nothing: the next frame is a ping.
@@ -637,9 +637,9 @@ func TestRPCListMethods(t *testing.T) {
 // rpcStatLines formats Stats the way stats.get_statistics does.
 func rpcStatLines(st sipws.Stats, names ...string) []string {
 	lines := []string{}
-	for _, s := range st.List() {
-		if len(names) == 0 || slices.Contains(names, s.Name) {
-			lines = append(lines, fmt.Sprintf("websocket:%s = %d", s.Name, s.Value))
+	for name, v := range st.All() {
+		if len(names) == 0 || slices.Contains(names, name) {
+			lines = append(lines, fmt.Sprintf("websocket:%s = %d", name, v))
 		}
 	}
 	return lines
@@ -721,7 +721,7 @@ func TestRPCStatistics(t *testing.T) {
 	assert.Contains(t, all, "websocket:ws_current_connections = 5")
 
 	// Every way to ask: group, names with and without the group, several
-	// (listed in Stats.List order, once each), none (all), named.
+	// (listed in Stats.All order, once each), none (all), named.
 	assert.Equal(t, all, rpcStats(t, env.URL, []any{"websocket:"}))
 	assert.Equal(t, all, rpcStats(t, env.URL, nil))
 	assert.Equal(t, all, rpcStats(t, env.URL, []any{}))

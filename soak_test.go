@@ -65,7 +65,7 @@ func TestSoak(t *testing.T) {
 		serverBad []string
 		opened    atomic.Int64
 		closedEvs atomic.Int64
-		closedBy  sync.Map // ConnID → sipws.Initiator
+		closedBy  sync.Map // ConnID → sipws.CloseCause
 		reasons   sync.Map // protocol error reason → *atomic.Int64
 	)
 	cfg := sipws.Config{
@@ -88,15 +88,15 @@ func TestSoak(t *testing.T) {
 			}
 			_ = c.SendMessage(m.Type, m.Data)
 		},
-		OnClosed: func(ev sipws.Closed) {
+		OnClosed: func(ev sipws.CloseEvent) {
 			closedEvs.Add(1)
-			if ev.Initiator == sipws.InitiatorProtocolError {
+			if ev.Cause == sipws.CauseProtocolError {
 				n, _ := reasons.LoadOrStore(ev.Reason, new(atomic.Int64))
 				n.(*atomic.Int64).Add(1)
 			}
-			if _, dup := closedBy.LoadOrStore(ev.ConnID, ev.Initiator); dup {
+			if _, dup := closedBy.LoadOrStore(ev.ID, ev.Cause); dup {
 				mu.Lock()
-				serverBad = append(serverBad, fmt.Sprintf("conn %d: second OnClosed", ev.ConnID))
+				serverBad = append(serverBad, fmt.Sprintf("conn %d: second OnClosed", ev.ID))
 				mu.Unlock()
 			}
 		},
@@ -150,7 +150,7 @@ func TestSoak(t *testing.T) {
 	for i, r := range results {
 		if r.err != nil {
 			why := map[string]int{}
-			closedBy.Range(func(_, v any) bool { why[v.(sipws.Initiator).String()]++; return true })
+			closedBy.Range(func(_, v any) bool { why[v.(sipws.CloseCause).String()]++; return true })
 			reasons.Range(func(k, v any) bool { t.Logf("reason %q: %d", k, v.(*atomic.Int64).Load()); return true })
 			t.Logf("ends so far by initiator: %v; stats %+v", why, srv.Stats())
 		}
@@ -172,7 +172,7 @@ func TestSoak(t *testing.T) {
 	assert.Equal(t, st.SuccessfulHandshakes, st.LocalClosedConnections+st.RemoteClosedConnections)
 	slow := 0
 	closedBy.Range(func(_, v any) bool {
-		if v.(sipws.Initiator) == sipws.InitiatorSlowConsumer {
+		if v.(sipws.CloseCause) == sipws.CauseSlowConsumer {
 			slow++
 		}
 		return true

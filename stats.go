@@ -1,6 +1,9 @@
 package sipws
 
-import "sync/atomic"
+import (
+	"iter"
+	"sync/atomic"
+)
 
 // Stats is a snapshot of the server's counters: Kamailio's websocket module
 // statistics, with the same meaning. Per-sub-protocol counters split the
@@ -12,8 +15,8 @@ import "sync/atomic"
 //
 // Every connection that completed its handshake is counted, when it ends, in
 // exactly one of LocalClosedConnections and RemoteClosedConnections (see
-// Initiator.Local), and also in FailedConnections when it ended abnormally:
-// when its Closed.Err is not nil (every Initiator.Failed end, a close
+// CloseCause.Local), and also in FailedConnections when it ended abnormally:
+// when its CloseEvent.Err is not nil (every end by a failure cause, a close
 // handshake of ours that got no reply, a panic in a hook). So CurrentConnections = SuccessfulHandshakes -
 // LocalClosedConnections - RemoteClosedConnections, and it equals
 // Registry.Len() whenever no connection is between its handshake and its
@@ -35,6 +38,10 @@ type Stats struct {
 	// InvalidMessages counts the messages that failed the framing check
 	// (Config.Framing); Kamailio has no such counter, so List leaves it out.
 	InvalidMessages uint64
+	// PartialBytes is a gauge: the bytes held at this moment in messages
+	// still being received, against Config.MaxPartialBytes. Kamailio has no
+	// such statistic, so List leaves it out.
+	PartialBytes uint64
 }
 
 // SubprotocolStats are the counters of one sub-protocol.
@@ -49,17 +56,29 @@ type SubprotocolStats struct {
 	SuccessfulHandshakes     uint64 // ws_<sp>_successful_handshakes
 }
 
-// Stat is one statistic with its Kamailio name (without the "websocket:"
-// group prefix), e.g. "ws_current_connections".
-type Stat struct {
+// stat is one statistic with its Kamailio name.
+type stat struct {
 	Name  string
 	Value uint64
 }
 
-// List returns every statistic with its Kamailio name, in the order
-// "kamcmd stats.get_statistics websocket:" prints them (sorted by name).
-func (s Stats) List() []Stat {
-	return []Stat{
+// All yields every statistic with its Kamailio name (without the
+// "websocket:" group prefix, e.g. "ws_current_connections") and its value,
+// in the order "kamcmd stats.get_statistics websocket:" prints them (sorted
+// by name).
+func (s Stats) All() iter.Seq2[string, uint64] {
+	return func(yield func(string, uint64) bool) {
+		for _, st := range s.list() {
+			if !yield(st.Name, st.Value) {
+				return
+			}
+		}
+	}
+}
+
+// list is All as a slice.
+func (s Stats) list() []stat {
+	return []stat{
 		{"ws_current_connections", s.CurrentConnections},
 		{"ws_failed_connections", s.FailedConnections},
 		{"ws_failed_handshakes", s.FailedHandshakes},
@@ -96,6 +115,7 @@ type counters struct {
 	txFrames      atomic.Uint64
 	failedHS      atomic.Uint64
 	invalid       atomic.Uint64
+	partial       atomic.Int64 // bytes in partial messages (a gauge kept by partialBudget)
 	sp            [2]spCounters
 }
 
@@ -128,7 +148,7 @@ func (c *counters) opened(sp Subprotocol) {
 }
 
 // closed counts the end of a connection.
-func (c *counters) closed(sp Subprotocol, by Initiator, failed bool) {
+func (c *counters) closed(sp Subprotocol, by CloseCause, failed bool) {
 	s := &c.sp[sp.index()]
 	if failed {
 		s.failed.Add(1)
@@ -177,6 +197,7 @@ func (c *counters) snapshot() Stats {
 		TransmittedFrames:        c.txFrames.Load(),
 		FailedHandshakes:         c.failedHS.Load(),
 		InvalidMessages:          c.invalid.Load(),
+		PartialBytes:             uint64(max(c.partial.Load(), 0)),
 		SIP:                      c.sp[0].snapshot(),
 		MSRP:                     c.sp[1].snapshot(),
 	}

@@ -66,10 +66,10 @@ func (s Subprotocol) index() int {
 	return 0
 }
 
-// ParseSubprotocols parses a comma-separated list of tokens ("sip,msrp") into
+// parseSubprotocols parses a comma-separated list of tokens ("sip,msrp") into
 // a set. Tokens are matched without regard to case; an unknown token is an
 // error.
-func ParseSubprotocols(list string) (Subprotocol, error) {
+func parseSubprotocols(list string) (Subprotocol, error) {
 	var set Subprotocol
 	for tok := range strings.SplitSeq(list, ",") {
 		tok = strings.TrimSpace(tok)
@@ -111,4 +111,30 @@ func negotiateSubprotocol(h http.Header, enabled Subprotocol) (sp Subprotocol, a
 		}
 	}
 	return 0, anyOffered
+}
+
+// MarshalText implements encoding.TextMarshaler: the String form ("sip",
+// "sip|msrp", "none"), which UnmarshalText reads back.
+func (s Subprotocol) MarshalText() ([]byte, error) {
+	if s&^allSubprotocols != 0 {
+		return nil, fmt.Errorf("sipws: unknown sub-protocol bits %#x", uint8(s))
+	}
+	return []byte(s.String()), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler (and so flag.TextVar):
+// tokens separated by "," or "|" ("sip,msrp"), in any case; "" and "none"
+// are the empty set.
+func (s *Subprotocol) UnmarshalText(b []byte) error {
+	t := strings.TrimSpace(string(b))
+	if t == "" || strings.EqualFold(t, "none") {
+		*s = 0
+		return nil
+	}
+	v, err := parseSubprotocols(strings.ReplaceAll(t, "|", ","))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
 }

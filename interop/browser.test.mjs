@@ -7,12 +7,13 @@
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
 
 const require = createRequire(import.meta.url);
-const { start, online, getJSON, repo, EXAMPLES } = require("./lib/server.js");
+const { start, online, getJSON, adminJSON, repo, EXAMPLES } = require("./lib/server.js");
 
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 // The call's screenshot is written only when asked for, so that a test run
@@ -97,8 +98,10 @@ describe(`${example}: web page in headless Chromium`, { timeout: 120000 }, () =>
     // And each page lists the other as online, with a Call button.
     await alice.waitForSelector('#online li[data-user="bob"] button.call:not([disabled])', { timeout: T });
     await bob.waitForSelector('#online li[data-user="alice"] button.call:not([disabled])', { timeout: T });
-    const users = await getJSON(srv, "/api/online");
-    for (const u of users.users) assert.equal(u.bindings[0].outbound, true, `${u.user} registered with Outbound (JsSIP's reg-id)`);
+    const bindings = await adminJSON(srv, "/api/bindings");
+    for (const b of bindings.bindings) assert.equal(b.outbound, true, `${b.user} registered with Outbound (JsSIP's reg-id)`);
+    // The public list has the names only.
+    assert.deepEqual((await getJSON(srv, "/api/online")).users, ["alice", "bob"]);
   });
 
   test("MESSAGE between the pages, both ways", async () => {
@@ -116,14 +119,11 @@ describe(`${example}: web page in headless Chromium`, { timeout: 120000 }, () =>
     await say(bob, alice, "alice", "bob", "Hello Alice, ready for a call?");
   });
 
-  test("the connections table shows both users", async () => {
-    for (const page of [alice, bob]) {
-      await page.waitForSelector('#connections tbody tr[data-users="alice"]', { timeout: T });
-      await page.waitForSelector('#connections tbody tr[data-users="bob"]', { timeout: T });
-      assert.equal(await page.locator("#connections tbody tr").count(), 2);
-    }
-    const conns = await getJSON(srv, "/api/connections");
-    assert.deepEqual(conns.connections.map((c) => c.users.join()).sort(), ["alice", "bob"]);
+  test("the operator sees both connections on the -admin listener, the public one does not", async () => {
+    const conns = await adminJSON(srv, "/api/connections");
+    assert.equal(conns.total, 2);
+    await assert.rejects(getJSON(srv, "/api/connections"), /404/);
+    for (const page of [alice, bob]) assert.equal(await page.isVisible("#open-mode"), true, "open mode is said on the page");
   });
 
   test("alice calls bob: INVITE → 180 → 200 → ACK on both sides, the call holds, alice hangs up", async () => {
@@ -216,5 +216,62 @@ describe(`${example}: web page in headless Chromium`, { timeout: 120000 }, () =>
 
   test("no errors on the pages", () => {
     assert.deepEqual(errors, []);
+  });
+});
+
+// With a users file: the page shows a password field (and no open-mode
+// notice); JsSIP answers the server's challenge with the password typed in;
+// a wrong password fails the registration; registered pages chat.
+describe("web page with passwords (-users)", { timeout: 90000 }, () => {
+  let srv, browser;
+  const pages = [];
+
+  before(async () => {
+    assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium)`);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "webphone-users-"));
+    const file = path.join(dir, "users");
+    fs.writeFileSync(file, "alice:alice-pw\nbob:bob-pw\n");
+    srv = await start({ args: ["-users", file] });
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic"] });
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    if (srv) await srv.stop();
+  });
+
+  const open = async () => {
+    const page = await (await browser.newContext()).newPage();
+    await page.goto(srv.url, { timeout: T });
+    await page.waitForSelector("#password:not([hidden])", { timeout: T });
+    pages.push(page);
+    return page;
+  };
+  const signIn = async (page, name, password) => {
+    await page.fill("#name", name);
+    await page.fill("#password", password);
+    await page.click("#register");
+  };
+
+  test("a wrong password fails, the right one registers; the pages chat", async () => {
+    const mallory = await open();
+    assert.equal(await mallory.isVisible("#open-mode"), false, "no open-mode notice with users");
+    await signIn(mallory, "alice", "guess");
+    await mallory.waitForSelector('body[data-reg="failed"]', { timeout: T });
+    assert.match(await mallory.textContent("#reg-status"), /401|Authentication/);
+    assert.deepEqual(await online(srv), {});
+
+    const alice = await open();
+    const bob = await open();
+    await signIn(alice, "alice", "alice-pw");
+    await signIn(bob, "bob", "bob-pw");
+    for (const page of [alice, bob]) await page.waitForSelector('body[data-reg="registered"]', { timeout: T });
+    assert.deepEqual(await online(srv), { alice: 1, bob: 1 });
+
+    await alice.fill("#chat-to", "bob");
+    await alice.fill("#chat-text", "authenticated chat");
+    await alice.click("#chat-send");
+    await bob.locator('#chat-log li[data-dir="in"][data-peer="alice"] .text', { hasText: "authenticated chat" }).waitFor({ timeout: T });
+    await alice.waitForSelector('#chat-log li[data-dir="out"][data-status="delivered"]', { timeout: T });
   });
 });

@@ -1,5 +1,5 @@
-// JsSIP and SIP.js in Node against each example server (the web phone and
-// sipgoproxy): registration seen from the
+// JsSIP and SIP.js in Node against each example (the web phone, sipgoproxy):
+// registration seen from the
 // server's side, MESSAGE both ways delivered byte-exact and exactly once,
 // OPTIONS answered by the server, and reconnection after a restart.
 import { describe, test, before, after } from "node:test";
@@ -9,6 +9,9 @@ import { JsSIPPhone, SipJsPhone, installWebSocket, closes } from "./lib/clients.
 
 const require = createRequire(import.meta.url);
 const { start, freePort, online, waitFor, EXAMPLES } = require("./lib/server.js");
+const fs = require("node:fs");
+const os = require("node:os");
+const path = require("node:path");
 
 installWebSocket();
 
@@ -134,3 +137,54 @@ for (const [kind, [A, B]] of Object.entries(KINDS)) {
     });
   });
 }
+
+// With a users file: JsSIP and SIP.js answer the digest challenges (401 to
+// REGISTER) with the right password and are refused with a wrong one; a
+// client without credentials cannot register as a user, nor send as one.
+describe("digest authentication (-users)", { timeout: 60000 }, () => {
+  let srv, alice, bob, mallory, mallory2;
+  const logs = [];
+
+  before(async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "webphone-users-"));
+    const file = path.join(dir, "users");
+    fs.writeFileSync(file, "alice:alice-pw\nbob:bob:pw:with:colons\n");
+    srv = await start({ args: ["-users", file], logs });
+    alice = new JsSIPPhone(srv.wsURL, "alice", { password: "alice-pw" });
+    bob = new SipJsPhone(srv.wsURL, "bob", { password: "bob:pw:with:colons" });
+    mallory = new JsSIPPhone(srv.wsURL, "alice", { password: "guess" });
+    mallory2 = new SipJsPhone(srv.wsURL, "alice");
+    for (const p of [alice, bob, mallory, mallory2]) await p.start();
+  });
+
+  after(async () => {
+    await Promise.allSettled([alice, bob, mallory, mallory2].map((p) => p && p.stop()));
+    if (srv) await srv.stop();
+  });
+
+  test("REGISTER with the right password (JsSIP, SIP.js); refused with a wrong one or none", async () => {
+    await alice.register();
+    await bob.register();
+    assert.deepEqual(await online(srv), { alice: 1, bob: 1 });
+    await assert.rejects(mallory.register(), /registration failed/);
+    await assert.rejects(mallory2.register(), /./);
+    assert.deepEqual(await online(srv), { alice: 1, bob: 1 });
+  });
+
+  test("MESSAGE both ways between authenticated users", async () => {
+    let res = await alice.message("bob", "authenticated hello");
+    assert.equal(res.status, 200);
+    await waitFor(() => bob.received.at(-1)?.body === "authenticated hello", "bob to get the MESSAGE", 5000);
+    res = await bob.message("alice", "and back");
+    assert.equal(res.status, 200);
+    await waitFor(() => alice.received.at(-1)?.body === "and back", "alice to get the MESSAGE", 5000);
+  });
+
+  test("a MESSAGE as alice from a connection that did not prove it is refused", async () => {
+    const before = bob.received.length;
+    const res = await mallory.message("bob", "it is me, alice");
+    assert.ok([401, 403, 407].includes(res.status), `status ${res.status}`);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(bob.received.length, before, "bob got nothing");
+  });
+});

@@ -1,4 +1,4 @@
-// wss: each example server (the web phone, sipgoproxy) with -self-signed, and JsSIP registering over TLS. The
+// wss: the webphone with -self-signed, and JsSIP registering over TLS. The
 // test trusts exactly the certificate the server made (fetched from its TLS
 // handshake and given to `ws` as the CA), so certificate checking stays on.
 import { describe, test, before, after } from "node:test";
@@ -8,7 +8,7 @@ import { createRequire } from "node:module";
 import { JsSIPPhone, installWebSocket } from "./lib/clients.mjs";
 
 const require = createRequire(import.meta.url);
-const { start, online, getJSON, EXAMPLES } = require("./lib/server.js");
+const { start, online, getJSON, adminJSON, EXAMPLES } = require("./lib/server.js");
 
 // serverCertificate returns the PEM of the certificate the server presents.
 function serverCertificate(port) {
@@ -55,7 +55,7 @@ describe(`${example}: wss with a self-signed certificate`, { timeout: 60000 }, (
     await alice.register();
     await bob.register();
     assert.deepEqual(await online(srv), { alice: 1, bob: 1 });
-    const conns = await getJSON(srv, "/api/connections");
+    const conns = await adminJSON(srv, "/api/connections");
     assert.equal(conns.total, 2);
     for (const c of conns.connections) assert.equal(c.transport, "wss", `connection ${c.id}`);
   });

@@ -21,6 +21,10 @@ targets=(
 	.:FuzzFlowParse
 	.:FuzzTokenFromURI
 	.:FuzzRPCRequest
+	.:FuzzForwardedClient
+	.:FuzzFlowKey
+	.:FuzzOriginAllowed
+	./examples/webphone:FuzzDigestVerify
 )
 
 log=$(mktemp)

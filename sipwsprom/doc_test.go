@@ -12,16 +12,16 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestDocListsEveryInitiator: the package documentation lists every value
-// the initiator label of sipws_closes_total can take, that is the name of
-// every sipws.Initiator, and no other.
-func TestDocListsEveryInitiator(t *testing.T) {
+// TestDocListsEveryCause: the package documentation lists every value the
+// cause label of sipws_closes_total can take, that is the name of every
+// sipws.CloseCause, and no other.
+func TestDocListsEveryCause(t *testing.T) {
 	f, err := parser.ParseFile(token.NewFileSet(), "sipwsprom.go", nil, parser.ParseComments|parser.PackageClauseOnly)
 	require.NoError(t, err)
 	require.NotNil(t, f.Doc)
 	doc := f.Doc.Text()
-	_, list, ok := strings.Cut(doc, "initiator is sipws.Initiator's name (")
-	require.True(t, ok, "the package doc should list the initiator names after \"initiator is sipws.Initiator's name (\"")
+	_, list, ok := strings.Cut(doc, "cause is sipws.CloseCause's name (")
+	require.True(t, ok, "the package doc should list the cause names after \"cause is sipws.CloseCause's name (\"")
 	list, _, ok = strings.Cut(list, ")")
 	require.True(t, ok)
 	var documented []string
@@ -33,7 +33,7 @@ func TestDocListsEveryInitiator(t *testing.T) {
 
 	var names []string
 	for i := 1; i < 256; i++ {
-		if s := sipws.Initiator(i).String(); !strings.HasPrefix(s, "Initiator(") {
+		if s := sipws.CloseCause(i).String(); !strings.HasPrefix(s, "CloseCause(") {
 			names = append(names, s)
 		}
 	}

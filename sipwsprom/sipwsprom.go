@@ -20,7 +20,7 @@
 // listener that takes the WebSocket handshakes: the metrics have no
 // authentication and tell how many users are connected (see the Example).
 //
-// Every statistic of sipws.Stats.List is exported with its Kamailio name
+// Every statistic of sipws.Stats.All is exported with its Kamailio name
 // prefixed by "sipws_" (sipws_ws_current_connections,
 // sipws_ws_sip_received_frames, ...): the *_current_connections and
 // *_max_concurrent_connections ones as gauges, the others as counters. The
@@ -31,16 +31,20 @@
 //	sipws_handshake_duration_seconds{status_class}       histogram; "1xx" (101), "4xx", "5xx"
 //	sipws_message_size_bytes{direction,subprotocol}      histogram; "in"/"out", "sip"/"msrp"
 //	sipws_keepalive_rtt_seconds                          histogram; Ping to Pong
-//	sipws_closes_total{code,initiator}                   counter
+//	sipws_closes_total{code,cause}                       counter
+//
+// The buckets of the histograms are 0.5 ms to 2.5 s for the handshake (an
+// Authorize hook may query a database), 64 B to 1 MiB by powers of 4 for
+// message sizes, and 1 ms to 5 s for the keepalive round trip.
 //
 // In sipws_closes_total, code is the close code for the codes of RFC 6455
 // and the IANA registry (1000–1015), "3xxx" and "4xxx" for the registered and
 // private ranges (so that peers cannot make up series at will), and "other"
-// otherwise; initiator is sipws.Initiator's name ("peer", "peer-lost",
+// otherwise; cause is sipws.CloseCause's name ("peer", "peer-lost",
 // "protocol-error", "host", "write-failure", "keepalive-timeout",
-// "shutdown", "slow-consumer", "replaced"); "replaced" counts the
-// connections closed because a new one bound the same registration flow
-// (sipws.Server.BindInstance).
+// "shutdown", "slow-consumer", "replaced", "message-timeout",
+// "partial-bytes"); "replaced" counts the connections closed because a new
+// one bound the same registration flow (sipws.Conn.BindInstance).
 package sipwsprom
 
 import (
@@ -53,8 +57,8 @@ import (
 	"github.com/sipws/sipws"
 )
 
-// Namespace prefixes every metric name.
-const Namespace = "sipws"
+// namespace prefixes every metric name.
+const namespace = "sipws"
 
 // Metrics is a sipws.Observer that keeps histograms of what it observes and
 // a prometheus.Collector of them and, once Watch is called, of a server's
@@ -84,14 +88,15 @@ type statDesc struct {
 
 // Buckets of the histograms.
 var (
-	// HandshakeBuckets are the buckets of sipws_handshake_duration_seconds:
+	// handshakeBuckets are the buckets of sipws_handshake_duration_seconds:
 	// 0.5 ms to 2.5 s (an Authorize hook may query a database).
-	HandshakeBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
-	// MessageSizeBuckets are the buckets of sipws_message_size_bytes: 64 B
-	// to 1 MiB by powers of 4 (sipws.DefaultMaxMessageSize is 64 KiB).
-	MessageSizeBuckets = prometheus.ExponentialBuckets(64, 4, 8)
-	// RTTBuckets are the buckets of sipws_keepalive_rtt_seconds: 1 ms to 5 s.
-	RTTBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+	handshakeBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+	// messageSizeBuckets are the buckets of sipws_message_size_bytes: 64 B
+	// to 1 MiB by powers of 4 (sipws.Config.MaxMessageSize is 64 KiB
+	// by default).
+	messageSizeBuckets = prometheus.ExponentialBuckets(64, 4, 8)
+	// rttBuckets are the buckets of sipws_keepalive_rtt_seconds: 1 ms to 5 s.
+	rttBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
 )
 
 // New returns a Metrics with empty histograms. Set it as sipws.Config.Observer,
@@ -99,45 +104,45 @@ var (
 func New() *Metrics {
 	m := &Metrics{
 		handshake: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: Namespace,
+			Namespace: namespace,
 			Name:      "handshake_duration_seconds",
 			Help:      "Time from the start of a WebSocket handshake to its response, by status class (1xx: accepted).",
-			Buckets:   HandshakeBuckets,
+			Buckets:   handshakeBuckets,
 		}, []string{"status_class"}),
 		size: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: Namespace,
+			Namespace: namespace,
 			Name:      "message_size_bytes",
 			Help:      "Size of WebSocket messages received (in) and sent (out), by sub-protocol.",
-			Buckets:   MessageSizeBuckets,
+			Buckets:   messageSizeBuckets,
 		}, []string{"direction", "subprotocol"}),
 		rtt: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: Namespace,
+			Namespace: namespace,
 			Name:      "keepalive_rtt_seconds",
 			Help:      "Round-trip time from a Ping to its Pong.",
-			Buckets:   RTTBuckets,
+			Buckets:   rttBuckets,
 		}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: Namespace,
+			Namespace: namespace,
 			Name:      "closes_total",
 			Help:      "Connections ended, by close code and by who or what ended them.",
-		}, []string{"code", "initiator"}),
+		}, []string{"code", "cause"}),
 	}
 	for _, class := range []int{1, 4, 5} {
 		m.hsByClass[class] = m.handshake.WithLabelValues(strconv.Itoa(class) + "xx")
 	}
-	for d, dir := range []sipws.Direction{sipws.In, sipws.Out} {
+	for d, dir := range []string{"in", "out"} {
 		for s, sp := range []sipws.Subprotocol{sipws.SIP, sipws.MSRP} {
-			m.sizeBy[d][s] = m.size.WithLabelValues(dir.String(), sp.String())
+			m.sizeBy[d][s] = m.size.WithLabelValues(dir, sp.String())
 		}
 	}
-	for _, st := range (sipws.Stats{}).List() {
+	for name := range (sipws.Stats{}).All() {
 		typ := prometheus.CounterValue
-		if strings.HasSuffix(st.Name, "_current_connections") || strings.HasSuffix(st.Name, "_max_concurrent_connections") {
+		if strings.HasSuffix(name, "_current_connections") || strings.HasSuffix(name, "_max_concurrent_connections") {
 			typ = prometheus.GaugeValue
 		}
 		m.stats = append(m.stats, statDesc{
-			name: st.Name,
-			desc: prometheus.NewDesc(Namespace+"_"+st.Name, statHelp(st.Name), nil, nil),
+			name: name,
+			desc: prometheus.NewDesc(namespace+"_"+name, statHelp(name), nil, nil),
 			typ:  typ,
 		})
 	}
@@ -163,10 +168,12 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 // Server.Stats snapshot.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	if s := m.srv.Load(); s != nil {
-		for i, st := range s.Stats().List() {
-			if i < len(m.stats) && m.stats[i].name == st.Name {
-				ch <- prometheus.MustNewConstMetric(m.stats[i].desc, m.stats[i].typ, float64(st.Value))
+		i := 0
+		for name, v := range s.Stats().All() {
+			if i < len(m.stats) && m.stats[i].name == name {
+				ch <- prometheus.MustNewConstMetric(m.stats[i].desc, m.stats[i].typ, float64(v))
 			}
+			i++
 		}
 	}
 	m.handshake.Collect(ch)
@@ -188,12 +195,15 @@ func (m *Metrics) Handshake(status int, d time.Duration) {
 	}
 }
 
-// Message implements sipws.Observer.
-func (m *Metrics) Message(dir sipws.Direction, sp sipws.Subprotocol, size int) {
-	d, s := 0, 0
-	if dir == sipws.Out {
-		d = 1
-	}
+// MessageReceived implements sipws.Observer.
+func (m *Metrics) MessageReceived(sp sipws.Subprotocol, size int) { m.observeSize(0, sp, size) }
+
+// MessageSent implements sipws.Observer.
+func (m *Metrics) MessageSent(sp sipws.Subprotocol, size int) { m.observeSize(1, sp, size) }
+
+// observeSize records the size of a message received (d 0) or sent (d 1).
+func (m *Metrics) observeSize(d int, sp sipws.Subprotocol, size int) {
+	s := 0
 	if sp == sipws.MSRP {
 		s = 1
 	}
@@ -204,8 +214,8 @@ func (m *Metrics) Message(dir sipws.Direction, sp sipws.Subprotocol, size int) {
 func (m *Metrics) RTT(d time.Duration) { m.rtt.Observe(d.Seconds()) }
 
 // Closed implements sipws.Observer.
-func (m *Metrics) Closed(code sipws.CloseCode, by sipws.Initiator) {
-	m.closes.WithLabelValues(codeLabel(code), by.String()).Inc()
+func (m *Metrics) Closed(code sipws.CloseCode, cause sipws.CloseCause) {
+	m.closes.WithLabelValues(codeLabel(code), cause.String()).Inc()
 }
 
 // codeLabel bounds the values of the code label.

@@ -2,6 +2,7 @@ package sipwsprom_test
 
 import (
 	"context"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -31,19 +32,19 @@ type promEnv struct {
 	addr       string
 	metricsURL string
 	opened     chan *sipws.Conn
-	closed     chan sipws.Closed
+	closed     chan sipws.CloseEvent
 }
 
 func startEnv(t *testing.T) *promEnv {
 	t.Helper()
-	e := &promEnv{opened: make(chan *sipws.Conn, 64), closed: make(chan sipws.Closed, 64)}
+	e := &promEnv{opened: make(chan *sipws.Conn, 64), closed: make(chan sipws.CloseEvent, 64)}
 	m := sipwsprom.New()
 	srv, err := sipws.New(sipws.Config{
 		Observer:     m,
 		CloseTimeout: ioTimeout,
 		OnOpen:       func(c *sipws.Conn) { e.opened <- c },
 		OnMessage:    func(c *sipws.Conn, msg sipws.Message) { _ = c.SendMessage(msg.Type, msg.Data) },
-		OnClosed:     func(ev sipws.Closed) { e.closed <- ev },
+		OnClosed:     func(ev sipws.CloseEvent) { e.closed <- ev },
 	})
 	require.NoError(t, err)
 	m.Watch(srv)
@@ -84,14 +85,14 @@ func (e *promEnv) dial(t *testing.T, proto string) (net.Conn, *sipws.Conn) {
 	}
 }
 
-func (e *promEnv) nextClosed(t *testing.T) sipws.Closed {
+func (e *promEnv) nextClosed(t *testing.T) sipws.CloseEvent {
 	t.Helper()
 	select {
 	case ev := <-e.closed:
 		return ev
 	case <-time.After(ioTimeout):
 		t.Fatal("OnClosed did not fire")
-		return sipws.Closed{}
+		return sipws.CloseEvent{}
 	}
 }
 
@@ -187,13 +188,13 @@ func TestMetrics(t *testing.T) {
 	// Closes: the peer with 1000; the host with 4001.
 	require.NoError(t, ws.WriteFrame(clients[1].nc, ws.MaskFrameInPlace(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))))
 	ev := e.nextClosed(t)
-	require.Equal(t, sipws.InitiatorPeer, ev.Initiator)
+	require.Equal(t, sipws.CausePeer, ev.Cause)
 	_ = clients[1].nc.Close() // the server waits for our FIN
 	require.NoError(t, e.srv.Registry().Close(clients[2].conn.ID(), 4001, "go"))
 	_, _, err = wsutil.ReadServerData(clients[2].nc) // answers the close
 	require.Error(t, err)
 	ev = e.nextClosed(t)
-	require.Equal(t, sipws.InitiatorHost, ev.Initiator)
+	require.Equal(t, sipws.CauseHost, ev.Cause)
 	_ = clients[2].nc.Close()
 
 	// The RTT is measured when the Pong is read, which may be after the
@@ -212,22 +213,22 @@ func TestMetrics(t *testing.T) {
 	}, ioTimeout, 10*time.Millisecond)
 
 	// Every statistic, with Kamailio's name, equal to Server.Stats.
-	list := st.List()
+	list := maps.Collect(st.All())
 	require.Len(t, list, 25)
-	for _, s := range list {
-		name := "sipws_" + s.Name
+	for stat, value := range list {
+		name := "sipws_" + stat
 		f, ok := fams[name]
 		require.True(t, ok, "missing %s", name)
 		require.Len(t, f.GetMetric(), 1)
 		m := f.GetMetric()[0]
-		if strings.Contains(s.Name, "current_connections") || strings.Contains(s.Name, "max_concurrent") {
+		if strings.Contains(stat, "current_connections") || strings.Contains(stat, "max_concurrent") {
 			assert.Equal(t, dto.MetricType_GAUGE, f.GetType(), name)
-			assert.Equal(t, float64(s.Value), m.GetGauge().GetValue(), name)
+			assert.Equal(t, float64(value), m.GetGauge().GetValue(), name)
 		} else {
 			assert.Equal(t, dto.MetricType_COUNTER, f.GetType(), name)
-			assert.Equal(t, float64(s.Value), m.GetCounter().GetValue(), name)
+			assert.Equal(t, float64(value), m.GetCounter().GetValue(), name)
 		}
-		assert.Contains(t, f.GetHelp(), "websocket:"+s.Name)
+		assert.Contains(t, f.GetHelp(), "websocket:"+stat)
 	}
 	assert.Equal(t, uint64(2), st.CurrentConnections)
 	assert.Equal(t, uint64(4), st.SuccessfulHandshakes)
@@ -261,8 +262,8 @@ func TestMetrics(t *testing.T) {
 	}
 	assert.Equal(t, uint64(1), hist("sipws_keepalive_rtt_seconds").GetSampleCount())
 	assert.Equal(t, dto.MetricType_COUNTER, fams["sipws_closes_total"].GetType())
-	assert.Equal(t, 1.0, metric(t, fams, "sipws_closes_total", "code", "1000", "initiator", "peer").GetCounter().GetValue())
-	assert.Equal(t, 1.0, metric(t, fams, "sipws_closes_total", "code", "4xxx", "initiator", "host").GetCounter().GetValue())
+	assert.Equal(t, 1.0, metric(t, fams, "sipws_closes_total", "code", "1000", "cause", "peer").GetCounter().GetValue())
+	assert.Equal(t, 1.0, metric(t, fams, "sipws_closes_total", "code", "4xxx", "cause", "host").GetCounter().GetValue())
 	assert.Len(t, fams["sipws_closes_total"].GetMetric(), 2)
 
 	// Shutdown closes the rest with 1001.
@@ -276,7 +277,7 @@ func TestMetrics(t *testing.T) {
 	}()
 	require.NoError(t, e.srv.Shutdown(ctx))
 	fams = scrape(t, e.metricsURL)
-	assert.Equal(t, 2.0, metric(t, fams, "sipws_closes_total", "code", "1001", "initiator", "shutdown").GetCounter().GetValue())
+	assert.Equal(t, 2.0, metric(t, fams, "sipws_closes_total", "code", "1001", "cause", "shutdown").GetCounter().GetValue())
 	assert.Equal(t, 0.0, fams["sipws_ws_current_connections"].GetMetric()[0].GetGauge().GetValue())
 }
 
@@ -289,10 +290,10 @@ func TestMetricsWithoutServer(t *testing.T) {
 	m.Handshake(101, 3*time.Millisecond)
 	m.Handshake(403, time.Millisecond)
 	m.Handshake(999, time.Millisecond)
-	m.Message(sipws.In, sipws.SIP, 100)
+	m.MessageReceived(sipws.SIP, 100)
 	m.RTT(20 * time.Millisecond)
 	for _, code := range []sipws.CloseCode{1000, 1015, 3001, 3999, 4000, 4999, 1016, 2000, 5000, 0} {
-		m.Closed(code, sipws.InitiatorPeer)
+		m.Closed(code, sipws.CausePeer)
 	}
 	fams, err := reg.Gather()
 	require.NoError(t, err)

@@ -45,8 +45,8 @@ import (
 )
 
 const (
-	maxMessage  = 64 << 10 // as sipws.DefaultMaxMessageSize
-	readBufSize = 512      // as sipws.DefaultReadBufferSize
+	maxMessage  = 64 << 10 // as sipws.Config.MaxMessageSize's default
+	readBufSize = 512      // as sipws.Config.ReadBufferSize's default
 )
 
 func main() {

@@ -62,11 +62,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:18081", "TCP `address` to listen on (port 0 picks a free port)")
-	keepalive := fs.String("keepalive", "ping", "keepalive `mechanism`: none, ping or pong")
-	fs.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", sipws.DefaultKeepaliveTimeout, "idle time after which a keepalive is sent")
-	fs.DurationVar(&o.cfg.KeepaliveInterval, "keepalive-interval", sipws.DefaultKeepaliveInterval, "how often due keepalives are looked for")
-	fs.IntVar(&o.cfg.KeepaliveWorkers, "keepalive-workers", sipws.DefaultKeepaliveWorkers, "number of keepalive goroutines")
-	fs.IntVar(&o.cfg.ReadBufferSize, "read-buffer", sipws.DefaultReadBufferSize, "read buffer `bytes` per connection")
+	fs.TextVar(&o.cfg.Keepalive, "keepalive", sipws.KeepalivePing, "keepalive `mechanism`: none, ping or pong")
+	fs.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", 0, "idle time after which a keepalive is sent (0: 3m0s)")
+	fs.DurationVar(&o.cfg.KeepaliveInterval, "keepalive-interval", 0, "how often due keepalives are looked for (0: 1s)")
+	fs.IntVar(&o.cfg.KeepaliveWorkers, "keepalive-workers", 0, "number of keepalive goroutines (0: 1)")
+	fs.IntVar(&o.cfg.ReadBufferSize, "read-buffer", 0, "read buffer `bytes` per connection (0: 512)")
 	fs.StringVar(&o.pprofAddr, "pprof", "", "loopback `address` to serve net/http/pprof on (empty: none)")
 	fs.IntVar(&o.memRate, "memprofilerate", 0, "runtime.MemProfileRate: sample one allocation per this many `bytes` for heap profiles (0: Go's default, 512 KiB)")
 	logLevel := fs.String("log-level", "warn", "`level` of sipws's logs: debug, info or warn (info logs every connection)")
@@ -75,10 +75,6 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
-	}
-	var err error
-	if o.cfg.Keepalive, err = sipws.ParseKeepaliveMechanism(*keepalive); err != nil {
-		return o, fmt.Errorf("-keepalive: %w", err)
 	}
 	if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return o, fmt.Errorf("-log-level: %w", err)

@@ -49,9 +49,9 @@ import (
 	"time"
 )
 
-// DefaultURL is where sipwsctl looks for the RPC handler unless told: the
+// defaultURL is where sipwsctl looks for the RPC handler unless told: the
 // examples' admin listener, -admin 127.0.0.1:8081.
-const DefaultURL = "http://127.0.0.1:8081/RPC"
+const defaultURL = "http://127.0.0.1:8081/RPC"
 
 // maxResponse bounds the response body read: far above the handler's
 // default of 16 MiB (sipws.RPCOptions.MaxResponseBytes), for hosts that
@@ -66,7 +66,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sipwsctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	url := fs.String("url", DefaultURL, "URL of the sipws JSON-RPC handler")
+	url := fs.String("url", defaultURL, "URL of the sipws JSON-RPC handler")
 	raw := fs.Bool("json", false, "print the result as JSON")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up when the server has not answered within this time")
 	fs.Usage = func() {

@@ -178,8 +178,8 @@ func TestStatistics(t *testing.T) {
 	r := ctl(t, "-url", l.rpcURL, "stats.get_statistics", "websocket:")
 	require.Equal(t, 0, r.Code, r.Stderr)
 	var want strings.Builder
-	for _, s := range l.srv.Stats().List() {
-		fmt.Fprintf(&want, "websocket:%s = %d\n", s.Name, s.Value)
+	for name, v := range l.srv.Stats().All() {
+		fmt.Fprintf(&want, "websocket:%s = %d\n", name, v)
 	}
 	assert.Equal(t, want.String(), r.Stdout)
 	assert.Contains(t, r.Stdout, "websocket:ws_current_connections = 2\n")
@@ -343,7 +343,7 @@ func TestPrintResult(t *testing.T) {
 // the examples serve the RPC: the address their -admin help, the READMEs
 // and SECURITY.md give, and the path they mount the handler at.
 func TestDefaultURLIsTheExamplesAdmin(t *testing.T) {
-	u, err := neturl.Parse(DefaultURL)
+	u, err := neturl.Parse(defaultURL)
 	require.NoError(t, err)
 	read := func(name string) string {
 		b, err := os.ReadFile(filepath.Join("..", "..", filepath.FromSlash(name)))

@@ -91,26 +91,34 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.admin, "admin", "", "`address` of the admin listener serving /RPC (JSON-RPC: ws.dump, ws.close, stats.get_statistics, …) and /metrics (Prometheus), e.g. 127.0.0.1:8081, where sipwsctl looks by default; empty: off. It has no authentication: keep it on loopback")
 	fs.IntVar(&o.cfg.MaxConns, "max-conns", 0, "cap on connections open at once; past it handshakes get 503 + Retry-After (0: no cap)")
 	fs.IntVar(&o.cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "cap on connections open at once from one client IP, or one IPv6 prefix of -ipv6-prefix-len bits (0: no cap)")
-	fs.IntVar(&o.cfg.IPv6PrefixLen, "ipv6-prefix-len", sipws.DefaultIPv6PrefixLen, "`bits` of the IPv6 prefix that -max-conns-per-ip counts as one client, 1 to 128 (IPv4 clients are counted by address)")
+	fs.IntVar(&o.cfg.IPv6PrefixLen, "ipv6-prefix-len", 0, "`bits` of the IPv6 prefix that -max-conns-per-ip counts as one client, 1 to 128 (IPv4 clients are counted by address; 0: 64)")
 	trusted := fs.String("trusted-proxies", "", "comma-separated `CIDRs` of reverse proxies whose -forwarded-header is believed")
 	fs.StringVar(&o.cfg.ForwardedHeader, "forwarded-header", "X-Forwarded-For", "the one `header` the trusted proxies set to name the client: X-Forwarded-For (nginx, HAProxy; with X-Forwarded-Proto), Forwarded (RFC 7239) or X-Real-IP; the others are ignored")
 	sipFraming := fs.Bool("sip-framing", false, "check that each message holds exactly one SIP message (sip) or MSRP chunk (msrp); others are logged and dropped")
-	maxSize := fs.Int64("max", sipws.DefaultMaxMessageSize, "largest message accepted, in `bytes`; a larger one closes the connection with 1009")
-	subprotocols := fs.String("subprotocols", "sip,msrp", "comma-separated `list` of enabled sub-protocols: sip, msrp")
-	noSubprotocol := fs.String("no-subprotocol", "", "serve a client that offers no sub-protocol as this `one` (sip or msrp), naming none in the 101: for generic tools such as the Autobahn suite; empty: refuse it with 400")
-	cors := fs.String("cors", "none", "Access-Control-Allow-Origin of the 101: none, any or echo")
-	keepalive := fs.String("keepalive", "ping", "keepalive `mechanism`: none, ping or pong")
-	fs.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", sipws.DefaultKeepaliveTimeout, "idle time after which a keepalive is sent")
-	fs.DurationVar(&o.cfg.KeepaliveInterval, "keepalive-interval", sipws.DefaultKeepaliveInterval, "how often due keepalives are looked for")
-	fs.IntVar(&o.cfg.KeepaliveWorkers, "keepalive-workers", sipws.DefaultKeepaliveWorkers, "number of keepalive goroutines")
+	fs.Int64Var(&o.cfg.MaxMessageSize, "max", 0, "largest message accepted, in `bytes`, at most 64 MiB; a larger one closes the connection with 1009 (0: 64 KiB)")
+	fs.TextVar(&o.cfg.Subprotocols, "subprotocols", sipws.SIP|sipws.MSRP, "comma-separated `list` of enabled sub-protocols: sip, msrp")
+	fs.TextVar(&o.cfg.ImplicitSubprotocol, "implicit-subprotocol", sipws.Subprotocol(0), "serve a client that offers no sub-protocol as this `one` (sip or msrp), naming none in the 101: for generic tools such as the Autobahn suite; empty: refuse it with 400")
+	fs.TextVar(&o.cfg.CORS, "cors", sipws.CORSNone, "Access-Control-Allow-Origin of the 101: none, any or echo")
+	fs.Func("allow-origin", "browser Origin `pattern` also allowed besides same-origin pages (repeatable; host[:port] or scheme://host[:port], path.Match wildcards, \"*\" for any); without it no Origin is checked", func(v string) error {
+		o.cfg.AllowedOrigins = append(o.cfg.AllowedOrigins, v)
+		return nil
+	})
+	fs.TextVar(&o.cfg.Keepalive, "keepalive", sipws.KeepalivePing, "keepalive `mechanism`: none, ping or pong")
+	fs.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", 0, "idle time after which a keepalive is sent (0: 3m0s)")
+	fs.DurationVar(&o.cfg.KeepaliveInterval, "keepalive-interval", 0, "how often due keepalives are looked for (0: 1s)")
+	fs.IntVar(&o.cfg.KeepaliveWorkers, "keepalive-workers", 0, "number of keepalive goroutines (0: 1)")
 	pingData := fs.String("ping-data", "", "payload of keepalive Pings and Pongs, at most 125 bytes (empty: \"sipws/"+sipws.Version+"\")")
 	fs.DurationVar(&o.cfg.PongWait, "pong-wait", 0, "how long a peer may stay silent after a keepalive Ping (0: 5s or the keepalive timeout when shorter)")
 	fs.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", 0, "with -keepalive pong or none, close a connection that sent nothing for this long (0: never)")
-	fs.DurationVar(&o.cfg.CloseTimeout, "close-timeout", sipws.DefaultCloseTimeout, "wait for the peer's close reply and FIN")
-	fs.DurationVar(&o.cfg.WriteTimeout, "write-timeout", sipws.DefaultWriteTimeout, "bound of every write to a socket")
-	fs.DurationVar(&o.cfg.FrameTimeout, "frame-timeout", sipws.DefaultFrameTimeout, "bound between the first and last byte of one frame")
-	fs.IntVar(&o.cfg.SendQueueSize, "send-queue", sipws.DefaultSendQueueSize, "`bytes` queued for one connection before it is closed as a slow consumer")
+	fs.DurationVar(&o.cfg.CloseTimeout, "close-timeout", 0, "wait for the peer's close reply and FIN (0: 2s)")
+	fs.DurationVar(&o.cfg.WriteTimeout, "write-timeout", 0, "bound of every write to a socket (0: 10s)")
+	fs.DurationVar(&o.cfg.FrameTimeout, "frame-timeout", 0, "bound between the first and last byte of one frame (0: 30s)")
+	fs.DurationVar(&o.cfg.MessageTimeout, "message-timeout", 0, "bound between the first and last frame of one message (0: 60s, or -frame-timeout when longer)")
+	fs.Int64Var(&o.cfg.MaxPartialBytes, "max-partial-bytes", 0, "`bytes` all connections together may hold in messages still being received; past it the largest holders are closed with 1009 (0: 64 MiB, or 4 × -max when larger)")
+	fs.IntVar(&o.cfg.SendQueueSize, "send-queue", 0, "`bytes` queued for one connection before it is closed as a slow consumer (0: 1 MiB)")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "bound on reading a handshake request (ReadHeaderTimeout and ReadTimeout of the HTTP server)")
+	keepHeaders := fs.String("keep-headers", "Origin,User-Agent", "comma-separated handshake `headers` each connection keeps (Conn.Header); empty: none")
+	fs.IntVar(&o.cfg.MaxKeptHeaderBytes, "max-kept-header-bytes", 0, "`bytes` of its handshake request (URI, Host, -keep-headers) a connection keeps at most (0: 4 KiB)")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info or warn")
 	fs.BoolVar(&o.cfg.VerboseList, "verbose-list", false, "log each keepalive pass (at debug level: use with -log-level debug)")
 
@@ -124,25 +132,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, usageError{err: fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
 	}
 
-	var err error
-	o.cfg.MaxMessageSize = *maxSize
-	if o.cfg.MaxMessageSize <= 0 {
-		return o, usageError{err: fmt.Errorf("-max %d: must be at least 1", *maxSize)}
-	}
-	if o.cfg.Subprotocols, err = sipws.ParseSubprotocols(*subprotocols); err != nil {
-		return o, usageError{err: fmt.Errorf("-subprotocols: %w", err)}
-	}
-	if *noSubprotocol != "" {
-		// sipws.New checks that it is one of the enabled ones.
-		if o.cfg.NoSubprotocol, err = sipws.ParseSubprotocols(*noSubprotocol); err != nil {
-			return o, usageError{err: fmt.Errorf("-no-subprotocol: %w", err)}
-		}
-	}
-	if o.cfg.CORS, err = sipws.ParseCORSMode(*cors); err != nil {
-		return o, usageError{err: fmt.Errorf("-cors: %w", err)}
-	}
-	if o.cfg.Keepalive, err = sipws.ParseKeepaliveMechanism(*keepalive); err != nil {
-		return o, usageError{err: fmt.Errorf("-keepalive: %w", err)}
+	if o.cfg.MaxMessageSize < 0 {
+		return o, usageError{err: fmt.Errorf("-max %d: must not be negative", o.cfg.MaxMessageSize)}
 	}
 	for cidr := range strings.SplitSeq(*trusted, ",") {
 		if cidr = strings.TrimSpace(cidr); cidr == "" {
@@ -153,6 +144,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			return o, usageError{err: fmt.Errorf("-trusted-proxies: %w", err)}
 		}
 		o.cfg.TrustedProxies = append(o.cfg.TrustedProxies, p)
+	}
+	o.cfg.KeepHeaders = []string{}
+	for name := range strings.SplitSeq(*keepHeaders, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			o.cfg.KeepHeaders = append(o.cfg.KeepHeaders, name) // sipws.New checks it
+		}
 	}
 	if *sipFraming {
 		o.cfg.Framing = sipws.FramingReport

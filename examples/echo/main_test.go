@@ -120,13 +120,39 @@ func TestEchoBinary(t *testing.T) {
 		m.closeNormally()
 	})
 
-	t.Run("NoSubprotocol", func(t *testing.T) {
+	t.Run("AllowOrigin", func(t *testing.T) {
+		p := startEcho(t, bin, "-allow-origin", "*.app.example", "-allow-origin", "https://try.example")
+		status := func(origin string) int {
+			t.Helper()
+			d := dialer("sip")
+			d.Header = ws.HandshakeHeaderHTTP(http.Header{"Origin": {origin}})
+			ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+			defer cancel()
+			conn, _, _, err := d.Dial(ctx, "ws://"+p.addr+"/")
+			if conn != nil {
+				_ = conn.Close()
+			}
+			if err == nil {
+				return 101
+			}
+			var se ws.StatusError
+			require.ErrorAs(t, err, &se, "Origin %s", origin)
+			return int(se)
+		}
+		assert.Equal(t, 101, status("https://phone.app.example"))
+		assert.Equal(t, 101, status("https://try.example"))
+		assert.Equal(t, 101, status("http://"+p.addr), "same origin")
+		assert.Equal(t, 403, status("https://evil.example"))
+		assert.Equal(t, 403, status("http://try.example"))
+	})
+
+	t.Run("ImplicitSubprotocol", func(t *testing.T) {
 		// By default a client that offers no sub-protocol is refused.
 		p := startEcho(t, bin)
 		assert.Equal(t, ws.StatusError(400), dialRefused(t, p.addr, ""), "a handshake offering no sub-protocol")
 
-		// With -no-subprotocol it is served, and the 101 names none.
-		p = startEcho(t, bin, "-no-subprotocol", "sip")
+		// With -implicit-subprotocol it is served, and the 101 names none.
+		p = startEcho(t, bin, "-implicit-subprotocol", "sip")
 		c := dial(t, p.addr, "")
 		assert.Empty(t, c.protocol)
 		c.send(ws.OpText, []byte("autobahn"))
@@ -319,17 +345,23 @@ func TestEchoBinary(t *testing.T) {
 	t.Run("BadFlagsExit2", func(t *testing.T) {
 		for _, args := range [][]string{
 			{"-subprotocols", "xmpp"},
-			{"-no-subprotocol", "xmpp"},
-			{"-no-subprotocol", "sip,msrp"},
-			{"-subprotocols", "sip", "-no-subprotocol", "msrp"},
+			{"-implicit-subprotocol", "xmpp"},
+			{"-implicit-subprotocol", "sip,msrp"},
+			{"-subprotocols", "sip", "-implicit-subprotocol", "msrp"},
 			{"-keepalive", "sometimes"},
 			{"-cors", "maybe"},
+			{"-allow-origin", "[a-"},
+			{"-allow-origin", ""},
 			{"-log-level", "loud"},
 			{"-keepalive-timeout", "10s", "-pong-wait", "1m"},
-			{"-max", "0"},
+			{"-frame-timeout", "1m", "-message-timeout", "30s"},
+			{"-max", "1048576", "-max-partial-bytes", "65536"},
+			{"-max", "-1"},
 			{"-forwarded-header", "X-Client-IP"},
 			{"-ipv6-prefix-len", "129"},
 			{"-ipv6-prefix-len", "-1"},
+			{"-keep-headers", "Origin,User Agent"},
+			{"-max-kept-header-bytes", "-1"},
 			{"-tls-cert", "only-the-cert.pem"},
 			{"-no-such-flag"},
 			{"extra-argument"},

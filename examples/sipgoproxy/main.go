@@ -22,7 +22,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -79,7 +78,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var origins listFlag
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8080", "TCP `address` to listen on (port 0 picks a free port)")
 	fs.StringVar(&o.domain, "domain", "sipws.test", "SIP `domain` of the users (sip:USER@DOMAIN)")
-	fs.Var(&origins, "allow-origin", "an `origin` (https://app.example.com) whose pages may connect; repeatable; * allows any (default: same origin only)")
+	fs.Var(&origins, "allow-origin", "`pattern` of browser Origins allowed besides the page's own (repeatable): host[:port] or scheme://host[:port] with path.Match wildcards, \"*\" for any (default: same origin only)")
 	fs.StringVar(&o.admin, "admin", "", "`address` of a private listener for the operations RPC (/RPC) and Prometheus metrics (/metrics); keep it on loopback (empty: none)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate `file`: serve https and wss (with -tls-key)")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of -tls-cert")
@@ -103,17 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.domain == "" || strings.ContainsAny(o.domain, " \t;:@<>/") {
 		return o, fmt.Errorf("-domain %q: want a host name", o.domain)
 	}
-	for _, origin := range origins {
-		if origin == "*" {
-			o.allowOrigins = append(o.allowOrigins, "*")
-			continue
-		}
-		u, err := url.Parse(origin)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
-			return o, fmt.Errorf("-allow-origin %q: want scheme://host[:port] or *", origin)
-		}
-		o.allowOrigins = append(o.allowOrigins, strings.ToLower(u.Scheme+"://"+u.Host))
-	}
+	o.allowOrigins = origins
 	if *flowKey != "" {
 		k, err := hex.DecodeString(*flowKey)
 		if err != nil || len(k) < 16 {
@@ -134,25 +123,21 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	return o, nil
 }
 
-// checkOrigin is Config.CheckOrigin: with no -allow-origin, a browser's
+// sameOrigin is Config.CheckOrigin without -allow-origin: a browser's
 // handshake must come from a page of this server (Origin's host equal to
-// Host); "*" allows any; otherwise the Origin must be one listed. A client
-// that sends no Origin (not a browser) is let through.
-func checkOrigin(allowed []string) func(*http.Request) bool {
-	return func(r *http.Request) bool {
-		o := r.Header.Get("Origin")
-		if o == "" || slices.Contains(allowed, "*") {
-			return true
-		}
-		u, err := url.Parse(o)
-		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			return false
-		}
-		if len(allowed) == 0 {
-			return strings.EqualFold(u.Host, r.Host)
-		}
-		return slices.Contains(allowed, strings.ToLower(u.Scheme+"://"+u.Host))
+// Host). A client that sends no Origin (not a browser) is let through. With
+// -allow-origin, sipws's AllowedOrigins does the check (the page's own
+// origin, and the patterns).
+func sameOrigin(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
 	}
+	u, err := url.Parse(o)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return false
+	}
+	return strings.EqualFold(u.Host, r.Host)
 }
 
 // app is the wired-up program.
@@ -200,17 +185,22 @@ func newApp(o options, log *slog.Logger) (*app, error) {
 		client: client, reg: newRegistrar(), now: time.Now}
 	p.handle(srv)
 	metrics := sipwsprom.New()
+	var checkOrigin func(*http.Request) bool
+	if len(o.allowOrigins) == 0 {
+		checkOrigin = sameOrigin
+	}
 	ws, err := sipws.New(sipws.Config{
 		Observer:       metrics,
 		Subprotocols:   sipws.SIP,
 		FlowTokens:     ft,
-		CheckOrigin:    checkOrigin(o.allowOrigins),
+		CheckOrigin:    checkOrigin,
+		AllowedOrigins: o.allowOrigins,
 		MaxMessageSize: sipwssipgo.MaxMessageSize(),
 		Logger:         log.With("component", "sipws"),
 		OnMessage:      bridge.OnMessage,
-		OnClosed: func(ev sipws.Closed) {
-			if n := p.reg.dropConn(ev.ConnID); n > 0 {
-				p.log.Info("bindings dropped with their connection", "conn", ev.ConnID, "bindings", n)
+		OnClosed: func(ev sipws.CloseEvent) {
+			if n := p.reg.dropConn(ev.ID); n > 0 {
+				p.log.Info("bindings dropped with their connection", "conn", ev.ID, "bindings", n)
 			}
 		},
 	})
@@ -229,7 +219,6 @@ func (a *app) handler() http.Handler {
 	mux := http.NewServeMux()
 	a.page.Register(mux)
 	mux.HandleFunc("GET /api/config", a.serveConfig)
-	mux.HandleFunc("GET /api/connections", a.serveConnections)
 	mux.HandleFunc("GET /api/online", a.serveOnline)
 	mux.Handle("/ws", a.ws)
 	return mux
@@ -314,13 +303,16 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 		reg.MustRegister(a.metrics)
 		mux := http.NewServeMux()
 		rpcOpts := &sipws.RPCOptions{}
+		var hosts []string
 		if h, _, err := net.SplitHostPort(o.admin); err == nil && h != "" {
 			rpcOpts.AllowedHosts = []string{h}
+			hosts = []string{strings.ToLower(h)}
 		}
+		a.adminRoutes(mux, hosts...)
 		mux.Handle("/RPC", sipws.NewRPCHandler(a.ws, rpcOpts))
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		admin = &http.Server{Handler: mux, ReadHeaderTimeout: handshakeTimeout, ReadTimeout: handshakeTimeout, ErrorLog: errorLog}
-		log.Info("admin: operations RPC on http://"+aln.Addr().String()+"/RPC, metrics on /metrics", "addr", aln.Addr().String())
+		log.Info("admin: operations RPC on http://"+aln.Addr().String()+"/RPC, metrics on /metrics, /api/connections and /api/bindings", "addr", aln.Addr().String())
 		go func() { _ = admin.Serve(aln) }()
 	}
 

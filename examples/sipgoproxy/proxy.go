@@ -21,7 +21,7 @@ import (
 //   - REGISTER binds sip:USER@DOMAIN to the Contact and to the sipws
 //     connection the REGISTER came on (Bridge.Conn); with RFC 5626 Outbound
 //     (+sip.instance and reg-id) a reconnect replaces the old binding, and
-//     sipws's BindInstance closes the old connection.
+//     sipws's Conn.BindInstance closes the old connection.
 //     Bindings end with Expires: 0, on expiry, and when the connection
 //     closes.
 //   - A request for a user goes, statefully (a sipgo client transaction),
@@ -148,14 +148,14 @@ func (p *proxy) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		if exp == 0 {
 			p.reg.remove(user, b.key)
 			if b.instance != "" {
-				p.ws.UnbindInstance(c, aor, b.instance, b.regID)
+				c.UnbindInstance(aor, b.instance, b.regID)
 			}
 			continue
 		}
 		if b.instance != "" && b.regID > 0 {
 			// RFC 5626: the same phone's new flow replaces its old one;
 			// sipws closes the old connection (no ghost flows).
-			if _, err := p.ws.BindInstance(c, aor, b.instance, b.regID); err != nil {
+			if _, err := c.BindInstance(aor, b.instance, b.regID); err != nil {
 				p.log.Info("flow not bound", "conn", c.ID(), "err", err)
 			}
 		}
@@ -173,12 +173,12 @@ func (p *proxy) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 
 // flowRoute is a Record-Route naming c by its flow token.
 func (p *proxy) flowRoute(c *sipws.Conn) (*sip.RecordRouteHeader, error) {
-	token, err := c.FlowToken()
+	uri, err := c.FlowURI(p.domain, 0, false)
 	if err != nil {
 		return nil, err
 	}
 	rr := &sip.RecordRouteHeader{}
-	if err := sip.ParseUri(sipws.FlowURI(token, p.domain, 0, false), &rr.Address); err != nil {
+	if err := sip.ParseUri(uri, &rr.Address); err != nil {
 		return nil, err
 	}
 	return rr, nil
@@ -208,7 +208,7 @@ func (p *proxy) routeInDialog(req *sip.Request, from *sipws.Conn) (target, bool,
 	}
 	var err error
 	for _, tok := range mine {
-		c, rerr := p.ws.ResolveFlow(tok)
+		c, rerr := p.ws.Registry().ResolveFlow(tok)
 		if rerr != nil {
 			err = rerr
 			continue

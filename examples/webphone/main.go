@@ -8,14 +8,24 @@
 //	go run ./examples/webphone -self-signed     # https and wss
 //
 // It serves the page at / (from -web, with JsSIP from its node_modules,
-// bundled at start), SIP over WebSocket at /ws, and JSON at
-// /api/connections (every connection, from Registry.Dump) and /api/online
-// (the registered users). -admin serves the operations RPC (ws.dump,
-// ws.close, …) and Prometheus metrics on another, private, listener. SIP messages are parsed and
-// built with github.com/emiago/sipgo/sip; everything else of SIP here — the
-// location service, the routing by flow token, the transactions — is in
-// proxy.go, in a few hundred lines. It authenticates no one: it is a demo for
-// a trusted network.
+// bundled at start), SIP over WebSocket at /ws, and JSON at /api/config
+// and /api/online (the names of the registered users, paged). -admin serves
+// the operations RPC (ws.dump, ws.close, …), Prometheus metrics and the
+// operator's views /api/connections and /api/bindings on another, private,
+// listener. SIP messages are parsed and built with
+// github.com/emiago/sipgo/sip; everything else of SIP here — the location
+// service, the routing by flow token, the transactions, digest
+// authentication — is in this directory.
+//
+// With -users FILE (user:password, or htdigest user:realm:HA1 lines; see
+// auth.go) every user must prove who they are: REGISTER is challenged with
+// 401, other requests from a connection that has not proved its From user
+// with 407 (RFC 3261 §22, RFC 8760: MD5 and SHA-256). Without it the demo is
+// open — anyone may register as any name — and says so in its log and on
+// the page; even then a connection changes only the bindings it made.
+//
+// Browsers may connect from pages of this server only, or of the origins
+// of -allow-origin (repeatable; "*" for any).
 //
 // Its first log line is "listening on URL" with the address actually bound
 // (useful with port 0). SIGINT or SIGTERM stops it: every phone gets a close
@@ -76,6 +86,9 @@ type options struct {
 	webSet     bool
 	flowKey    []byte
 	logLevel   slog.Level
+	users      map[string]credential // nil: open mode
+	algs       []string
+	origins    []string
 }
 
 // usageError is a bad command line: exit status 2.
@@ -108,6 +121,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.web, "web", defaultWeb, "`directory` of the page (index.html, app.js, style.css, node_modules)")
 	flowKey := fs.String("flow-key", "", "`hex` key (16+ bytes) of the flow tokens in Record-Route; keep it across restarts so that old dialogs get 430 (empty: random)")
 	logLevel := fs.String("log-level", "info", "log `level`: debug (every SIP message), info or warn")
+	usersFile := fs.String("users", "", "users `file`: user:password or htdigest user:realm:HA1[:SHA-256-HA1] lines; every user must then authenticate (digest); empty: open demo, anyone may register as any name")
+	algs := fs.String("digest-algorithms", "SHA-256,MD5", "digest `algorithms` offered, one challenge each, most preferred first (RFC 8760); JsSIP and SIP.js read only the last challenge of a response and answer only MD5: keep MD5 last")
+	fs.Func("allow-origin", "`pattern` of browser Origins allowed besides the page's own (repeatable): host[:port] or scheme://host[:port] with path.Match wildcards, \"*\" for any", func(v string) error {
+		o.origins = append(o.origins, v)
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return o, err
@@ -134,6 +153,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		}
 		o.flowKey = k
 	}
+	var err error
+	if o.algs, err = parseAlgorithms(*algs); err != nil {
+		return o, usageError{err: fmt.Errorf("-digest-algorithms: %w", err)}
+	}
+	if *usersFile != "" {
+		if o.users, err = loadUsers(*usersFile, o.domain); err != nil {
+			return o, usageError{err: fmt.Errorf("-users: %w", err)}
+		}
+	}
 	switch strings.ToLower(*logLevel) {
 	case "debug":
 		o.logLevel = slog.LevelDebug
@@ -156,8 +184,19 @@ type app struct {
 	site    *site
 }
 
+// appConfig is what newApp needs of the options.
+type appConfig struct {
+	domain  string
+	webDir  string
+	flowKey []byte                // nil: random
+	users   map[string]credential // nil: open mode
+	algs    []string              // nil: SHA-256, MD5
+	origins []string              // -allow-origin; nil: same origin only
+}
+
 // newApp builds the proxy and the sipws Server around it.
-func newApp(domain, webDir string, flowKey []byte, log *slog.Logger) (*app, error) {
+func newApp(cfg appConfig, log *slog.Logger) (*app, error) {
+	domain, webDir, flowKey := cfg.domain, cfg.webDir, cfg.flowKey
 	if flowKey == nil {
 		flowKey = make([]byte, 32)
 		_, _ = rand.Read(flowKey)
@@ -167,15 +206,29 @@ func newApp(domain, webDir string, flowKey []byte, log *slog.Logger) (*app, erro
 		return nil, err
 	}
 	p := newProxy(domain, log.With("component", "sip"))
+	if cfg.users != nil {
+		algs := cfg.algs
+		if algs == nil {
+			algs = []string{algSHA256, algMD5}
+		}
+		p.auth = newDigestAuth(domain, cfg.users, algs, func() time.Time { return p.now() })
+	}
 	metrics := sipwsprom.New()
+	// Same origin only, unless -allow-origin: AllowedOrigins then lets the
+	// page's own origin through besides the patterns.
+	var checkOrigin func(*http.Request) bool
+	if len(cfg.origins) == 0 {
+		checkOrigin = sameOrigin
+	}
 	ws, err := sipws.New(sipws.Config{
-		Observer:     metrics,
-		Subprotocols: sipws.SIP,
-		FlowTokens:   ft,
-		CheckOrigin:  sameOrigin,
-		Logger:       log.With("component", "sipws"),
-		OnMessage:    p.onMessage,
-		OnClosed:     p.onClosed,
+		Observer:       metrics,
+		Subprotocols:   sipws.SIP,
+		FlowTokens:     ft,
+		CheckOrigin:    checkOrigin,
+		AllowedOrigins: cfg.origins,
+		Logger:         log.With("component", "sipws"),
+		OnMessage:      p.onMessage,
+		OnClosed:       p.onClosed,
 		OnOpen: func(c *sipws.Conn) {
 			log.Info("connection open", "conn", c.ID(), "remote", c.RemoteAddr(), "secure", c.Secure(), "origin", c.Header().Get("Origin"))
 		},
@@ -208,10 +261,15 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 	if !webpage.DirOK(o.web) {
 		log.Warn("no index.html in the web directory: the page will not be served (set -web)", "web", o.web)
 	}
-	a, err := newApp(o.domain, o.web, o.flowKey, log)
+	a, err := newApp(appConfig{domain: o.domain, webDir: o.web, flowKey: o.flowKey, users: o.users, algs: o.algs, origins: o.origins}, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "webphone: %v\n", err)
 		return 2
+	}
+	if o.users == nil {
+		log.Warn("open demo: no -users file, anyone may register as any name (a connection still changes only the bindings it made)")
+	} else {
+		log.Info("digest authentication on", "users", len(o.users), "algorithms", strings.Join(o.algs, ","))
 	}
 	if _, err := a.site.page.BuildJsSIP(); err != nil {
 		log.Warn("JsSIP not bundled: the page cannot register until it is installed", "hint", webpage.NPMHint, "err", err)
@@ -276,8 +334,9 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 		}
 		mux.Handle("/RPC", sipws.NewRPCHandler(a.ws, rpcOpts))
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		a.site.adminRoutes(mux, rpcOpts.AllowedHosts...)
 		admin = &http.Server{Handler: mux, ReadHeaderTimeout: handshakeTimeout, ReadTimeout: handshakeTimeout, ErrorLog: errorLog}
-		log.Info("admin: operations RPC on http://"+aln.Addr().String()+"/RPC, metrics on /metrics", "addr", aln.Addr().String())
+		log.Info("admin: operations RPC on http://"+aln.Addr().String()+"/RPC, metrics on /metrics, /api/connections, /api/bindings", "addr", aln.Addr().String())
 		go func() { _ = admin.Serve(aln) }()
 	}
 

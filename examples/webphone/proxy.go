@@ -21,11 +21,19 @@ import (
 //   - REGISTER binds sip:USER@DOMAIN to the Contact and to the connection the
 //     REGISTER came on (with RFC 5626 Outbound, to the +sip.instance/reg-id
 //     flow, so that a reconnect replaces the old connection). Bindings end
-//     with Expires: 0, on expiry, and when their connection closes.
+//     with Expires: 0, on expiry, and when their connection closes. With a
+//     users file the REGISTER must prove it is USER (digest, 401) and may
+//     then change all of USER's bindings; in open mode a connection changes
+//     only the bindings it made (see register).
 //   - A request for sip:USER@DOMAIN goes to the connection of USER's
 //     binding, with the Request-URI set to the registered Contact. MESSAGE
-//     (and any other non-INVITE) forks to every connection of the user;
-//     INVITE goes to the most recent registration only.
+//     (and any other non-INVITE) forks to the connections of the user's
+//     maxForks most recent bindings; INVITE goes to the most recent
+//     registration only. With a users file the connection must have proved
+//     it is the From user (407 otherwise).
+//   - A request for a Contact (xxx.invalid) without our Route headers goes
+//     to the connection of the To user's binding with that Contact, never to
+//     a binding found by the host alone.
 //   - The proxy adds a Via of its own whose branch keys a small transaction
 //     table: a response is routed back by that branch to the connection the
 //     request came from, after the Via is removed.
@@ -48,6 +56,13 @@ const (
 // maxForwardsDefault is put in a forwarded request that had no Max-Forwards.
 const maxForwardsDefault = 70
 
+// maxForks caps the copies of one request: a MESSAGE for a user goes to the
+// maxForks connections of their most recent bindings.
+const maxForks = 10
+
+// maxProofsPerConn caps the users one connection may prove it is.
+const maxProofsPerConn = 8
+
 // proxy is the registrar and proxy. Its methods are called from the sipws
 // hooks, one goroutine per connection, and are safe for concurrent use.
 type proxy struct {
@@ -55,9 +70,17 @@ type proxy struct {
 	server string // the Server header of our responses
 	log    *slog.Logger
 	ws     *sipws.Server // with Config.FlowTokens set
-	reg    *registrar
+	reg    locationStore
 	txns   *txnTable
 	now    func() time.Time
+	auth   *digestAuth // nil: open mode, nobody authenticated
+
+	// proven holds, per connection, the users it proved it is with digest
+	// authentication (a REGISTER answered 401 then accepted, or a request
+	// answered 407). Requests on that connection From such a user are not
+	// challenged again; the proof ends with the connection.
+	provenMu sync.Mutex
+	proven   map[sipws.ConnID]map[string]struct{}
 
 	parser *sip.Parser
 	stop   chan struct{}
@@ -72,18 +95,23 @@ func flowGone(err error) bool {
 	return code == 430
 }
 
+// maxMessageSize is the largest SIP message the parser takes: the default
+// of sipws's Config.MaxMessageSize, which refuses a larger one first.
+const maxMessageSize = 64 << 10
+
 func newProxy(domain string, log *slog.Logger) *proxy {
 	p := &proxy{
 		domain: domain,
 		server: "sipws-webphone (sipws/" + sipws.Version + ")",
 		log:    log,
-		reg:    newRegistrar(),
+		reg:    newMemStore(),
 		txns:   newTxnTable(),
+		proven: make(map[sipws.ConnID]map[string]struct{}),
 		now:    time.Now,
 		parser: sip.NewParser(),
 		stop:   make(chan struct{}),
 	}
-	p.parser.MaxMessageLength = sipws.MaxMaxMessageSize
+	p.parser.MaxMessageLength = maxMessageSize // as Config.MaxMessageSize
 	return p
 }
 
@@ -107,21 +135,29 @@ func (p *proxy) onMessage(c *sipws.Conn, m sipws.Message) {
 // onClosed is the sipws OnClosed hook: the connection's bindings go, its
 // pending downstream branches fail with 480, and INVITEs it was the caller
 // of are cancelled downstream.
-func (p *proxy) onClosed(ev sipws.Closed) {
-	if n := p.reg.dropConn(ev.ConnID); n > 0 {
-		p.log.Info("bindings removed with their connection", "conn", ev.ConnID, "bindings", n)
+func (p *proxy) onClosed(ev sipws.CloseEvent) {
+	if bs := p.reg.dropConn(ev.ID); len(bs) > 0 {
+		p.log.Info("bindings removed with their connection", "conn", ev.ID, "bindings", len(bs))
 	}
+	p.provenMu.Lock()
+	delete(p.proven, ev.ID)
+	p.provenMu.Unlock()
 	var out []outbound
 	p.txns.mu.Lock()
 	for _, t := range p.txns.byKey {
-		if t.key.src == ev.ConnID {
+		if t.key.src == ev.ID {
+			// Nobody to answer: a pending INVITE is cancelled downstream
+			// (and kept until its branches end, to ACK their answers);
+			// anything else is forgotten now.
 			if t.invite() && t.final == 0 {
 				out = append(out, p.cancelBranchesLocked(t)...)
+				continue
 			}
+			p.txns.removeLocked(t)
 			continue
 		}
 		for _, b := range t.branches {
-			if b.dst == ev.ConnID && b.status == 0 {
+			if b.dst == ev.ID && b.status == 0 {
 				res := p.newResponse(t.orig, 480, "Temporarily Unavailable")
 				out = append(out, p.branchFinalLocked(b, res)...)
 			}
@@ -154,7 +190,12 @@ func (p *proxy) send(id sipws.ConnID, msg sip.Message) error {
 }
 
 func (p *proxy) sendOn(c *sipws.Conn, msg sip.Message) error {
-	if err := c.Send([]byte(msg.String())); err != nil {
+	return p.sendWire(c, msg, []byte(msg.String()))
+}
+
+// sendWire sends wire, msg serialised, on c.
+func (p *proxy) sendWire(c *sipws.Conn, msg sip.Message, wire []byte) error {
+	if err := c.Send(wire); err != nil {
 		p.log.Debug("SIP not sent", "conn", c.ID(), "msg", firstLine(msg), "err", err)
 		return err
 	}
@@ -226,6 +267,20 @@ func (p *proxy) onRequest(c *sipws.Conn, req *sip.Request) {
 	}
 
 	orig := req.Clone()
+	orig.SetBody(nil) // kept for responses of ours: the headers are enough
+	if p.auth != nil && p.needsAuth(req) {
+		if code, reason, extra := p.authorize(c, req); code != 0 {
+			p.refuse(c, orig, key, code, reason, extra...)
+			return
+		}
+		// Our realm's credentials are for us alone (RFC 3261 §22.3).
+		for _, h := range req.GetHeaders("Proxy-Authorization") {
+			if params, ok := parseDigest(h.Value()); ok && params["realm"] == p.domain {
+				req.RemoveHeader("Proxy-Authorization")
+				break
+			}
+		}
+	}
 	rt := p.route(c, req)
 	switch {
 	case rt.local:
@@ -239,11 +294,89 @@ func (p *proxy) onRequest(c *sipws.Conn, req *sip.Request) {
 
 // refuse answers a request we cannot route. For an INVITE it also records a
 // finished transaction, so that the caller's ACK for our answer is absorbed.
-func (p *proxy) refuse(c *sipws.Conn, orig *sip.Request, key txnKey, code int, reason string) {
+func (p *proxy) refuse(c *sipws.Conn, orig *sip.Request, key txnKey, code int, reason string, extra ...sip.Header) {
 	if orig.Method == sip.INVITE {
-		p.txns.add(&proxyTxn{key: key, orig: orig, final: code, deadline: p.now().Add(afterFinal)})
+		// Within the budgets only; without it the ACK is merely routed.
+		p.txns.add(&proxyTxn{key: key, orig: orig, final: code, deadline: p.now().Add(afterFinal), size: len(orig.String())})
 	}
-	p.reply(c, orig, code, reason)
+	p.reply(c, orig, code, reason, extra...)
+}
+
+// needsAuth reports whether req, a request that is not ACK or CANCEL, must
+// come from a connection that proved it is the From user: every request
+// except REGISTER (which the registrar challenges itself) and those for the
+// proxy itself (OPTIONS sip:DOMAIN). In-dialog requests too, though our
+// Route headers name their destination: a flow token is no proof of who
+// sends, and a phone's in-dialog requests come on the connection that
+// registered (or answered a 407), From its own user, so they are not
+// challenged again.
+func (p *proxy) needsAuth(req *sip.Request) bool {
+	if req.Method == sip.REGISTER {
+		return false
+	}
+	if rh := req.Route(); rh != nil && p.isOurHost(rh.Address.Host) && rh.Address.User != "" {
+		return true
+	}
+	return !(p.isOurHost(req.Recipient.Host) && req.Recipient.User == "")
+}
+
+// authorize checks that the From user of req is a user connection c
+// proved it is, or proves it now with Proxy-Authorization. It returns 0, or
+// the refusal: 407 with challenges, 403, or 503.
+func (p *proxy) authorize(c *sipws.Conn, req *sip.Request) (int, string, []sip.Header) {
+	from := req.From().Address
+	if !p.isOurHost(from.Host) || from.User == "" {
+		return 403, "Forbidden (From is not a user of this domain)", nil
+	}
+	if p.isProven(c.ID(), from.User) {
+		return 0, "", nil
+	}
+	user, res := p.auth.verify(req, "Proxy-Authorization")
+	switch res {
+	case authOK:
+		if userKey(user) != userKey(from.User) {
+			return 403, "Forbidden (authenticated as another user than From)", nil
+		}
+		if !p.prove(c.ID(), user) {
+			return 403, "Forbidden (too many users on this connection)", nil
+		}
+		return 0, "", nil
+	case authBusy:
+		return 503, "Service Unavailable (authentication busy)", []sip.Header{sip.NewHeader("Retry-After", "5")}
+	}
+	return 407, "Proxy Authentication Required", p.auth.challenges("Proxy-Authenticate", res == authStale)
+}
+
+// isProven reports whether connection id proved it is user.
+func (p *proxy) isProven(id sipws.ConnID, user string) bool {
+	p.provenMu.Lock()
+	defer p.provenMu.Unlock()
+	_, ok := p.proven[id][userKey(user)]
+	return ok
+}
+
+// prove records that connection id proved it is user; false when the
+// connection already proved maxProofsPerConn others. It is called from
+// OnMessage of id, so the OnClosed that forgets the proofs comes after.
+func (p *proxy) prove(id sipws.ConnID, user string) bool {
+	p.provenMu.Lock()
+	defer p.provenMu.Unlock()
+	m := p.proven[id]
+	if m == nil {
+		m = make(map[string]struct{})
+		p.proven[id] = m
+	}
+	if _, ok := m[userKey(user)]; !ok && len(m) >= maxProofsPerConn {
+		return false
+	}
+	m[userKey(user)] = struct{}{}
+	return true
+}
+
+// mayChange reports whether connection c may remove or replace binding b:
+// it made b, or it proved it is b's user.
+func (p *proxy) mayChange(c *sipws.Conn, b binding) bool {
+	return b.conn == c.ID() || (p.auth != nil && p.isProven(c.ID(), b.user))
 }
 
 // target is one destination of a request: a connection and, when the
@@ -277,7 +410,7 @@ func (p *proxy) route(c *sipws.Conn, req *sip.Request) routing {
 		bs := p.reg.lookup(ruri.User, p.now())
 		if len(bs) == 0 {
 			// sip:TOKEN@DOMAIN reaches a flow directly, as a GRUU would.
-			if _, err := p.ws.ResolveFlow(ruri.User); err == nil || flowGone(err) {
+			if _, err := p.ws.Registry().ResolveFlow(ruri.User); err == nil || flowGone(err) {
 				return p.routeByFlow(c, []string{ruri.User})
 			}
 			return routing{code: 404, reason: "Not Found"}
@@ -294,8 +427,10 @@ func (p *proxy) route(c *sipws.Conn, req *sip.Request) routing {
 				continue
 			}
 			rt.targets = append(rt.targets, target{conn: dst, ruri: b.contact.Address.Clone()})
-			if req.Method == sip.INVITE {
-				break // no forking of calls: the most recent registration rings
+			if req.Method == sip.INVITE || len(rt.targets) == maxForks {
+				// No forking of calls: the most recent registration
+				// rings. Other requests: the maxForks most recent.
+				break
 			}
 		}
 		if len(rt.targets) == 0 {
@@ -304,12 +439,25 @@ func (p *proxy) route(c *sipws.Conn, req *sip.Request) routing {
 		return rt
 	case strings.HasSuffix(strings.ToLower(ruri.Host), ".invalid"):
 		// A browser's Contact: an in-dialog request of a client that
-		// ignored our Record-Route.
-		b, ok := p.reg.byContactHost(ruri.Host, p.now())
-		if !ok {
+		// ignored our Record-Route. It goes to the flow of the binding of
+		// the To user with that Contact (user and host): anyone may put any
+		// host in a Contact, so the host alone selects nothing.
+		var found *binding
+		for _, b := range p.reg.byContact(ruri, p.now()) {
+			if userKey(b.user) != userKey(req.To().Address.User) {
+				continue
+			}
+			if found != nil && found.conn != b.conn {
+				// Two connections registered the same Contact for the
+				// user (possible only in open mode): not guessed.
+				return routing{code: 404, reason: "Not Found (ambiguous Contact)"}
+			}
+			found = &b
+		}
+		if found == nil {
 			return routing{code: 404, reason: "Not Found"}
 		}
-		dst, ok := p.ws.Registry().Get(b.conn)
+		dst, ok := p.ws.Registry().Get(found.conn)
 		if !ok {
 			return routing{code: 480, reason: "Temporarily Unavailable"}
 		}
@@ -328,7 +476,7 @@ func (p *proxy) popRoutes(req *sip.Request) []string {
 			return tokens
 		}
 		req.RemoveHeader("Route")
-		if tok, ok := sipws.TokenFromURI(rh.Address.String()); ok {
+		if tok, ok := sipws.FlowTokenFromURI(rh.Address.String()); ok {
 			tokens = append(tokens, tok)
 		}
 	}
@@ -342,7 +490,7 @@ func (p *proxy) popRoutes(req *sip.Request) []string {
 func (p *proxy) routeByFlow(c *sipws.Conn, tokens []string) routing {
 	var gone, invalid, self bool
 	for i := len(tokens) - 1; i >= 0; i-- {
-		dst, err := p.ws.ResolveFlow(tokens[i])
+		dst, err := p.ws.Registry().ResolveFlow(tokens[i])
 		switch {
 		case err == nil && dst.ID() != c.ID():
 			return routing{targets: []target{{conn: dst}}}
@@ -394,12 +542,12 @@ func dialogCreating(req *sip.Request) bool {
 
 // flowRoute returns a Record-Route header naming connection c.
 func (p *proxy) flowRoute(c *sipws.Conn) *sip.RecordRouteHeader {
-	token, err := c.FlowToken()
+	uri, err := c.FlowURI(p.domain, 0, false)
 	if err != nil {
 		panic(err) // newApp sets Config.FlowTokens
 	}
 	rr := &sip.RecordRouteHeader{}
-	if err := sip.ParseUri(sipws.FlowURI(token, p.domain, 0, false), &rr.Address); err != nil {
+	if err := sip.ParseUri(uri, &rr.Address); err != nil {
 		panic(fmt.Sprintf("flow URI does not parse: %v", err)) // tokens are base64url and the domain a host
 	}
 	return rr
@@ -431,11 +579,14 @@ func (p *proxy) forward(c *sipws.Conn, req, orig *sip.Request, key txnKey, targe
 	if dialogCreating(req) {
 		rrSrc = p.flowRoute(c)
 	}
-	t := &proxyTxn{key: key, orig: orig, deadline: p.now().Add(nonInviteLifetime)}
+	t := &proxyTxn{key: key, orig: orig, deadline: p.now().Add(nonInviteLifetime), size: len(orig.String())}
 	if t.invite() {
 		t.deadline = p.now().Add(inviteTimerC)
-		p.reply(c, orig, 100, "Trying")
 	}
+	// Each branch keeps the request as sent without its body (CANCEL and
+	// ACK need only the headers): what the table holds of a request is
+	// its headers, once per branch, at most maxForks times.
+	wires := make([][]byte, len(targets))
 	for i, tg := range targets {
 		r := req
 		if i < len(targets)-1 {
@@ -451,13 +602,23 @@ func (p *proxy) forward(c *sipws.Conn, req, orig *sip.Request, key txnKey, targe
 		}
 		v := p.via(tg.conn)
 		r.PrependHeader(v)
+		wires[i] = []byte(r.String())
+		t.size += len(wires[i]) - len(r.Body())
+		r.SetBody(nil)
 		b := &proxyBranch{txn: t, id: v.Params.GetOr("branch", ""), dst: tg.conn.ID(), req: r}
 		t.branches = append(t.branches, b)
 	}
-	p.txns.add(t)
+	if !p.txns.add(t) {
+		p.log.Warn("request refused: transaction budget spent", "conn", c.ID(), "method", orig.Method, "size", t.size)
+		p.reply(c, orig, 503, "Service Unavailable (too many pending requests)", sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	if t.invite() {
+		p.reply(c, orig, 100, "Trying")
+	}
 	var out []outbound
 	for i, b := range t.branches {
-		if err := p.sendOn(targets[i].conn, b.req); err != nil {
+		if err := p.sendWire(targets[i].conn, b.req, wires[i]); err != nil {
 			p.txns.mu.Lock()
 			if b.status == 0 {
 				out = append(out, p.branchFinalLocked(b, p.newResponse(orig, 480, "Temporarily Unavailable"))...)
@@ -653,8 +814,14 @@ func better(a, b int) bool {
 // pending INVITE branches are cancelled.
 func (p *proxy) sweep() {
 	now := p.now()
-	if n := p.reg.expire(now); n > 0 {
-		p.log.Info("bindings expired", "count", n)
+	if bs := p.reg.expire(now); len(bs) > 0 {
+		p.log.Info("bindings expired", "count", len(bs))
+		for _, b := range bs {
+			p.unbindFlow(b)
+		}
+	}
+	if p.auth != nil {
+		p.auth.sweep()
 	}
 	var out []outbound
 	p.txns.mu.Lock()
@@ -691,7 +858,25 @@ func (p *proxy) run(interval time.Duration) {
 
 func (p *proxy) close() { p.once.Do(func() { close(p.stop) }) }
 
-// register is the registrar (RFC 3261 §10.3, RFC 5626 §6).
+// unbindFlow ends the RFC 5626 flow binding of an Outbound binding that
+// is gone, when its connection is still open.
+func (p *proxy) unbindFlow(b binding) {
+	if !b.outbound {
+		return
+	}
+	if c, ok := p.ws.Registry().Get(b.conn); ok {
+		c.UnbindInstance(p.aor(b.user), b.instance, b.regID)
+	}
+}
+
+func (p *proxy) aor(user string) string { return "sip:" + user + "@" + p.domain }
+
+// register is the registrar (RFC 3261 §10.3, RFC 5626 §6). With a users
+// file, the REGISTER must prove (digest, 401) that it comes from its To
+// user; it may then change every binding of that user, made on any
+// connection. In open mode nothing is proved, and a REGISTER changes only
+// the bindings made on its own connection: Contact: * removes those, and a
+// binding whose key another connection holds is kept beside it.
 func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 	to := req.To()
 	if !p.isOurHost(to.Address.Host) {
@@ -702,6 +887,23 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 	if user == "" {
 		p.reply(c, req, 400, "Bad Request (no user in To)")
 		return
+	}
+	if p.auth != nil {
+		who, res := p.auth.verify(req, "Authorization")
+		switch {
+		case res == authBusy:
+			p.reply(c, req, 503, "Service Unavailable (authentication busy)", sip.NewHeader("Retry-After", "5"))
+			return
+		case res != authOK:
+			p.reply(c, req, 401, "Unauthorized", p.auth.challenges("WWW-Authenticate", res == authStale)...)
+			return
+		case userKey(who) != userKey(user):
+			p.reply(c, req, 403, "Forbidden (authenticated as another user than To)")
+			return
+		case !p.prove(c.ID(), user):
+			p.reply(c, req, 403, "Forbidden (too many users on this connection)")
+			return
+		}
 	}
 	now := p.now()
 	headerExpires := -1
@@ -727,7 +929,13 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 				p.reply(c, req, 400, "Bad Request (Contact: * needs Expires: 0 and no other Contact)")
 				return
 			}
-			p.reg.removeAll(user)
+			var only sipws.ConnID // every binding of the user, once proved
+			if p.auth == nil {
+				only = c.ID()
+			}
+			for _, b := range p.reg.removeUser(user, only) {
+				p.unbindFlow(b)
+			}
 			p.log.Info("unregistered", "user", user, "conn", c.ID(), "contacts", "*")
 			p.registered(c, req, user, now, false)
 			return
@@ -741,6 +949,7 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 		instance string
 		regID    int
 		key      string
+		scoped   bool // key is conn-scoped: another connection's binding has the plain key
 	}
 	var updates []update
 	for _, ch := range contacts {
@@ -770,7 +979,16 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 			u.regID = n
 		}
 		u.key = bindingKey(u.instance, u.regID, ch.Address.String())
-		if p.reg.stale(user, u.key, req.CallID().Value(), req.CSeq().SeqNo) {
+		old, ok := p.reg.get(user, u.key)
+		if scoped, own := p.reg.get(user, connScopedKey(u.key, c.ID())); own {
+			// This connection's binding beside another's: it stays so.
+			u.key, u.scoped, old, ok = scoped.key, true, scoped, true
+		} else if ok && !p.mayChange(c, old) {
+			u.key, u.scoped = connScopedKey(u.key, c.ID()), true
+			old, ok = p.reg.get(user, u.key)
+		}
+		if ok && old.callID == req.CallID().Value() && req.CSeq().SeqNo <= old.cseq {
+			// Out of order (RFC 3261 §10.3 step 7): nothing changes.
 			p.reply(c, req, 500, "Server Internal Error (out-of-order REGISTER)")
 			return
 		}
@@ -780,21 +998,36 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 	if h := req.GetHeader("User-Agent"); h != nil {
 		agent = h.Value()
 	}
-	aor := "sip:" + user + "@" + p.domain
+	aor := p.aor(user)
 	for _, u := range updates {
 		if u.exp == 0 {
-			p.reg.remove(user, u.key)
-			if u.regID > 0 {
-				p.ws.UnbindInstance(c, aor, u.instance, u.regID)
+			if b, ok := p.reg.remove(user, u.key); ok {
+				p.unbindFlow(b)
 			}
 			p.log.Info("unregistered", "user", user, "conn", c.ID(), "contact", u.ch.Address.String())
 			continue
 		}
-		ob := outboundOffered && u.regID > 0
+		ob := outboundOffered && u.regID > 0 && !u.scoped
+		stored := u.ch.Clone()
+		stored.Params.Remove("expires")
+		err := p.reg.put(binding{
+			user: user, key: u.key, contact: *stored, conn: c.ID(),
+			instance: u.instance, regID: u.regID, outbound: ob,
+			callID: req.CallID().Value(), cseq: req.CSeq().SeqNo,
+			agent: agent, expires: now.Add(time.Duration(u.exp) * time.Second), updated: now,
+		})
+		if err != nil {
+			p.log.Info("binding refused", "user", user, "conn", c.ID(), "err", err)
+			p.reply(c, req, 403, fmt.Sprintf("Forbidden (too many bindings: at most %d per connection, %d per user)", maxBindingsPerConn, maxBindingsPerUser))
+			return
+		}
 		if ob {
 			// The flow of this AOR and instance is now c: a connection the
 			// phone had before (it reconnected) is closed by the library.
-			replaced, err := p.ws.BindInstance(c, aor, u.instance, u.regID)
+			replaced, err := c.BindInstance(aor, u.instance, u.regID)
+			if err != nil {
+				p.reg.remove(user, u.key)
+			}
 			if errors.Is(err, sipws.ErrClosed) {
 				p.reply(c, req, 500, "Server Internal Error (connection closing)")
 				return
@@ -808,14 +1041,6 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 			}
 			usedOutbound = true
 		}
-		stored := u.ch.Clone()
-		stored.Params.Remove("expires")
-		p.reg.put(&binding{
-			user: user, key: u.key, contact: *stored, conn: c.ID(),
-			instance: u.instance, regID: u.regID, outbound: ob,
-			callID: req.CallID().Value(), cseq: req.CSeq().SeqNo,
-			agent: agent, expires: now.Add(time.Duration(u.exp) * time.Second), updated: now,
-		})
 		p.log.Info("registered", "user", user, "conn", c.ID(), "contact", u.ch.Address.String(), "expires", u.exp, "outbound", ob)
 	}
 	p.registered(c, req, user, now, usedOutbound)
@@ -826,6 +1051,9 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 func (p *proxy) registered(c *sipws.Conn, req *sip.Request, user string, now time.Time, outbound bool) {
 	res := p.newResponse(req, 200, "OK")
 	for _, b := range p.reg.lookup(user, now) {
+		if p.auth == nil && b.conn != c.ID() {
+			continue // open mode: another connection's Contacts are not told
+		}
 		ch := b.contact.Clone()
 		ch.Params.Add("expires", strconv.Itoa(int((b.expires.Sub(now)+time.Second/2)/time.Second)))
 		res.AppendHeader(ch)

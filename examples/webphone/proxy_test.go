@@ -3,6 +3,8 @@ package main
 import (
 	"compress/gzip"
 	"context"
+	"crypto/md5"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -31,26 +34,39 @@ import (
 const testDomain = "sipws.test"
 
 type testServer struct {
-	t   *testing.T
-	app *app
-	hs  *httptest.Server
-	url string
+	t     *testing.T
+	app   *app
+	hs    *httptest.Server
+	admin *httptest.Server // the -admin listener's views
+	url   string
 }
 
 func newTestServer(t *testing.T) *testServer {
+	t.Helper()
+	return newTestServerWith(t, appConfig{})
+}
+
+// newTestServerWith runs the webphone with cfg (its domain and web
+// directory are the tests').
+func newTestServerWith(t *testing.T, cfg appConfig) *testServer {
 	t.Helper()
 	level := slog.LevelWarn
 	if testing.Verbose() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	a, err := newApp(testDomain, "web", nil, log)
+	cfg.domain, cfg.webDir = testDomain, "web"
+	a, err := newApp(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(a.site.handler())
-	ts := &testServer{t: t, app: a, hs: hs, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"}
+	mux := http.NewServeMux()
+	a.site.adminRoutes(mux)
+	admin := httptest.NewServer(mux)
+	ts := &testServer{t: t, app: a, hs: hs, admin: admin, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"}
 	t.Cleanup(func() {
+		admin.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = a.ws.Shutdown(ctx)
@@ -62,14 +78,18 @@ func newTestServer(t *testing.T) *testServer {
 
 // phone is a SIP-over-WebSocket client that writes raw SIP.
 type phone struct {
-	t      *testing.T
-	name   string
-	host   string // its Contact host, xxx.invalid as browsers use
-	conn   net.Conn
-	wmu    sync.Mutex
-	in     chan sip.Message
-	closed chan wsutil.ClosedError
-	seq    int
+	t        *testing.T
+	name     string
+	password string // answers 401/407 challenges when set
+	alg      string // the digest algorithm it answers with; "" is MD5
+	nc       int
+	cuser    string // the user part of its Contact; "" is name+"x"
+	host     string // its Contact host, xxx.invalid as browsers use
+	conn     net.Conn
+	wmu      sync.Mutex
+	in       chan sip.Message
+	closed   chan wsutil.ClosedError
+	seq      int
 }
 
 type lockedRW struct {
@@ -179,7 +199,13 @@ func (p *phone) silent(d time.Duration) {
 	}
 }
 
-func (p *phone) contact() string { return "sip:" + p.name + "x@" + p.host + ";transport=ws" }
+func (p *phone) contact() string {
+	user := p.cuser
+	if user == "" {
+		user = p.name + "x"
+	}
+	return "sip:" + user + "@" + p.host + ";transport=ws"
+}
 
 func (p *phone) register(expires int, outbound bool) *sip.Response {
 	p.t.Helper()
@@ -188,8 +214,10 @@ func (p *phone) register(expires int, outbound bool) *sip.Response {
 		params = `;reg-id=1;+sip.instance="<urn:uuid:0000-` + p.name + `>"`
 		supported += ", outbound"
 	}
-	p.seq++
-	p.send(`REGISTER sip:%[1]s SIP/2.0
+	auth := ""
+	for range 2 {
+		p.seq++
+		p.send(`REGISTER sip:%[1]s SIP/2.0
 Via: SIP/2.0/WSS %[2]s;branch=z9hG4bKreg%[3]d
 Max-Forwards: 69
 To: <sip:%[4]s@%[1]s>
@@ -198,33 +226,95 @@ Call-ID: reg-%[4]s
 CSeq: %[3]d REGISTER
 Contact: <%[5]s>;+sip.ice%[6]s;expires=%[7]d
 Supported: %[8]s
-User-Agent: test-%[4]s
+User-Agent: test-%[4]s%[9]s
 
-`, testDomain, p.host, p.seq, p.name, p.contact(), params, expires, supported)
-	return p.recvResponse(200)
+`, testDomain, p.host, p.seq, p.name, p.contact(), params, expires, supported, auth)
+		res, ok := p.recv().(*sip.Response)
+		if !ok {
+			p.t.Fatalf("%s: want a response to REGISTER", p.name)
+		}
+		if res.StatusCode != 401 || p.password == "" || auth != "" {
+			if res.StatusCode != 200 {
+				p.t.Fatalf("%s: want 200 to REGISTER, got:\n%s", p.name, res)
+			}
+			return res
+		}
+		auth = "\nAuthorization: " + p.answer(res, "WWW-Authenticate", "REGISTER", "sip:"+testDomain)
+	}
+	panic("unreachable")
 }
 
+// answer returns the credentials for the challenge of res (header name)
+// with the phone's algorithm, computed here independently of auth.go.
+func (p *phone) answer(res *sip.Response, name, method, uri string) string {
+	p.t.Helper()
+	alg := p.alg
+	if alg == "" {
+		alg = "MD5"
+	}
+	var nonce, realm string
+	for _, h := range res.GetHeaders(name) {
+		v := h.Value()
+		if !strings.Contains(v, "algorithm="+alg+",") {
+			continue
+		}
+		nonce = between(v, `nonce="`, `"`)
+		realm = between(v, `realm="`, `"`)
+	}
+	if nonce == "" {
+		p.t.Fatalf("%s: no %s challenge in:\n%s", p.name, alg, res)
+	}
+	h := func(s string) string {
+		if alg == "SHA-256" {
+			return fmt.Sprintf("%x", sha256.Sum256([]byte(s)))
+		}
+		return fmt.Sprintf("%x", md5.Sum([]byte(s)))
+	}
+	p.nc++
+	nc := fmt.Sprintf("%08x", p.nc)
+	ha1 := h(p.name + ":" + realm + ":" + p.password)
+	resp := h(ha1 + ":" + nonce + ":" + nc + ":cn0nce:auth:" + h(method+":"+uri))
+	return fmt.Sprintf(`Digest username="%s", realm="%s", nonce="%s", uri="%s", response="%s", algorithm=%s, qop=auth, nc=%s, cnonce="cn0nce"`,
+		p.name, realm, nonce, uri, resp, alg, nc)
+}
+
+func between(s, start, end string) string {
+	_, rest, ok := strings.Cut(s, start)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, end)
+	return v
+}
+
+// online returns the number of bindings of each user, from the -admin
+// listener's /api/bindings.
 func (ts *testServer) online() map[string]int {
 	ts.t.Helper()
-	res, err := http.Get(ts.hs.URL + "/api/online")
+	var v struct {
+		Bindings []struct{ User string }
+	}
+	ts.getJSON(ts.admin.URL+"/api/bindings?limit=1000", &v)
+	out := make(map[string]int)
+	for _, b := range v.Bindings {
+		out[b.User]++
+	}
+	return out
+}
+
+func (ts *testServer) getJSON(url string, v any) {
+	ts.t.Helper()
+	res, err := http.Get(url)
 	if err != nil {
 		ts.t.Fatal(err)
 	}
 	defer res.Body.Close()
-	var v struct {
-		Users []struct {
-			User     string
-			Bindings []json.RawMessage
-		}
+	if res.StatusCode != 200 {
+		ts.t.Fatalf("GET %s: %s", url, res.Status)
 	}
-	if err := json.NewDecoder(res.Body).Decode(&v); err != nil {
+	if err := json.NewDecoder(res.Body).Decode(v); err != nil {
 		ts.t.Fatal(err)
 	}
-	out := make(map[string]int)
-	for _, u := range v.Users {
-		out[u.User] = len(u.Bindings)
-	}
-	return out
 }
 
 func header(m sip.Message, name string) []string {
@@ -326,16 +416,38 @@ Contact: <sip:a@%[1]s;transport=ws>
 	a.recvResponse(403)
 }
 
+// testUsers is a users file of the tests: alice in clear, bob as an
+// htdigest line with both hashes, carol with the MD5 hash only.
+const testUsers = `# test users
+alice:s3cret:with:colons
+bob:sipws.test:3afa3a74217e7bec1e62bf84b5b0165d:edc1ebf6b8333c5a19f6fdb481dc3fc0752976a1ee0e3eda3584236a4768e77a
+carol:sipws.test:acafebf971da874fe605ba808f548d5d
+`
+
+func authUsers(t *testing.T) map[string]credential {
+	t.Helper()
+	users, err := parseUsers(strings.NewReader(testUsers), testDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return users
+}
+
+// TestReconnectReplacesFlow checks RFC 5626 flow replacement: a phone that
+// reconnects (same instance and reg-id) and proves it is alice replaces
+// its old connection, which is closed.
 func TestReconnectReplacesFlow(t *testing.T) {
-	ts := newTestServer(t)
+	ts := newTestServerWith(t, appConfig{users: authUsers(t)})
 	a1 := ts.dial("alice")
+	a1.password = "s3cret:with:colons"
 	a1.register(600, true)
 	a2 := ts.dial("alice")
+	a2.password = a1.password
 	a2.seq = a1.seq
 	a2.register(600, true)
 	select {
 	case ce := <-a1.closed:
-		if ce.Code != ws.StatusNormalClosure || ce.Reason != sipws.ReplacedReason {
+		if ce.Code != ws.StatusNormalClosure || ce.Reason != "Replaced by a new flow" {
 			t.Errorf("old flow closed with %d %q", ce.Code, ce.Reason)
 		}
 	case <-time.After(3 * time.Second):
@@ -346,6 +458,8 @@ func TestReconnectReplacesFlow(t *testing.T) {
 	}
 	// Requests reach the new flow.
 	b := ts.dial("bob")
+	b.password = "b0b-pw"
+	b.register(600, false)
 	b.send("%s", message(b, "alice", "b1", "hi"))
 	got := a2.recvRequest(sip.MESSAGE)
 	if string(got.Body()) != "hi" {
@@ -472,7 +586,7 @@ func establish(t *testing.T, a, b *phone) dialogState {
 		t.Fatalf("Record-Route = %q", d.calleeRoutes)
 	}
 	for _, rr := range d.calleeRoutes {
-		if tok, ok := sipws.TokenFromURI(rr); !ok || tok == "" || !strings.Contains(rr, "@"+testDomain+";transport=ws;lr") {
+		if tok, ok := sipws.FlowTokenFromURI(rr); !ok || tok == "" || !strings.Contains(rr, "@"+testDomain+";transport=ws;lr") {
 			t.Fatalf("Record-Route %q is not a flow URI", rr)
 		}
 	}
@@ -668,27 +782,91 @@ func TestOrigin(t *testing.T) {
 	}
 }
 
+// TestAPIs checks the JSON of the public listener (the page's config and
+// the names of who is online, paged, nothing else about them) and the
+// operator's views on the -admin listener.
 func TestAPIs(t *testing.T) {
 	ts := newTestServer(t)
-	a := ts.dial("alice")
-	a.register(600, true)
-	res, err := http.Get(ts.hs.URL + "/api/connections")
+	names := []string{"alice", "bob", "carol", "dave", "erin"}
+	for _, n := range names {
+		ts.dial(n).register(600, true)
+	}
+	// Public: names only, a page at a time.
+	var got []string
+	after := ""
+	for range len(names) {
+		var page struct {
+			Users []string
+			Total int
+			Next  string
+		}
+		ts.getJSON(ts.hs.URL+"/api/online?limit=2&after="+after, &page)
+		if page.Total != len(names) || len(page.Users) > 2 {
+			t.Fatalf("page after %q: %+v", after, page)
+		}
+		got = append(got, page.Users...)
+		if after = page.Next; after == "" {
+			break
+		}
+	}
+	if strings.Join(got, ",") != strings.Join(names, ",") {
+		t.Errorf("users paged: %q", got)
+	}
+	res, err := http.Get(ts.hs.URL + "/api/online")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer res.Body.Close()
-	var v struct {
-		Total       int
-		Connections []struct {
-			ID    uint64
-			Users []string
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	for _, secret := range []string{".invalid", "urn:uuid", "test-alice", "127.0.0.1", "conn"} {
+		if strings.Contains(string(body), secret) {
+			t.Errorf("public /api/online tells %q:\n%s", secret, body)
 		}
 	}
-	if err := json.NewDecoder(res.Body).Decode(&v); err != nil {
-		t.Fatal(err)
+	for _, path := range []string{"/api/connections", "/api/bindings", "/api/online?limit=x"} {
+		res, err := http.Get(ts.hs.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 404 && res.StatusCode != 400 {
+			t.Errorf("public GET %s: %s", path, res.Status)
+		}
 	}
-	if v.Total != 1 || len(v.Connections) != 1 || len(v.Connections[0].Users) != 1 || v.Connections[0].Users[0] != "alice" {
-		t.Fatalf("connections = %+v", v)
+	var cfg struct{ Auth bool }
+	ts.getJSON(ts.hs.URL+"/api/config", &cfg)
+	if cfg.Auth {
+		t.Error("open mode says auth")
+	}
+
+	// Admin: every connection and binding, paged.
+	var conns struct {
+		Total       int
+		Connections []struct{ ID uint64 }
+	}
+	ts.getJSON(ts.admin.URL+"/api/connections?limit=3", &conns)
+	if conns.Total != len(names) || len(conns.Connections) != 3 {
+		t.Errorf("admin connections = %+v", conns)
+	}
+	// A name other than loopback's (DNS rebinding) is refused.
+	req, _ := http.NewRequest("GET", ts.admin.URL+"/api/bindings", nil)
+	req.Host = "rebind.example:80"
+	if res, err := http.DefaultClient.Do(req); err != nil || res.StatusCode != http.StatusMisdirectedRequest {
+		t.Errorf("admin with Host rebind.example: %v %v", res, err)
+	} else {
+		res.Body.Close()
+	}
+	var bs struct {
+		Total    int
+		Bindings []struct{ User, Key, Contact, UserAgent string }
+	}
+	ts.getJSON(ts.admin.URL+"/api/bindings?limit=2", &bs)
+	if len(bs.Bindings) != 2 || bs.Bindings[1].User != "bob" {
+		t.Fatalf("admin bindings = %+v", bs)
+	}
+	ts.getJSON(ts.admin.URL+"/api/bindings?limit=2&after_user=bob&after_key="+url.QueryEscape(bs.Bindings[1].Key), &bs)
+	if bs.Total != len(names) || len(bs.Bindings) != 2 || bs.Bindings[0].User != "carol" || bs.Bindings[1].User != "dave" || !strings.Contains(bs.Bindings[0].Contact, ".invalid") {
+		t.Errorf("admin bindings = %+v", bs)
 	}
 	// JsSIP, bundled for the page, compressed when the browser takes it.
 	if _, err := os.Stat("web/node_modules/jssip"); err == nil {

@@ -21,6 +21,16 @@ const (
 	afterFinal        = 32 * time.Second
 )
 
+// Budgets of the transaction table: what it holds of the requests it
+// follows (their headers: bodies are dropped once sent) plus txnOverhead a
+// transaction and a branch, per source connection and in all. A request
+// beyond them is answered 503 and not forwarded.
+const (
+	txnOverhead        = 512
+	maxTxnBytesPerConn = 2 << 20
+	maxTxnBytes        = 64 << 20
+)
+
 // branchPrefix starts every branch this proxy puts in its Via: the RFC 3261
 // magic cookie and a mark of ours.
 const branchPrefix = sip.RFC3261BranchMagicCookie + ".sws."
@@ -54,6 +64,7 @@ type proxyTxn struct {
 	best     *sip.Response
 	canceled bool
 	deadline time.Time
+	size     int // bytes held, counted in the table's budgets
 }
 
 func (t *proxyTxn) invite() bool { return t.key.method == string(sip.INVITE) }
@@ -85,35 +96,58 @@ type txnTable struct {
 	mu       sync.Mutex
 	byKey    map[txnKey]*proxyTxn
 	byBranch map[string]*proxyBranch
+	bytes    int                  // sum of the sizes held
+	bySrc    map[sipws.ConnID]int // the same per source connection
 }
 
 func newTxnTable() *txnTable {
-	return &txnTable{byKey: make(map[txnKey]*proxyTxn), byBranch: make(map[string]*proxyBranch)}
+	return &txnTable{byKey: make(map[txnKey]*proxyTxn), byBranch: make(map[string]*proxyBranch), bySrc: make(map[sipws.ConnID]int)}
 }
 
 // add records t and its branches, replacing a transaction with the same key
-// (a retransmission of a request whose transaction we no longer follow).
-func (tt *txnTable) add(t *proxyTxn) {
+// (a retransmission of a request whose transaction we no longer follow),
+// when its size fits the budgets; else it reports false and records
+// nothing.
+func (tt *txnTable) add(t *proxyTxn) bool {
 	tt.mu.Lock()
 	defer tt.mu.Unlock()
+	t.size += txnOverhead * (1 + len(t.branches))
 	if old := tt.byKey[t.key]; old != nil {
 		tt.removeLocked(old)
+	}
+	if tt.bySrc[t.key.src]+t.size > maxTxnBytesPerConn || tt.bytes+t.size > maxTxnBytes {
+		return false
 	}
 	tt.byKey[t.key] = t
 	for _, b := range t.branches {
 		tt.byBranch[b.id] = b
 	}
+	tt.bytes += t.size
+	tt.bySrc[t.key.src] += t.size
+	return true
 }
 
 func (tt *txnTable) removeLocked(t *proxyTxn) {
-	if tt.byKey[t.key] == t {
-		delete(tt.byKey, t.key)
+	if tt.byKey[t.key] != t {
+		return
 	}
+	delete(tt.byKey, t.key)
 	for _, b := range t.branches {
 		if tt.byBranch[b.id] == b {
 			delete(tt.byBranch, b.id)
 		}
 	}
+	tt.bytes -= t.size
+	if tt.bySrc[t.key.src] -= t.size; tt.bySrc[t.key.src] <= 0 {
+		delete(tt.bySrc, t.key.src)
+	}
+}
+
+// held returns the bytes held in all and for source connection src.
+func (tt *txnTable) held(src sipws.ConnID) (total, bySrc int) {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	return tt.bytes, tt.bySrc[src]
 }
 
 func (tt *txnTable) len() int {

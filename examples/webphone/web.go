@@ -1,11 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,7 +30,6 @@ func (s *site) handler() http.Handler {
 	mux := http.NewServeMux()
 	s.page.Register(mux)
 	mux.HandleFunc("GET /api/config", s.serveConfig)
-	mux.HandleFunc("GET /api/connections", s.serveConnections)
 	mux.HandleFunc("GET /api/online", s.serveOnline)
 	mux.Handle("/ws", s.ws)
 	return mux
@@ -45,10 +48,98 @@ type configJSON struct {
 	Domain  string `json:"domain"`
 	WSPath  string `json:"ws_path"`
 	Version string `json:"version"`
+	// Auth is true when users must prove who they are (a users file,
+	// digest authentication); false in open mode, where anyone may
+	// register as any name.
+	Auth bool `json:"auth"`
 }
 
 func (s *site) serveConfig(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, configJSON{Domain: s.proxy.domain, WSPath: "/ws", Version: sipws.Version})
+	writeJSON(w, configJSON{Domain: s.proxy.domain, WSPath: "/ws", Version: sipws.Version, Auth: s.proxy.auth != nil})
+}
+
+// Page sizes of the JSON lists.
+const (
+	onlinePageDefault = 100
+	onlinePageMax     = 200
+	adminPageDefault  = 100
+	adminPageMax      = 1000
+)
+
+// pageLimit reads the limit query parameter: def when absent, at most max;
+// ok is false for a malformed one.
+func pageLimit(r *http.Request, def, maxLimit int) (int, bool) {
+	v := r.URL.Query().Get("limit")
+	if v == "" {
+		return def, true
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, false
+	}
+	return min(n, maxLimit), true
+}
+
+// serveOnline is the public /api/online: the names of the registered
+// users, what the page needs to offer a call or a chat, a page at a time
+// (?after=NAME&limit=N; next is the after of the next page, "" at the end).
+// Contacts, instances, user agents and connections are on the -admin
+// listener only.
+func (s *site) serveOnline(w http.ResponseWriter, r *http.Request) {
+	limit, ok := pageLimit(r, onlinePageDefault, onlinePageMax)
+	if !ok {
+		http.Error(w, "limit: want a positive number", http.StatusBadRequest)
+		return
+	}
+	users, total := s.proxy.reg.users(strings.ToLower(r.URL.Query().Get("after")), limit)
+	out := struct {
+		Domain string   `json:"domain"`
+		Users  []string `json:"users"`
+		Total  int      `json:"total"`
+		Next   string   `json:"next"`
+	}{Domain: s.proxy.domain, Users: users, Total: total}
+	if out.Users == nil {
+		out.Users = []string{}
+	}
+	if len(users) == limit {
+		out.Next = users[len(users)-1]
+	}
+	writeJSON(w, out)
+}
+
+// adminRoutes adds the operator's views to the -admin listener's mux:
+// /api/connections (Registry.Dump, paged: ?offset=N&limit=N) and
+// /api/bindings (every binding with contact, instance, user agent and
+// connection, paged: ?after_user=U&after_key=K&limit=N). As for /RPC, a
+// request must name a loopback address, localhost or one of hosts in its
+// Host header (421 otherwise: DNS rebinding).
+func (s *site) adminRoutes(mux *http.ServeMux, hosts ...string) {
+	guard := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if !adminHostOK(r.Host, hosts) {
+				http.Error(w, "Host "+strconv.Quote(r.Host)+" is not allowed", http.StatusMisdirectedRequest)
+				return
+			}
+			h(w, r)
+		}
+	}
+	mux.HandleFunc("GET /api/connections", guard(s.serveConnections))
+	mux.HandleFunc("GET /api/bindings", guard(s.serveBindings))
+}
+
+// adminHostOK reports whether Host hostport names a loopback address,
+// localhost or one of hosts.
+func adminHostOK(hostport string, hosts []string) bool {
+	name := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		name = h
+	}
+	name = strings.TrimSuffix(strings.ToLower(strings.Trim(name, "[]")), ".")
+	if name == "localhost" || (name != "" && slices.Contains(hosts, name)) {
+		return true
+	}
+	ip, err := netip.ParseAddr(name)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // connJSON is one connection of /api/connections.
@@ -64,20 +155,19 @@ type connJSON struct {
 	IdleMS       int64        `json:"idle_ms"`
 	AwaitingPong bool         `json:"awaiting_pong"`
 	RTTMS        float64      `json:"rtt_ms"`
-	Users        []string     `json:"users"`
+	Origin       string       `json:"origin,omitempty"`
 }
 
-// serveConnections lists every live connection (Registry.Dump, all of
-// them) with the users registered through it.
+// serveConnections lists the live connections, by ID, a page at a time.
 func (s *site) serveConnections(w http.ResponseWriter, r *http.Request) {
-	now := time.Now()
-	users := make(map[sipws.ConnID][]string)
-	for _, b := range s.proxy.reg.snapshot(now) {
-		if !slices.Contains(users[b.conn], b.user) {
-			users[b.conn] = append(users[b.conn], b.user)
-		}
+	limit, ok := pageLimit(r, adminPageDefault, adminPageMax)
+	offset, err := strconv.Atoi(cmp.Or(r.URL.Query().Get("offset"), "0"))
+	if !ok || err != nil || offset < 0 {
+		http.Error(w, "limit, offset: want numbers", http.StatusBadRequest)
+		return
 	}
-	d := s.ws.Registry().Dump(sipws.DumpByID, -1)
+	now := time.Now()
+	d := s.ws.Registry().Dump(sipws.DumpQuery{Order: sipws.DumpByID, Limit: limit, Offset: offset})
 	out := struct {
 		Total       int        `json:"total"`
 		Connections []connJSON `json:"connections"`
@@ -87,23 +177,24 @@ func (s *site) serveConnections(w http.ResponseWriter, r *http.Request) {
 		if ci.Secure {
 			tr = "wss"
 		}
-		u := users[ci.ID]
-		if u == nil {
-			u = []string{}
-		}
-		out.Connections = append(out.Connections, connJSON{
+		cj := connJSON{
 			ID: ci.ID, Remote: ci.RemoteAddr.String(), Local: ci.LocalAddr.String(),
 			Transport: tr, Subprotocol: ci.Subprotocol.String(), State: ci.State,
 			Opened: ci.Opened, LastUsed: ci.LastUsed, IdleMS: now.Sub(ci.LastUsed).Milliseconds(),
 			AwaitingPong: ci.AwaitingPong, RTTMS: float64(ci.RTT.Microseconds()) / 1000,
-			Users: u,
-		})
+		}
+		if c, ok := s.ws.Registry().Get(ci.ID); ok {
+			cj.Origin = c.Header().Get("Origin")
+		}
+		out.Connections = append(out.Connections, cj)
 	}
 	writeJSON(w, out)
 }
 
-// bindingJSON is one binding of /api/online.
+// bindingJSON is one binding of /api/bindings.
 type bindingJSON struct {
+	User      string       `json:"user"`
+	Key       string       `json:"key"`
 	Conn      sipws.ConnID `json:"conn"`
 	Contact   string       `json:"contact"`
 	ExpiresIn int          `json:"expires_in"`
@@ -113,24 +204,23 @@ type bindingJSON struct {
 	UserAgent string       `json:"user_agent,omitempty"`
 }
 
-// serveOnline lists the registered users and their bindings.
-func (s *site) serveOnline(w http.ResponseWriter, r *http.Request) {
-	now := time.Now()
-	type userJSON struct {
-		User     string        `json:"user"`
-		Bindings []bindingJSON `json:"bindings"`
+// serveBindings lists the bindings by user then key, a page at a time.
+func (s *site) serveBindings(w http.ResponseWriter, r *http.Request) {
+	limit, ok := pageLimit(r, adminPageDefault, adminPageMax)
+	if !ok {
+		http.Error(w, "limit: want a positive number", http.StatusBadRequest)
+		return
 	}
+	q := r.URL.Query()
+	now := time.Now()
+	bs, total := s.proxy.reg.bindings(strings.ToLower(q.Get("after_user")), q.Get("after_key"), limit, now)
 	out := struct {
-		Domain string     `json:"domain"`
-		Users  []userJSON `json:"users"`
-	}{Domain: s.proxy.domain, Users: []userJSON{}}
-	for _, b := range s.proxy.reg.snapshot(now) {
-		if n := len(out.Users); n == 0 || !strings.EqualFold(out.Users[n-1].User, b.user) {
-			out.Users = append(out.Users, userJSON{User: b.user})
-		}
-		u := &out.Users[len(out.Users)-1]
-		u.Bindings = append(u.Bindings, bindingJSON{
-			Conn: b.conn, Contact: b.contact.Address.String(),
+		Total    int           `json:"total"`
+		Bindings []bindingJSON `json:"bindings"`
+	}{Total: total, Bindings: []bindingJSON{}}
+	for _, b := range bs {
+		out.Bindings = append(out.Bindings, bindingJSON{
+			User: b.user, Key: b.key, Conn: b.conn, Contact: b.contact.Address.String(),
 			ExpiresIn: int((b.expires.Sub(now) + time.Second/2) / time.Second),
 			Instance:  b.instance, RegID: b.regID, Outbound: b.outbound, UserAgent: b.agent,
 		})

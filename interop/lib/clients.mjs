@@ -40,7 +40,8 @@ function withTimeout(promise, ms, what) {
 
 // JsSIPPhone is a JsSIP UA (with RFC 5626 Outbound: reg-id, +sip.instance).
 export class JsSIPPhone {
-  constructor(wsURL, user) {
+  // password, when given, answers the server's digest challenges.
+  constructor(wsURL, user, { password } = {}) {
     this.kind = "JsSIP";
     this.user = user;
     this.url = `${wsURL}?phone=jssip-${user}`;
@@ -52,6 +53,7 @@ export class JsSIPPhone {
       uri: `sip:${user}@${DOMAIN}`,
       register: false,
       register_expires: 300,
+      password,
       session_timers: false,
       user_agent: `interop JsSIP/${JsSIP.version}`,
       connection_recovery_min_interval: 1,
@@ -128,7 +130,7 @@ export class JsSIPPhone {
 // connected is the application's job, done here in onConnect as the SIP.js
 // documentation shows.
 export class SipJsPhone {
-  constructor(wsURL, user) {
+  constructor(wsURL, user, { password } = {}) {
     this.kind = "SIP.js";
     this.user = user;
     this.url = `${wsURL}?phone=sipjs-${user}`;
@@ -138,6 +140,8 @@ export class SipJsPhone {
     this.logs = [];
     this.ua = new UserAgent({
       uri: UserAgent.makeURI(`sip:${user}@${DOMAIN}`),
+      authorizationUsername: password ? user : undefined,
+      authorizationPassword: password,
       transportOptions: { server: this.url, connectionTimeout: 5 },
       logBuiltinEnabled: false, // kept in this.logs instead
       logConnector: (level, category, label, content) => {

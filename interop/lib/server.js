@@ -11,7 +11,7 @@ const path = require("node:path");
 const repo = path.resolve(__dirname, "..", "..");
 const webDir = path.join(repo, "examples", "webphone", "web");
 
-// EXAMPLES are the servers every interop test runs against: the web phone
+// EXAMPLES are the servers the interop tests run against: the web phone
 // (its own small proxy) and sipgoproxy (the same job on sipgo, through
 // sipwssipgo). INTEROP_EXAMPLES=webphone (comma-separated) picks some.
 const EXAMPLES = (process.env.INTEROP_EXAMPLES || "webphone,sipgoproxy").split(",").filter(Boolean);
@@ -74,11 +74,15 @@ class Server {
 }
 
 // start runs the example's binary (the web phone by default) on
-// 127.0.0.1:port (0: any free port) with extra flags and resolves once it
-// logs "listening on URL". Its log goes to logs (an array of lines) and,
-// with WEBPHONE_LOG=1, to stderr.
+// 127.0.0.1:port (0: any free port) with extra
+// flags, and its -admin listener on another free loopback port, and
+// resolves once it logs "listening on URL". Its log goes to logs (an array
+// of lines) and, with WEBPHONE_LOG=1, to stderr.
 async function start({ example = "webphone", port = 0, args = [], logs = [] } = {}) {
-  const proc = spawn(binary(example), ["-addr", `127.0.0.1:${port}`, "-web", webDir, ...args], {
+  const admin = [];
+  if (!args.includes("-admin")) admin.push("-admin", "127.0.0.1:0");
+  let adminURL = "";
+  const proc = spawn(binary(example), ["-addr", `127.0.0.1:${port}`, "-web", webDir, ...admin, ...args], {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let buf = "";
@@ -96,6 +100,8 @@ async function start({ example = "webphone", port = 0, args = [], logs = [] } = 
         buf = buf.slice(i + 1);
         logs.push(line);
         if (process.env.WEBPHONE_LOG) process.stderr.write(`  [${example}] ` + line + "\n");
+        const a = /admin: operations RPC on (http:\/\/[^\s"/]+)\/RPC/.exec(line);
+        if (a) adminURL = a[1] + "/";
         const m = /listening on (https?:\/\/[^\s"]+)/.exec(line);
         if (m) {
           clearTimeout(timer);
@@ -110,6 +116,7 @@ async function start({ example = "webphone", port = 0, args = [], logs = [] } = 
   });
   const srv = new Server(proc, url, example);
   srv.logs = logs;
+  srv.adminURL = adminURL; // the operator's views: /api/connections, /api/bindings
   return srv;
 }
 
@@ -137,11 +144,18 @@ function getJSON(srv, p) {
   });
 }
 
-// online returns the registered users, from the server's side: user -> number
-// of bindings.
+// adminJSON fetches an operator's view from the -admin listener.
+function adminJSON(srv, p) {
+  return getJSON({ url: srv.adminURL }, p);
+}
+
+// online returns the registered users, from the server's side (the -admin
+// listener's /api/bindings): user -> number of bindings.
 async function online(srv) {
-  const data = await getJSON(srv, "/api/online");
-  return Object.fromEntries(data.users.map((u) => [u.user, u.bindings.length]));
+  const data = await adminJSON(srv, "/api/bindings?limit=1000");
+  const out = {};
+  for (const b of data.bindings) out[b.user] = (out[b.user] || 0) + 1;
+  return out;
 }
 
 // waitFor polls cond (sync or async) until it is truthy or ms pass.
@@ -160,4 +174,4 @@ async function waitFor(cond, what, ms = 10000) {
   }
 }
 
-module.exports = { start, freePort, getJSON, online, waitFor, webDir, repo, EXAMPLES };
+module.exports = { start, freePort, getJSON, adminJSON, online, waitFor, webDir, repo, EXAMPLES };

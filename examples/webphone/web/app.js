@@ -8,7 +8,9 @@
 // (data-dir "in"/"out", data-peer, data-status) and the SIP trace's items
 // (data-dir, data-first: the message's first line, data-method: its CSeq
 // method). window.webphone holds the UA and
-// the current call.
+// the current call. With a users file on the server (/api/config's auth)
+// the page asks for a password, which JsSIP uses to answer the digest
+// challenges (401, 407); without one it says that the demo is open.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -112,7 +114,7 @@ function uriOf(user) {
   return `sip:${user}@${state.config.domain}`;
 }
 
-function start(name) {
+function start(name, password) {
   stop();
   state.name = name;
   $("#my-uri").textContent = uriOf(name);
@@ -122,6 +124,7 @@ function start(name) {
     display_name: name,
     register: true,
     register_expires: 300,
+    password: password || undefined,
     session_timers: false,
     user_agent: `sipws-webphone JsSIP/${JsSIP.version}`,
     connection_recovery_min_interval: 1,
@@ -283,59 +286,31 @@ async function getJSON(path) {
 async function pollOnline() {
   let data;
   try {
-    data = await getJSON("/api/online");
+    data = await getJSON("/api/online?limit=200");
   } catch {
     return;
   }
   const ul = $("#online");
   ul.replaceChildren();
-  $("#online-count").textContent = `(${data.users.length})`;
+  $("#online-count").textContent = `(${data.total})`;
   if (data.users.length === 0) ul.append(el("li", { class: "empty", textContent: "nobody yet" }));
-  for (const u of data.users) {
-    const me = u.user === state.name && document.body.dataset.reg === "registered";
-    const li = el("li", { dataset: { user: u.user } },
-      el("span", { class: "who", textContent: u.user, title: u.bindings.map((b) => b.user_agent || b.contact).join("\n") }));
+  for (const user of data.users) {
+    const me = user === state.name.toLowerCase() && document.body.dataset.reg === "registered";
+    const li = el("li", { dataset: { user } }, el("span", { class: "who", textContent: user }));
     if (me) li.append(el("span", { class: "me", textContent: "you" }));
     else {
-      li.append(el("button", { class: "small call", type: "button", textContent: "Call", onclick: () => call(u.user),
+      li.append(el("button", { class: "small call", type: "button", textContent: "Call", onclick: () => call(user),
         disabled: !state.ua || state.session !== null }));
       li.append(el("button", { class: "small secondary chat", type: "button", textContent: "Chat",
-        onclick: () => { $("#chat-to").value = u.user; $("#chat-text").focus(); } }));
+        onclick: () => { $("#chat-to").value = user; $("#chat-text").focus(); } }));
     }
     ul.append(li);
   }
-}
-
-async function pollConnections() {
-  let data;
-  try {
-    data = await getJSON("/api/connections");
-  } catch {
-    return;
-  }
-  const tbody = $("#connections tbody");
-  tbody.replaceChildren();
-  $("#conn-count").textContent = `(${data.total})`;
-  if (data.connections.length === 0) {
-    tbody.append(el("tr", {}, el("td", { colSpan: 8, class: "empty", textContent: "none" })));
-  }
-  const now = Date.now();
-  for (const c of data.connections) {
-    tbody.append(el("tr", { dataset: { id: c.id, users: c.users.join(" ") } },
-      el("td", { textContent: c.id }),
-      el("td", { class: "users", textContent: c.users.join(", ") || "—" }),
-      el("td", { textContent: c.remote }),
-      el("td", { textContent: `${c.transport} (${c.subprotocol})` }),
-      el("td", { textContent: c.state }),
-      el("td", { textContent: duration(now - Date.parse(c.opened)) }),
-      el("td", { textContent: duration(c.idle_ms) }),
-      el("td", { textContent: c.rtt_ms ? c.rtt_ms.toFixed(1) + " ms" : "—" })));
-  }
+  if (data.total > data.users.length) ul.append(el("li", { class: "empty", textContent: `and ${data.total - data.users.length} more` }));
 }
 
 function poll() {
   pollOnline();
-  pollConnections();
 }
 
 // --- wiring -----------------------------------------------------------------
@@ -352,13 +327,16 @@ async function main() {
     return;
   }
   $("#my-uri").textContent = uriOf("…");
+  $("#open-mode").hidden = state.config.auth;
+  $("#password").hidden = !state.config.auth;
+  $("#password").required = state.config.auth;
   const params = new URLSearchParams(location.search);
   if (params.get("name")) $("#name").value = params.get("name");
 
   $("#login").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const name = $("#name").value.trim();
-    if (name) start(name);
+    if (name) start(name, state.config.auth ? $("#password").value : "");
   });
   $("#unregister").addEventListener("click", stop);
   $("#dial").addEventListener("submit", (ev) => {
