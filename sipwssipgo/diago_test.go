@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -42,6 +43,7 @@ type diagoRig struct {
 	calls  chan diagoCall
 	ended  chan diagoEnd
 	logged chan error // errors diago logs, as they come
+	via    string     // the browser's Via transport: WS or WSS
 }
 
 // newDiagoRig wires diago through the bridge. Its handler answers every
@@ -49,29 +51,38 @@ type diagoRig struct {
 // hangs up itself when hangup is set, or else waits for the dialog's context
 // or for the browser's connection to end, whichever is first. It reports
 // how on ended and returns, which ends the call in diago.
-func newDiagoRig(t *testing.T, hangup, rewriteContact bool) *diagoRig {
+func newDiagoRig(t *testing.T, secure, hangup bool) *diagoRig {
 	t.Helper()
 	d := &diagoRig{
 		calls:  make(chan diagoCall, 1),
 		ended:  make(chan diagoEnd, 1),
 		logged: make(chan error, 16),
+		via:    "WS",
 	}
-	d.rig = newRig(t, false, sipws.Config{}, func(r *rig) {
+	if secure {
+		d.via = "WSS"
+	}
+	d.rig = newRig(t, secure, sipws.Config{}, func(r *rig) {
 		d.dg = diago.NewDiago(r.ua,
 			diago.WithServer(r.srv),
 			diago.WithLogger(slog.New(errorTap(d.logged))),
-			// The transport diago looks up by the INVITE's label ("WS");
-			// without it diago's INVITE handler dereferences nil. It is
-			// never served (no Serve call), so BindHost only says where
-			// media binds (loopback, ephemeral ports) and what diago's
-			// Contact and SDP say. RewriteContact sends in-dialog
+			// The transports diago looks up by the INVITE's label (WS,
+			// WSS); without one diago's INVITE handler dereferences nil.
+			// They are never served (no Serve call), so BindHost only
+			// says where media binds (loopback, ephemeral ports) and what
+			// diago's Contact and SDP say. RewriteContact sends in-dialog
 			// requests to the INVITE's source — the bridge's address of
 			// the browser's connection — instead of resolving the
-			// browser's ".invalid" Contact.
+			// browser's ".invalid" Contact (a DNS query, then nowhere).
 			diago.WithTransport(diago.Transport{
 				Transport:      "ws",
 				BindHost:       "127.0.0.1",
-				RewriteContact: rewriteContact,
+				RewriteContact: true,
+			}),
+			diago.WithTransport(diago.Transport{
+				Transport:      "wss",
+				BindHost:       "127.0.0.1",
+				RewriteContact: true,
 			}),
 		)
 		d.dg.HandleFunc(func(dlg *diago.DialogServerSession) {
@@ -80,7 +91,7 @@ func newDiagoRig(t *testing.T, hangup, rewriteContact bool) *diagoRig {
 			med, err := dlg.Answer(diago.AnswerOptions{})
 			if err == nil {
 				call.rtp = med.MediaSession().Laddr.Port
-				var w interface{ Write([]byte) (int, error) }
+				var w io.Writer
 				if w, err = med.AudioWriter(); err == nil {
 					_, err = w.Write(bytes.Repeat([]byte{0xff}, 160)) // 20 ms of µ-law silence
 				}
@@ -161,8 +172,9 @@ func offer(port int) string {
 }
 
 // inDialog is a request from the browser as JsSIP writes it: Via and
-// Contact on a ".invalid" host, transport WS.
-func inDialog(method, ruri, callID, fromTag, toTag string, cseq int, body string) string {
+// Contact on a ".invalid" host, Via transport WS or WSS, Contact transport
+// ws.
+func (d *diagoRig) inDialog(method, ruri, callID, fromTag, toTag string, cseq int, body string) string {
 	to := "<sip:diago@proxy.test>"
 	if toTag != "" {
 		to += ";tag=" + toTag
@@ -172,7 +184,7 @@ func inDialog(method, ruri, callID, fromTag, toTag string, cseq int, body string
 		ctype = "Content-Type: application/sdp\r\n"
 	}
 	return fmt.Sprintf("%s %s SIP/2.0\r\n"+
-		"Via: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bK%s%d%s;rport\r\n"+
+		"Via: SIP/2.0/%s df7jal23ls0d.invalid;branch=z9hG4bK%s%d%s;rport\r\n"+
 		"Max-Forwards: 70\r\n"+
 		"To: %s\r\n"+
 		"From: <sip:alice@proxy.test>;tag=%s\r\n"+
@@ -180,7 +192,7 @@ func inDialog(method, ruri, callID, fromTag, toTag string, cseq int, body string
 		"CSeq: %d %s\r\n"+
 		"Contact: <sip:alice@df7jal23ls0d.invalid;transport=ws;ob>\r\n"+
 		"%sContent-Length: %d\r\n\r\n%s",
-		method, ruri, method, cseq, callID, to, fromTag, callID, cseq, method, ctype, len(body), body)
+		method, ruri, d.via, method, cseq, callID, to, fromTag, callID, cseq, method, ctype, len(body), body)
 }
 
 // await reads messages until one satisfies ok (skipping, say, a 200 for the
@@ -212,7 +224,7 @@ func finalFor(method sip.RequestMethod) func(*sip.Response) bool {
 func dialogUp(t *testing.T, d *diagoRig, b *browser, rtp *net.UDPConn, callID string) (string, diagoCall) {
 	t.Helper()
 	port := rtp.LocalAddr().(*net.UDPAddr).Port
-	b.send(ws.OpText, inDialog("INVITE", "sip:diago@proxy.test", callID, "ft1", "", 1, offer(port)))
+	b.send(ws.OpText, d.inDialog("INVITE", "sip:diago@proxy.test", callID, "ft1", "", 1, offer(port)))
 	ok := b.await(finalFor(sip.INVITE))
 	require.Equal(t, 200, int(ok.StatusCode), ok.String())
 	toTag, _ := ok.To().Params.Get("tag")
@@ -224,7 +236,7 @@ func dialogUp(t *testing.T, d *diagoRig, b *browser, rtp *net.UDPConn, callID st
 	require.NotNil(t, ok.Contact())
 	contact := ok.Contact().Address.String()
 
-	b.send(ws.OpText, inDialog("ACK", contact, callID, "ft1", toTag, 1, ""))
+	b.send(ws.OpText, d.inDialog("ACK", contact, callID, "ft1", toTag, 1, ""))
 	var call diagoCall
 	select {
 	case call = <-d.calls:
@@ -266,25 +278,30 @@ func mediaClosed(t *testing.T, port int) bool {
 // SDP offer for PCMU on loopback): 200 with an SDP answer, media on
 // loopback, and the browser's BYE gets its 200 and ends diago's dialog.
 func TestDiagoAnswersBrowserCall(t *testing.T) {
-	d := newDiagoRig(t, false, true)
-	b := d.dial(nil)
-	rtp := rtpPeer(t)
-	const callID = "diago-call-1"
-	toTag, call := dialogUp(t, d, b, rtp, callID)
+	for _, secure := range []bool{false, true} {
+		t.Run(fmt.Sprintf("secure=%v", secure), func(t *testing.T) {
+			d := newDiagoRig(t, secure, false)
+			b := d.dial(nil)
+			rtp := rtpPeer(t)
+			const callID = "diago-call-1"
+			toTag, call := dialogUp(t, d, b, rtp, callID)
+			assert.Equal(t, d.via, call.dialog.Transport(), "diago saw the bridge's label")
 
-	b.send(ws.OpText, inDialog("BYE", "sip:diago@127.0.0.1;transport=ws", callID, "ft1", toTag, 2, ""))
-	res := b.await(finalFor(sip.BYE))
-	assert.Equal(t, 200, int(res.StatusCode), res.String())
-	assert.Equal(t, "dialog", d.end().by)
-	assert.ErrorIs(t, call.dialog.Context().Err(), context.Canceled)
-	require.Eventually(t, func() bool { return mediaClosed(t, call.rtp) }, 10*time.Second, 10*time.Millisecond)
+			b.send(ws.OpText, d.inDialog("BYE", "sip:diago@127.0.0.1;transport=ws", callID, "ft1", toTag, 2, ""))
+			res := b.await(finalFor(sip.BYE))
+			assert.Equal(t, 200, int(res.StatusCode), res.String())
+			assert.Equal(t, "dialog", d.end().by)
+			assert.ErrorIs(t, call.dialog.Context().Err(), context.Canceled)
+			require.Eventually(t, func() bool { return mediaClosed(t, call.rtp) }, 10*time.Second, 10*time.Millisecond)
+		})
+	}
 }
 
 // diago hangs up: its BYE reaches the browser on its WebSocket (diago's
 // RewriteContact sends it to the bridge's address of the connection, not to
 // the ".invalid" Contact), the browser's 200 ends the dialog.
 func TestDiagoHangsUpBrowserCall(t *testing.T) {
-	d := newDiagoRig(t, true, true)
+	d := newDiagoRig(t, false, true)
 	b := d.dial(nil)
 	rtp := rtpPeer(t)
 	const callID = "diago-call-3"
@@ -301,11 +318,13 @@ func TestDiagoHangsUpBrowserCall(t *testing.T) {
 		}
 	}
 	assert.Equal(t, callID, bye.CallID().Value())
+	assert.Equal(t, "df7jal23ls0d.invalid", bye.Recipient.Host, "sent to the browser's Contact, on its connection")
 	b.send(ws.OpText, sip.NewResponseFromRequest(bye, 200, "OK", nil).String())
 	e := d.end()
 	assert.Equal(t, "hangup", e.by)
 	require.NoError(t, e.err)
 	assert.ErrorIs(t, call.dialog.Context().Err(), context.Canceled)
+	require.Eventually(t, func() bool { return mediaClosed(t, call.rtp) }, 10*time.Second, 10*time.Millisecond)
 }
 
 // The browser closes its WebSocket mid-call, without a BYE. sipgo ends a
@@ -315,7 +334,7 @@ func TestDiagoHangsUpBrowserCall(t *testing.T) {
 // closes the media, forgets the dialog, and its hang-up BYE fails at once
 // (no dial, no DNS lookup of ".invalid").
 func TestDiagoBrowserClosesMidCall(t *testing.T) {
-	d := newDiagoRig(t, false, true)
+	d := newDiagoRig(t, false, false)
 	b := d.dial(nil)
 	rtp := rtpPeer(t)
 	_, call := dialogUp(t, d, b, rtp, "diago-call-2")
@@ -327,13 +346,16 @@ func TestDiagoBrowserClosesMidCall(t *testing.T) {
 		_, err := d.dg.DialogCacheServer().DialogLoad(context.Background(), call.dialog.ID)
 		return err != nil
 	}, 10*time.Second, 10*time.Millisecond)
-	select {
-	case err := <-d.logged:
-		// sipws.ErrClosed if the BYE reached the bridge's connection
-		// before it left sipgo's pool, ErrConnGone (the dial guard)
-		// after: either way it failed at once, without a dial.
-		assert.True(t, errors.Is(err, sipwssipgo.ErrConnGone) || errors.Is(err, sipws.ErrClosed), "%v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("diago did not report its hang-up")
+	// sipws.ErrClosed if the BYE reached the bridge's connection before it
+	// left sipgo's pool, ErrConnGone (the dial guard) after: either way it
+	// failed at once, without a dial.
+	timeout := time.After(10 * time.Second)
+	for hungUp := false; !hungUp; {
+		select {
+		case err := <-d.logged:
+			hungUp = errors.Is(err, sipwssipgo.ErrConnGone) || errors.Is(err, sipws.ErrClosed)
+		case <-timeout:
+			t.Fatal("diago did not report its failed hang-up")
+		}
 	}
 }
