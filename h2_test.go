@@ -20,6 +20,7 @@ import (
 	"github.com/sipws/sipws"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 	"golang.org/x/net/http2"
 )
 
@@ -148,7 +149,9 @@ func TestHTTP2WebSocket(t *testing.T) {
 	assert.True(t, c.Secure())
 	assert.Equal(t, "/sip?x=1", c.URL().String())
 	assert.Equal(t, "https://phone.example", c.Header().Get("Origin"))
-	assert.Equal(t, 1, ts.Registry().Len())
+	d := ts.Registry().Dump(sipws.DumpQuery{})
+	require.Len(t, d.Conns, 1)
+	assert.True(t, d.Conns[0].HTTP2, "the dump says what carried it")
 
 	s.send(t, ws.OpText, []byte("REGISTER sip:example.com SIP/2.0\r\n\r\n"))
 	m := ts.nextMsg(t)
@@ -197,6 +200,98 @@ func TestHTTP2ServerClose(t *testing.T) {
 	}
 	_, err := io.Copy(io.Discard, s.resp.Body)
 	assert.NoError(t, err, "the stream ends")
+}
+
+// TestHTTP2Shutdown: Shutdown closes a connection over HTTP/2 as any other
+// (1001, then the close handshake), returns once it has ended, and then
+// nothing of it is left running: the handler's goroutine, which served the
+// stream, has returned.
+func TestHTTP2Shutdown(t *testing.T) {
+	if !inXConnect(t) {
+		return
+	}
+	ignore := goleak.IgnoreCurrent()
+	ts := startH2Server(t, sipws.Config{})
+	client := h2Client(t, ts)
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest(http.MethodConnect, ts.HTTP.URL+"/", pr)
+	require.NoError(t, err)
+	req.Header = sipHeader()
+	req.Header.Set(":protocol", "websocket")
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	s := &h2Stream{resp: resp, out: pw}
+	ts.nextOpened(t)
+
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+		defer cancel()
+		done <- ts.Shutdown(ctx)
+	}()
+	f := s.next(t)
+	require.Equal(t, ws.OpClose, f.Header.OpCode)
+	assert.Equal(t, uint16(sipws.CloseGoingAway), binary.BigEndian.Uint16(f.Payload))
+	s.send(t, ws.OpClose, ws.NewCloseFrameBody(ws.StatusGoingAway, ""))
+	require.NoError(t, <-done)
+	assert.Equal(t, sipws.CauseShutdown, ts.nextClosed(t).Cause)
+	_, err = io.Copy(io.Discard, resp.Body)
+	assert.NoError(t, err, "the stream ends")
+	_ = pw.Close()
+	_ = resp.Body.Close()
+	client.CloseIdleConnections()
+	ts.HTTP.Close()
+	goleak.VerifyNone(t, ignore)
+}
+
+// TestHTTP2PeerGone: a peer that resets its stream (a browser closing the
+// tab: RST_STREAM) ends the connection as a lost TCP connection does, and
+// the handler returns; the HTTP/2 connection itself stays.
+func TestHTTP2PeerGone(t *testing.T) {
+	if !inXConnect(t) {
+		return
+	}
+	ts := startH2Server(t, sipws.Config{})
+	client := h2Client(t, ts)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, err := http.NewRequest(http.MethodConnect, ts.HTTP.URL+"/", pr)
+	require.NoError(t, err)
+	req.Header = sipHeader()
+	req.Header.Set(":protocol", "websocket")
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	c := ts.nextOpened(t)
+	require.NoError(t, resp.Body.Close()) // RST_STREAM (CANCEL)
+	ev := ts.nextClosed(t)
+	assert.Equal(t, sipws.CausePeerLost, ev.Cause)
+	assert.Equal(t, sipws.CloseAbnormal, ev.Code)
+	select {
+	case <-c.Done():
+	case <-time.After(ioTimeout):
+		t.Fatal("connection not done")
+	}
+	assert.Equal(t, 0, ts.Registry().Len())
+	assert.True(t, getReused(t, ts, client), "the HTTP/2 connection outlived the stream")
+}
+
+// getReused sends a GET to ts with client and reports whether it went on a
+// connection the client already had.
+func getReused(t *testing.T, ts *testServer, client *http.Client) bool {
+	t.Helper()
+	reused := false
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused },
+	})
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ts.HTTP.URL+"/", nil)
+	require.NoError(t, err)
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	return reused
 }
 
 // TestHTTP2FrameTimeout: the read deadlines hold over HTTP/2 as over TCP:
@@ -258,20 +353,7 @@ func TestHTTP2ChecksApply(t *testing.T) {
 		assert.Equal(t, tc.status, resp.StatusCode, "%s: %s", tc.name, body)
 	}
 	assert.Equal(t, 0, ts.Registry().Len())
-	reused := 0
-	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
-		GotConn: func(i httptrace.GotConnInfo) {
-			if i.Reused {
-				reused++
-			}
-		},
-	})
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ts.HTTP.URL+"/", nil)
-	require.NoError(t, err)
-	resp, err := client.Do(req)
-	require.NoError(t, err)
-	_ = resp.Body.Close()
-	assert.Equal(t, 1, reused, "the HTTP/2 connection outlived the refusals")
+	assert.True(t, getReused(t, ts, client), "the HTTP/2 connection outlived the refusals")
 }
 
 // TestHTTP2WithoutXConnect: in a process that does not offer Extended
