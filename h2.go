@@ -107,6 +107,11 @@ func (s *Server) upgradeHTTP2(w http.ResponseWriter, r *http.Request, cl client,
 		h.Set("Access-Control-Allow-Origin", v)
 	}
 	hc := newH2Conn(w, r, s.cfg.ReadBufferSize)
+	// The http.Server's ReadTimeout and WriteTimeout, which Go's HTTP/2
+	// server gives each stream, bound the handshake, not the connection
+	// (which has its own: FrameTimeout, WriteTimeout, keepalive).
+	_ = hc.rc.SetReadDeadline(time.Time{})
+	_ = hc.rc.SetWriteDeadline(time.Time{})
 	_ = hc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	if err := hc.writeHeader(http.StatusOK); err != nil {
 		s.stats.failedHS.Add(1)

@@ -58,15 +58,23 @@ func inXConnect(t *testing.T) bool {
 	return false
 }
 
-// startH2Server is startServer on a TLS listener that offers HTTP/2.
+// startH2Server is startServer on a TLS listener that offers HTTP/2, with
+// the http.Server's ReadTimeout and WriteTimeout set to httpTimeout, which
+// Go's HTTP/2 server applies to each stream.
 func startH2Server(t *testing.T, cfg sipws.Config) *testServer {
 	return startServerOn(t, cfg, func(h http.Handler) *httptest.Server {
 		s := httptest.NewUnstartedServer(h)
+		s.Config.ReadTimeout = httpTimeout
+		s.Config.WriteTimeout = httpTimeout
 		s.EnableHTTP2 = true
 		s.StartTLS()
 		return s
 	})
 }
+
+// httpTimeout is the http.Server's ReadTimeout and WriteTimeout in the
+// tests over HTTP/2: a handshake's, which must not bound the connection.
+const httpTimeout = 300 * time.Millisecond
 
 // h2Client returns an HTTP client of ts that speaks HTTP/2 only, with the
 // client side of Extended CONNECT (golang.org/x/net/http2's Transport: the
@@ -132,7 +140,8 @@ func (s *h2Stream) next(t *testing.T) ws.Frame {
 // sent as an HTTP/2 CONNECT with :protocol websocket gets 200 with the
 // sub-protocol (RFC 8441 §5), and the connection runs on the stream as one
 // over HTTP/1.1 does: OnOpen with Conn.HTTP2 true and the request's URL and
-// headers, a message each way, the registry, and the close handshake the
+// headers, a message each way after the http.Server's ReadTimeout and
+// WriteTimeout have passed, the registry, and the close handshake the
 // client starts, which ends the stream.
 func TestHTTP2WebSocket(t *testing.T) {
 	if !inXConnect(t) {
@@ -153,6 +162,9 @@ func TestHTTP2WebSocket(t *testing.T) {
 	require.Len(t, d.Conns, 1)
 	assert.True(t, d.Conns[0].HTTP2, "the dump says what carried it")
 
+	// Past the http.Server's timeouts, which bound the stream's handshake
+	// and not the connection.
+	time.Sleep(2 * httpTimeout)
 	s.send(t, ws.OpText, []byte("REGISTER sip:example.com SIP/2.0\r\n\r\n"))
 	m := ts.nextMsg(t)
 	assert.Same(t, c, m.Conn)
