@@ -208,6 +208,12 @@ func (h *h2Conn) serve() {
 		if n == 0 && err == nil {
 			continue
 		}
+		if err != nil && h.expired.Load() {
+			// A write deadline reset the stream: the write fails and
+			// ends the connection, with its cause (not a lost peer).
+			<-h.closed
+			return
+		}
 		select {
 		case h.in <- h2Chunk{b: buf[:n], err: err}:
 		case <-h.closed:

@@ -306,6 +306,37 @@ func getReused(t *testing.T, ts *testServer, client *http.Client) bool {
 	return reused
 }
 
+// TestHTTP2WriteTimeout: a peer that stops reading its stream (HTTP/2 flow
+// control then holds our writes) is closed after WriteTimeout as one on its
+// own TCP connection is: the write fails (CauseWriteFailure), the stream is
+// reset, and the handler returns.
+func TestHTTP2WriteTimeout(t *testing.T) {
+	if !inXConnect(t) {
+		return
+	}
+	ts := startH2Server(t, sipws.Config{WriteTimeout: 300 * time.Millisecond, SendQueueSize: 64 << 20})
+	_, s := dialH2(t, ts, sipHeader())
+	require.NotNil(t, s)
+	c := ts.nextOpened(t)
+	// More than the client's stream window (4 MiB in x/net's Transport),
+	// which it never reads.
+	msg := bytes.Repeat([]byte("x"), 60<<10)
+	for range 100 {
+		if c.SendMessage(sipws.MessageBinary, msg) != nil {
+			break
+		}
+	}
+	ev := ts.nextClosed(t)
+	assert.Equal(t, sipws.CauseWriteFailure, ev.Cause)
+	assert.ErrorIs(t, ev.Err, os.ErrDeadlineExceeded)
+	select {
+	case <-c.Done():
+	case <-time.After(ioTimeout):
+		t.Fatal("connection not done")
+	}
+	assert.Equal(t, 0, ts.Registry().Len())
+}
+
 // TestHTTP2FrameTimeout: the read deadlines hold over HTTP/2 as over TCP:
 // a frame that starts and does not finish within FrameTimeout fails the
 // connection with 1008, and the connection ends.
