@@ -55,9 +55,13 @@ func (s *Server) checkHTTP2(r *http.Request) *refusal {
 		return &refusal{status: http.StatusBadRequest, msg: "WebSocket over HTTP/2 needs Extended CONNECT (RFC 8441), " +
 			"which this server does not offer: it must run with " + xconnectSetting + "; or use HTTP/1.1"}
 	}
+	what := r.Method
+	if r.Method == http.MethodConnect {
+		what = "a CONNECT without :protocol"
+	}
 	return &refusal{
 		status: http.StatusMethodNotAllowed,
-		msg:    "WebSocket over HTTP/2 must be an Extended CONNECT with :protocol websocket (RFC 8441), not " + r.Method,
+		msg:    "WebSocket over HTTP/2 must be an Extended CONNECT with :protocol websocket (RFC 8441), not " + what,
 		header: [][2]string{{"Allow", http.MethodConnect}},
 	}
 }

@@ -360,9 +360,9 @@ func TestHTTP2FrameTimeout(t *testing.T) {
 
 // TestHTTP2ChecksApply: over HTTP/2 the handshake is checked as over
 // HTTP/1.1: AllowedOrigins (403), the version (426), the sub-protocols
-// (400), and a :protocol other than websocket (400); a refusal does not end
-// the HTTP/2 connection (no Connection: close, which Go turns into GOAWAY):
-// the next request reuses it.
+// (400), a :protocol other than websocket (400), a GET (405, Allow:
+// CONNECT). A refusal does not end the HTTP/2 connection (no Connection:
+// close, which Go turns into GOAWAY): the next request reuses it.
 func TestHTTP2ChecksApply(t *testing.T) {
 	if !inXConnect(t) {
 		return
@@ -395,6 +395,18 @@ func TestHTTP2ChecksApply(t *testing.T) {
 		_ = resp.Body.Close()
 		assert.Equal(t, tc.status, resp.StatusCode, "%s: %s", tc.name, body)
 	}
+	// A GET over HTTP/2, with Extended CONNECT offered: 405, Allow: CONNECT.
+	req, err := http.NewRequest(http.MethodGet, ts.HTTP.URL+"/", nil)
+	require.NoError(t, err)
+	req.Header = sipHeader()
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	assert.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
+	assert.Equal(t, http.MethodConnect, resp.Header.Get("Allow"))
+	assert.Contains(t, string(body), "Extended CONNECT")
+
 	assert.Equal(t, 0, ts.Registry().Len())
 	assert.True(t, getReused(t, ts, client), "the HTTP/2 connection outlived the refusals")
 }
