@@ -36,6 +36,7 @@ type Conn struct {
 	id       ConnID
 	sp       Subprotocol
 	secure   bool
+	h2       bool // carried by an HTTP/2 stream (RFC 8441)
 	remote   netip.AddrPort
 	local    netip.AddrPort
 	req      string // what it keeps of the handshake request: see packRequest

@@ -8,7 +8,10 @@
 // each WebSocket message carries exactly one SIP message, in a text or binary
 // frame. RFC 7977 does the same for MSRP with the "msrp" sub-protocol. A
 // browser phone (JsSIP, SIP.js) cannot receive connections, so the server
-// routes requests back to it over the connection it opened.
+// routes requests back to it over the connection it opened. RFC 8441 carries
+// a WebSocket on a stream of an HTTP/2 connection instead (an Extended
+// CONNECT answered with 200): sipws serves it too when the process runs with
+// GODEBUG=http2xconnect=1 (see the README's HTTP/2 section and Conn.HTTP2).
 //
 // A host mounts a Server as an http.Handler (or calls HandleHandshake from its
 // own handler after its own checks), receives each message with its Conn in
@@ -49,5 +52,7 @@
 // returns ctx's error; a connection whose goroutine is inside a hook then ends
 // when the hook returns, and its OnClosed still runs, once. Calling Shutdown
 // again waits for those ends. http.Server.Shutdown does not touch hijacked
-// connections, so a host calls both.
+// connections, so a host calls both; Server.Shutdown first, as
+// http.Server.Shutdown waits for the handlers that serve WebSockets over
+// HTTP/2.
 package sipws

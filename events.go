@@ -76,8 +76,9 @@ type CloseEvent struct {
 // must not block or call back into the Server.
 type Observer interface {
 	// Handshake is called for every handshake answered: status is 101 for
-	// a success, the refusal's status otherwise; d is the time from the
-	// start of HandleHandshake to the response.
+	// a success (200 over HTTP/2, RFC 8441), the refusal's status
+	// otherwise; d is the time from the start of HandleHandshake to the
+	// response.
 	Handshake(status int, d time.Duration)
 	// MessageReceived is called for every message received, when it is
 	// delivered, with its size in bytes.

@@ -36,23 +36,29 @@ type refusal struct {
 // unnegotiated when the client offered none and
 // Config.ImplicitSubprotocol stood in: the 101 then names none.
 func (s *Server) checkRequest(r *http.Request) (sp Subprotocol, unnegotiated bool, ref *refusal) {
-	if r.Method != http.MethodGet {
+	h2 := isHTTP2(r)
+	if h2 {
+		if ref := s.checkHTTP2(r); ref != nil {
+			return 0, false, ref
+		}
+	}
+	if !h2 && r.Method != http.MethodGet {
 		return 0, false, &refusal{
 			status: http.StatusMethodNotAllowed,
 			msg:    "WebSocket handshake must be a GET, not " + r.Method,
 			header: [][2]string{{"Allow", "GET"}},
 		}
 	}
-	if r.ProtoMajor != 1 || r.ProtoMinor < 1 {
+	if !h2 && (r.ProtoMajor != 1 || r.ProtoMinor < 1) {
 		return 0, false, &refusal{status: http.StatusBadRequest, msg: "WebSocket handshake needs HTTP/1.1, not " + r.Proto}
 	}
 	if r.Host == "" {
 		return 0, false, &refusal{status: http.StatusBadRequest, msg: "missing Host header"}
 	}
-	if !headerHasToken(r.Header, "Upgrade", "websocket") {
+	if !h2 && !headerHasToken(r.Header, "Upgrade", "websocket") {
 		return 0, false, &refusal{status: http.StatusBadRequest, msg: `missing or invalid Upgrade header: want "websocket"`}
 	}
-	if !headerHasToken(r.Header, "Connection", "upgrade") {
+	if !h2 && !headerHasToken(r.Header, "Connection", "upgrade") {
 		return 0, false, &refusal{status: http.StatusBadRequest, msg: `missing or invalid Connection header: want the "Upgrade" token`}
 	}
 	versions := r.Header.Values("Sec-WebSocket-Version")
@@ -70,12 +76,14 @@ func (s *Server) checkRequest(r *http.Request) (sp Subprotocol, unnegotiated boo
 			header: [][2]string{{"Sec-WebSocket-Version", "13"}},
 		}
 	}
-	keys := r.Header.Values("Sec-WebSocket-Key")
-	if len(keys) != 1 {
-		return 0, false, &refusal{status: http.StatusBadRequest, msg: "missing or repeated Sec-WebSocket-Key header"}
-	}
-	if raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(raw) != 16 {
-		return 0, false, &refusal{status: http.StatusBadRequest, msg: "invalid Sec-WebSocket-Key: want the base64 encoding of 16 bytes"}
+	if !h2 { // RFC 8441 §5: no key over HTTP/2
+		keys := r.Header.Values("Sec-WebSocket-Key")
+		if len(keys) != 1 {
+			return 0, false, &refusal{status: http.StatusBadRequest, msg: "missing or repeated Sec-WebSocket-Key header"}
+		}
+		if raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(raw) != 16 {
+			return 0, false, &refusal{status: http.StatusBadRequest, msg: "invalid Sec-WebSocket-Key: want the base64 encoding of 16 bytes"}
+		}
 	}
 	sp, anyOffered := negotiateSubprotocol(r.Header, s.cfg.Subprotocols)
 	if sp == 0 && s.cfg.ImplicitSubprotocol != 0 && !anyOffered {
@@ -144,7 +152,11 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, ref *refusal) in
 	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Connection", "close")
+	if !isHTTP2(r) {
+		// Over HTTP/2 it would end the whole connection (GOAWAY), and
+		// with it every other request of the browser's.
+		h.Set("Connection", "close")
+	}
 	w.WriteHeader(ref.status)
 	fmt.Fprintln(w, ref.msg)
 	return ref.status
@@ -162,29 +174,43 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, ref *refusal) in
 // at once; the response writer must not be used afterwards.
 //
 // Headers the host set on w before the call go out with the 101 too.
+//
+// Over HTTP/2 (RFC 8441: an Extended CONNECT with :protocol websocket, which
+// Go's HTTP/2 server lets through only when the process runs with
+// GODEBUG=http2xconnect=1) the checks are the same but for the HTTP/1.1
+// framing (no Upgrade, Connection or Sec-WebSocket-Key), success is a 200,
+// and the stream cannot be taken over: HandleHandshake then returns only
+// when the connection has ended, and the handler's goroutine serves the
+// stream until then (Conn.HTTP2 reports such a connection). A handshake
+// over HTTP/2 that is not an Extended CONNECT is refused: 400 with what the
+// host must set when the process does not offer it, else 405.
 func (s *Server) HandleHandshake(w http.ResponseWriter, r *http.Request) {
 	var start time.Time
 	if s.obs != nil {
 		start = time.Now()
 	}
-	status := s.handshake(w, r)
+	status, hc := s.handshake(w, r)
 	if s.obs != nil {
 		s.obs.Handshake(status, time.Since(start))
 	}
+	if hc != nil {
+		hc.serve()
+	}
 }
 
-// handshake does HandleHandshake's work and returns the status answered.
-func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
+// handshake does HandleHandshake's work and returns the status answered;
+// over HTTP/2, on success, also the stream the handler must serve.
+func (s *Server) handshake(w http.ResponseWriter, r *http.Request) (int, *h2Conn) {
 	sp, unnegotiated, ref := s.checkRequest(r)
 	if ref != nil {
-		return s.refuse(w, r, ref)
+		return s.refuse(w, r, ref), nil
 	}
 	if s.disabled.Load() {
-		return s.refuse(w, r, &refusal{status: http.StatusServiceUnavailable, msg: "WebSocket service disabled"})
+		return s.refuse(w, r, &refusal{status: http.StatusServiceUnavailable, msg: "WebSocket service disabled"}), nil
 	}
 	cl := s.clientOf(r)
 	if ref := s.limits.acquire(cl.addr.Addr()); ref != nil {
-		return s.refuse(w, r, ref)
+		return s.refuse(w, r, ref), nil
 	}
 	upgraded := false
 	defer func() {
@@ -193,10 +219,10 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 		}
 	}()
 	if len(s.cfg.AllowedOrigins) > 0 && !originAllowed(s.cfg.AllowedOrigins, r) {
-		return s.refuse(w, r, &refusal{status: http.StatusForbidden, msg: "origin " + quote(r.Header.Get("Origin")) + " not allowed"})
+		return s.refuse(w, r, &refusal{status: http.StatusForbidden, msg: "origin " + quote(r.Header.Get("Origin")) + " not allowed"}), nil
 	}
 	if s.cfg.CheckOrigin != nil && !s.cfg.CheckOrigin(r) {
-		return s.refuse(w, r, &refusal{status: http.StatusForbidden, msg: "origin " + quote(r.Header.Get("Origin")) + " not allowed"})
+		return s.refuse(w, r, &refusal{status: http.StatusForbidden, msg: "origin " + quote(r.Header.Get("Origin")) + " not allowed"}), nil
 	}
 	var identity any
 	if s.cfg.Authorize != nil {
@@ -206,13 +232,18 @@ func (s *Server) handshake(w http.ResponseWriter, r *http.Request) int {
 			if errors.Is(err, ErrUnauthorized) {
 				status = http.StatusUnauthorized
 			}
-			return s.refuse(w, r, &refusal{status: status, msg: err.Error()})
+			return s.refuse(w, r, &refusal{status: status, msg: err.Error()}), nil
 		}
 		identity = id
 	}
+	if isHTTP2(r) {
+		status, hc := s.upgradeHTTP2(w, r, cl, sp, unnegotiated, identity)
+		upgraded = hc != nil
+		return status, hc
+	}
 	status := s.upgrade(w, r, cl, sp, unnegotiated, identity)
 	upgraded = status == http.StatusSwitchingProtocols
-	return status
+	return status, nil
 }
 
 // upgrade hijacks the connection, writes the 101 and starts the connection.
@@ -279,6 +310,16 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	}
 
 	c := s.newConn(nc, r, cl, sp, identity, pending(brw.Reader))
+	s.open(c)
+	started = true
+	go c.serve()
+	return http.StatusSwitchingProtocols
+}
+
+// open registers a connection whose handshake succeeded and logs it; it
+// closes it at once when Shutdown has begun.
+func (s *Server) open(c *Conn) {
+	sp := c.sp
 	// Register under the read lock: Shutdown, which takes the write lock
 	// to set closed, then finds this connection in the registry, or this
 	// finds closed set and closes the connection itself. Either way the
@@ -291,16 +332,13 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	s.mu.RUnlock()
 	// Logged here, on the handshake's goroutine: a log call on the
 	// connection's own goroutine would double its stack for good.
-	s.log.Info("connection opened", "conn", c.id, "remote", c.remote, "subprotocol", sp, "secure", c.secure)
+	s.log.Info("connection opened", "conn", c.id, "remote", c.remote, "subprotocol", sp, "secure", c.secure, "proto", c.proto())
 	switch {
 	case dropErr != nil:
 		c.abort(CauseShutdown, CloseGoingAway, "Going away", dropErr)
 	case closing:
 		_ = c.startClose(CauseShutdown, CloseGoingAway, "Going away", nil)
 	}
-	started = true
-	go c.serve()
-	return http.StatusSwitchingProtocols
 }
 
 // pending returns the bytes the HTTP server read past the request (a frame

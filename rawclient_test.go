@@ -48,6 +48,12 @@ type recvMsg struct {
 // after the recording ones. The server is shut down when the test ends.
 func startServer(t testing.TB, cfg sipws.Config) *testServer {
 	t.Helper()
+	return startServerOn(t, cfg, httptest.NewServer)
+}
+
+// startServerOn is startServer with the HTTP server that start starts.
+func startServerOn(t testing.TB, cfg sipws.Config, start func(http.Handler) *httptest.Server) *testServer {
+	t.Helper()
 	ts := &testServer{
 		Opened: make(chan *sipws.Conn, 1024),
 		Msgs:   make(chan recvMsg, 4096),
@@ -75,8 +81,8 @@ func startServer(t testing.TB, cfg sipws.Config) *testServer {
 	srv, err := sipws.New(cfg)
 	require.NoError(t, err)
 	ts.Server = srv
-	ts.HTTP = httptest.NewServer(srv)
-	ts.Addr = strings.TrimPrefix(ts.HTTP.URL, "http://")
+	ts.HTTP = start(srv)
+	ts.Addr = ts.HTTP.Listener.Addr().String()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

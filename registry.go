@@ -233,6 +233,7 @@ type ConnInfo struct {
 	LocalAddr    netip.AddrPort
 	Subprotocol  Subprotocol
 	Secure       bool
+	HTTP2        bool   // carried by an HTTP/2 stream (RFC 8441), as Conn.HTTP2
 	State        string // "OPEN" or "CLOSING"
 	Opened       time.Time
 	LastUsed     time.Time     // the last frame received
@@ -374,6 +375,7 @@ func (c *Conn) info() ConnInfo {
 		LocalAddr:    c.local,
 		Subprotocol:  c.sp,
 		Secure:       c.secure,
+		HTTP2:        c.h2,
 		State:        st,
 		Opened:       c.opened,
 		LastUsed:     c.LastUsed(),

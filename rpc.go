@@ -162,10 +162,11 @@ type rpcRequest struct {
 //
 //	{"connections":[{"id":1,"src":"ws:127.0.0.1:40000","dst":"ws:127.0.0.1:8080",
 //	  "state":"OPEN","awaiting_pong":false,"last_used_s":3,"subprotocol":"sip",
-//	  "secure":false,"rtt_ms":0.42}],
+//	  "secure":false,"http2":false,"rtt_ms":0.42}],
 //	 "info":{"wscounter":1,"total":1,"truncated":false}}
 //
 // where src is the client, dst the server, wss: marks a secure connection,
+// http2 one carried by an HTTP/2 stream (RFC 8441),
 // an IPv6 address is in brackets, last_used_s is the whole seconds since the
 // last frame received, rtt_ms is the last Ping's round trip (0 when none was
 // measured), wscounter is the number of connections listed (as Kamailio),
@@ -649,6 +650,7 @@ type rpcDumpConn struct {
 	LastUsedS    int64   `json:"last_used_s"`
 	Subprotocol  string  `json:"subprotocol"`
 	Secure       bool    `json:"secure"`
+	HTTP2        bool    `json:"http2"`
 	RTTms        float64 `json:"rtt_ms"`
 }
 
@@ -751,6 +753,7 @@ func (h *rpcHandler) dump(req *rpcRequest, p rpcParams) (any, *rpcError) {
 			LastUsedS:    max(int64(now.Sub(ci.LastUsed)/time.Second), 0),
 			Subprotocol:  ci.Subprotocol.String(),
 			Secure:       ci.Secure,
+			HTTP2:        ci.HTTP2,
 			RTTms:        float64(ci.RTT.Microseconds()) / 1000,
 		})
 	}

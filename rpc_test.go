@@ -196,6 +196,7 @@ type rpcDumpConn struct {
 	LastUsedS    int64   `json:"last_used_s"`
 	Subprotocol  string  `json:"subprotocol"`
 	Secure       bool    `json:"secure"`
+	HTTP2        bool    `json:"http2"`
 	RTTms        float64 `json:"rtt_ms"`
 }
 
@@ -249,7 +250,7 @@ func TestRPCDumpFormat(t *testing.T) {
 	require.NoError(t, json.Unmarshal(res, &raw))
 	require.Len(t, raw.Connections, 2)
 	for _, c := range raw.Connections {
-		assert.ElementsMatch(t, []string{"id", "src", "dst", "state", "awaiting_pong", "last_used_s", "subprotocol", "secure", "rtt_ms"}, slices.Collect(maps.Keys(c)))
+		assert.ElementsMatch(t, []string{"id", "src", "dst", "state", "awaiting_pong", "last_used_s", "subprotocol", "secure", "http2", "rtt_ms"}, slices.Collect(maps.Keys(c)))
 	}
 	assert.ElementsMatch(t, []string{"wscounter", "total", "truncated"}, slices.Collect(maps.Keys(raw.Info)))
 

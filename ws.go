@@ -471,6 +471,7 @@ type Server struct {
 	nextID   atomic.Uint64
 	shutdown atomic.Bool // Shutdown has begun: no lingering for FINs
 	disabled atomic.Bool
+	h2warn   sync.Once // the warning that WebSocket over HTTP/2 is not offered
 
 	// mu orders handshakes against Shutdown. A handshake joins live before
 	// its 101 only while closed is false, so Shutdown waits for every

@@ -3,26 +3,11 @@
 // handshake and given to `ws` as the CA), so certificate checking stays on.
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import tls from "node:tls";
 import { createRequire } from "node:module";
 import { JsSIPPhone, installWebSocket } from "./lib/clients.mjs";
 
 const require = createRequire(import.meta.url);
-const { start, online, getJSON, adminJSON, EXAMPLES } = require("./lib/server.js");
-
-// serverCertificate returns the PEM of the certificate the server presents.
-function serverCertificate(port) {
-  return new Promise((resolve, reject) => {
-    const sock = tls.connect({ host: "127.0.0.1", port, rejectUnauthorized: false }, () => {
-      const der = sock.getPeerCertificate().raw;
-      sock.end();
-      const b64 = der.toString("base64").replace(/.{64}/g, "$&\n");
-      resolve(`-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`);
-    });
-    sock.on("error", reject);
-    sock.setTimeout(5000, () => sock.destroy(new Error("TLS handshake timed out")));
-  });
-}
+const { start, online, getJSON, adminJSON, EXAMPLES, serverCertificate } = require("./lib/server.js");
 
 for (const example of EXAMPLES)
 describe(`${example}: wss with a self-signed certificate`, { timeout: 60000 }, () => {

@@ -28,7 +28,7 @@
 //
 // On top of them come what Kamailio does not measure:
 //
-//	sipws_handshake_duration_seconds{status_class}       histogram; "1xx" (101), "4xx", "5xx"
+//	sipws_handshake_duration_seconds{status_class}       histogram; "1xx" (101), "2xx" (200: over HTTP/2), "4xx", "5xx"
 //	sipws_message_size_bytes{direction,subprotocol}      histogram; "in"/"out", "sip"/"msrp"
 //	sipws_keepalive_rtt_seconds                          histogram; Ping to Pong
 //	sipws_closes_total{code,cause}                       counter

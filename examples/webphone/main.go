@@ -81,6 +81,7 @@ type options struct {
 	tlsCert    string
 	tlsKey     string
 	selfSigned bool
+	http2      bool
 	admin      string
 	web        string
 	webSet     bool
@@ -117,6 +118,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate `file`: serve https and wss (with -tls-key)")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of -tls-cert")
 	fs.BoolVar(&o.selfSigned, "self-signed", false, "serve https and wss with a certificate for 127.0.0.1/localhost made at start")
+	fs.BoolVar(&o.http2, "http2", false, "offer HTTP/2 by ALPN too (with -tls-cert or -self-signed), and WebSocket over it (RFC 8441): the process must start with GODEBUG=http2xconnect=1 in its environment, which Go's HTTP/2 server reads when it starts")
 	fs.StringVar(&o.admin, "admin", "", "`address` of a private listener for the operations RPC (/RPC: ws.dump, ws.close, …) and Prometheus metrics (/metrics), e.g. 127.0.0.1:8081, where sipwsctl looks by default; no authentication: keep it on loopback (empty: none)")
 	fs.StringVar(&o.web, "web", defaultWeb, "`directory` of the page (index.html, app.js, style.css, node_modules)")
 	flowKey := fs.String("flow-key", "", "`hex` key (16+ bytes) of the flow tokens in Record-Route; keep it across restarts so that old dialogs get 430 (empty: random)")
@@ -142,6 +144,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.selfSigned && o.tlsCert != "" {
 		return o, usageError{err: errors.New("-self-signed and -tls-cert exclude each other")}
+	}
+	if o.http2 && o.tlsCert == "" && !o.selfSigned {
+		return o, usageError{err: errors.New("-http2 needs -tls-cert or -self-signed: browsers speak HTTP/2 only over TLS")}
+	}
+	if o.http2 && !strings.Contains(os.Getenv("GODEBUG"), "http2xconnect=1") {
+		return o, usageError{err: errors.New("-http2 needs GODEBUG=http2xconnect=1 in the environment: without it Go's HTTP/2 server does not offer Extended CONNECT, and browsers keep WebSocket on HTTP/1.1")}
 	}
 	if o.domain == "" || strings.ContainsAny(o.domain, " \t;:@<>/") {
 		return o, usageError{err: fmt.Errorf("-domain %q: want a host name", o.domain)}
@@ -230,7 +238,7 @@ func newApp(cfg appConfig, log *slog.Logger) (*app, error) {
 		OnMessage:      p.onMessage,
 		OnClosed:       p.onClosed,
 		OnOpen: func(c *sipws.Conn) {
-			log.Info("connection open", "conn", c.ID(), "remote", c.RemoteAddr(), "secure", c.Secure(), "origin", c.Header().Get("Origin"))
+			log.Info("connection open", "conn", c.ID(), "remote", c.RemoteAddr(), "secure", c.Secure(), "http2", c.HTTP2(), "origin", c.Header().Get("Origin"))
 		},
 	})
 	if err != nil {
@@ -303,7 +311,10 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 	scheme := "http"
 	if tlsConf != nil {
 		tlsConf.MinVersion = tls.VersionTLS12
-		tlsConf.NextProtos = []string{"http/1.1"} // WebSocket needs HTTP/1.1
+		tlsConf.NextProtos = []string{"http/1.1"} // WebSocket over HTTP/1.1
+		if o.http2 {
+			tlsConf.NextProtos = []string{"h2", "http/1.1"} // and over HTTP/2 (RFC 8441)
+		}
 		ln = tls.NewListener(ln, tlsConf)
 		scheme = "https"
 	}

@@ -148,6 +148,7 @@ type connJSON struct {
 	Remote       string       `json:"remote"`
 	Local        string       `json:"local"`
 	Transport    string       `json:"transport"`
+	HTTP         string       `json:"http"` // what carried the WebSocket: "HTTP/1.1", or "HTTP/2" (RFC 8441)
 	Subprotocol  string       `json:"subprotocol"`
 	State        string       `json:"state"`
 	Opened       time.Time    `json:"opened"`
@@ -179,9 +180,12 @@ func (s *site) serveConnections(w http.ResponseWriter, r *http.Request) {
 		}
 		cj := connJSON{
 			ID: ci.ID, Remote: ci.RemoteAddr.String(), Local: ci.LocalAddr.String(),
-			Transport: tr, Subprotocol: ci.Subprotocol.String(), State: ci.State,
+			Transport: tr, HTTP: "HTTP/1.1", Subprotocol: ci.Subprotocol.String(), State: ci.State,
 			Opened: ci.Opened, LastUsed: ci.LastUsed, IdleMS: now.Sub(ci.LastUsed).Milliseconds(),
 			AwaitingPong: ci.AwaitingPong, RTTMS: float64(ci.RTT.Microseconds()) / 1000,
+		}
+		if ci.HTTP2 {
+			cj.HTTP = "HTTP/2"
 		}
 		if c, ok := s.ws.Registry().Get(ci.ID); ok {
 			cj.Origin = c.Header().Get("Origin")

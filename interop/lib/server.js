@@ -77,13 +77,15 @@ class Server {
 // 127.0.0.1:port (0: any free port) with extra
 // flags, and its -admin listener on another free loopback port, and
 // resolves once it logs "listening on URL". Its log goes to logs (an array
-// of lines) and, with WEBPHONE_LOG=1, to stderr.
-async function start({ example = "webphone", port = 0, args = [], logs = [] } = {}) {
+// of lines) and, with WEBPHONE_LOG=1, to stderr. env holds variables added
+// to the process's environment (GODEBUG for -http2).
+async function start({ example = "webphone", port = 0, args = [], logs = [], env = {} } = {}) {
   const admin = [];
   if (!args.includes("-admin")) admin.push("-admin", "127.0.0.1:0");
   let adminURL = "";
   const proc = spawn(binary(example), ["-addr", `127.0.0.1:${port}`, "-web", webDir, ...admin, ...args], {
     stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, ...env },
   });
   let buf = "";
   const url = await new Promise((resolve, reject) => {
@@ -174,4 +176,20 @@ async function waitFor(cond, what, ms = 10000) {
   }
 }
 
-module.exports = { start, freePort, getJSON, adminJSON, online, waitFor, webDir, repo, EXAMPLES };
+// serverCertificate returns the PEM of the certificate the server on
+// 127.0.0.1:port presents (the one -self-signed made), for a client to trust
+// exactly that one.
+function serverCertificate(port) {
+  return new Promise((resolve, reject) => {
+    const sock = require("node:tls").connect({ host: "127.0.0.1", port, rejectUnauthorized: false }, () => {
+      const der = sock.getPeerCertificate().raw;
+      sock.end();
+      const b64 = der.toString("base64").replace(/.{64}/g, "$&\n");
+      resolve(`-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`);
+    });
+    sock.on("error", reject);
+    sock.setTimeout(5000, () => sock.destroy(new Error("TLS handshake timed out")));
+  });
+}
+
+module.exports = { start, freePort, getJSON, adminJSON, online, waitFor, webDir, repo, EXAMPLES, serverCertificate };
