@@ -251,6 +251,13 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 		b.WriteString(sp.Token())
 	}
 	b.WriteString("\r\n")
+	var dfl *deflater
+	if s.cfg.Compression {
+		if p, ok := negotiateDeflate(r.Header.Values("Sec-WebSocket-Extensions")); ok {
+			dfl = newDeflater(p)
+			b.WriteString("Sec-WebSocket-Extensions: " + p.response() + "\r\n")
+		}
+	}
 	if v := s.cfg.CORS.allowOrigin(r.Header.Get("Origin")); v != "" {
 		b.WriteString("Access-Control-Allow-Origin: " + v + "\r\n")
 	}
@@ -279,6 +286,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	}
 
 	c := s.newConn(nc, r, cl, sp, identity, pending(brw.Reader))
+	c.dfl = dfl
 	// Register under the read lock: Shutdown, which takes the write lock
 	// to set closed, then finds this connection in the registry, or this
 	// finds closed set and closes the connection itself. Either way the

@@ -62,6 +62,17 @@ type Config struct {
 	ImplicitSubprotocol Subprotocol
 	// CORS is the cross-origin mode of the 101 response (cors_mode).
 	CORS CORSMode
+	// Compression negotiates permessage-deflate (RFC 7692) with a client
+	// that offers it, as browsers do. Off by default, as in every other SIP
+	// WebSocket server. When on, messages of 128 bytes and more are sent
+	// compressed when that makes them shorter, with the last 8 KiB sent as
+	// the dictionary (the connection holds those bytes, no compressor), and
+	// each message from the client stands alone (the answer carries
+	// client_no_context_takeover) and is inflated with a pooled inflater,
+	// stopped at MaxMessageSize (1009). Leave it off when an attacker can
+	// put text of its choosing into messages that also carry secrets and
+	// watch their sizes (RFC 7692 §8, CRIME/BREACH): see SECURITY.md.
+	Compression bool
 
 	// MaxMessageSize is the largest message accepted, all fragments
 	// together; a larger one closes the connection with 1009. 0 means 64 KiB;
@@ -471,6 +482,8 @@ type Server struct {
 	nextID   atomic.Uint64
 	shutdown atomic.Bool // Shutdown has begun: no lingering for FINs
 	disabled atomic.Bool
+
+	inflaters sync.Pool // *inflater, lent while a compressed message inflates
 
 	// mu orders handshakes against Shutdown. A handshake joins live before
 	// its 101 only while closed is false, so Shutdown waits for every
