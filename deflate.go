@@ -424,32 +424,36 @@ func (s *Server) putInflater(f *inflater) {
 // inflate inflates a compressed message p into a new buffer of at most
 // limit bytes: errInflateTooBig as soon as the output would pass it,
 // errInflateBad when p is not DEFLATE data. grow is asked before the
-// buffer grows to a new capacity; when it refuses, inflate returns its
-// error.
+// buffer grows to a new capacity (never past limit); when it refuses,
+// inflate returns its error.
 func (s *Server) inflate(p []byte, limit int, grow func(int) error) ([]byte, error) {
 	f := s.getInflater(p)
 	defer s.putInflater(f)
-	size := min(limit+1, max(growAhead, 4*len(p)))
+	size := min(limit, max(growAhead, 4*len(p)))
 	if err := grow(size); err != nil {
 		return nil, err
 	}
 	out := make([]byte, 0, size)
+	var probe [1]byte
 	for {
-		if len(out) == cap(out) {
-			if len(out) > limit {
-				return nil, errInflateTooBig
-			}
-			size = min(limit+1, 2*cap(out))
+		buf := out[len(out):cap(out)]
+		if len(buf) == 0 && cap(out) < limit {
+			size = min(limit, 2*cap(out))
 			if err := grow(size); err != nil {
 				return nil, err
 			}
 			out = regrow(out, size)
+			buf = out[len(out):cap(out)]
 		}
-		n, err := f.fr.Read(out[len(out):cap(out)])
-		out = out[:len(out)+n]
-		if len(out) > limit {
+		if len(buf) == 0 {
+			// At the limit: one byte more is one too many.
+			buf = probe[:]
+		}
+		n, err := f.fr.Read(buf)
+		if n > 0 && len(out) == limit {
 			return nil, errInflateTooBig
 		}
+		out = out[:len(out)+n]
 		switch {
 		case err == nil:
 		case err == io.EOF || err == io.ErrUnexpectedEOF:

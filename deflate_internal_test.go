@@ -129,9 +129,20 @@ func TestInflateBounds(t *testing.T) {
 	most := 0
 	_, err = s.inflate(zb, limit, func(n int) error { most = max(most, n); return nil })
 	assert.ErrorIs(t, err, errInflateTooBig)
-	assert.LessOrEqual(t, most, limit+1, "largest buffer asked for")
+	assert.Equal(t, limit, most, "largest buffer asked for")
 
-	out, err := s.inflate(zb, 20<<20, func(int) error { return nil })
+	// Exactly the limit inflates; one byte more does not.
+	var exact bytes.Buffer
+	w, _ = stdflate.NewWriter(&exact, stdflate.BestSpeed)
+	_, _ = w.Write(bytes.Repeat([]byte("ab"), limit/2))
+	require.NoError(t, w.Flush())
+	out, err := s.inflate(exact.Bytes()[:exact.Len()-4], limit, func(int) error { return nil })
+	require.NoError(t, err)
+	assert.Len(t, out, limit)
+	_, err = s.inflate(exact.Bytes()[:exact.Len()-4], limit-1, func(int) error { return nil })
+	assert.ErrorIs(t, err, errInflateTooBig)
+
+	out, err = s.inflate(zb, 20<<20, func(int) error { return nil })
 	require.NoError(t, err)
 	assert.Len(t, out, 10<<20)
 
@@ -184,7 +195,7 @@ func FuzzInflate(f *testing.F) {
 	f.Fuzz(func(t *testing.T, p []byte) {
 		const limit = 4 << 10
 		out, err := s.inflate(p, limit, func(n int) error {
-			if n > limit+1 {
+			if n > limit {
 				t.Fatalf("buffer of %d bytes asked for", n)
 			}
 			return nil

@@ -1,0 +1,347 @@
+package sipws_test
+
+import (
+	"bytes"
+	"compress/flate"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sipws/sipws"
+)
+
+// chromiumOffer is the permessage-deflate offer of Chromium's new WebSocket().
+const chromiumOffer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"
+
+// deflateClient is a client that speaks permessage-deflate with the standard
+// library's compress/flate, an implementation independent of the server's:
+// it compresses each message on its own (the server answers
+// client_no_context_takeover) and inflates the server's with the window of
+// what it inflated before (context takeover).
+type deflateClient struct {
+	*rawClient
+	window []byte // the last 32 KiB inflated: the inflater's window
+	answer string // the server's Sec-WebSocket-Extensions
+}
+
+// dialDeflate opens a sip connection with the extension header line ext
+// ("" for none).
+func dialDeflate(t testing.TB, addr, ext string) *deflateClient {
+	t.Helper()
+	var extra []string
+	if ext != "" {
+		extra = append(extra, ext)
+	}
+	c, resp := rawDial(t, addr, handshakeRequest(addr, "sip", extra...))
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	return &deflateClient{rawClient: c, answer: strings.Join(resp.Header.Values("Sec-WebSocket-Extensions"), ", ")}
+}
+
+// deflateMsg compresses p on its own, the trailing empty block removed.
+func deflateMsg(t testing.TB, p []byte) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	w, err := flate.NewWriter(&b, flate.DefaultCompression)
+	require.NoError(t, err)
+	_, err = w.Write(p)
+	require.NoError(t, err)
+	require.NoError(t, w.Flush())
+	out := b.Bytes()
+	require.Equal(t, []byte{0, 0, 0xff, 0xff}, out[len(out)-4:])
+	return out[:len(out)-4]
+}
+
+// sendCompressed sends p compressed in one frame with RSV1 (rsv 4).
+func (c *deflateClient) sendCompressed(op byte, p []byte) {
+	c.t.Helper()
+	c.writeFrame(true, 4, op, deflateMsg(c.t, p), true)
+}
+
+// readMessage reads the next data frame and inflates it when RSV1 is set.
+func (c *deflateClient) readMessage() (f frame, data []byte) {
+	c.t.Helper()
+	for {
+		f = c.mustReadFrame()
+		if f.Op == 0x1 || f.Op == 0x2 || f.Op == 0x8 {
+			break
+		}
+	}
+	require.Equal(c.t, byte(0x80), boolBit(f.Fin), "one frame per message")
+	if f.Rsv != 4 {
+		require.Zero(c.t, f.Rsv)
+		return f, f.Payload
+	}
+	in := io.MultiReader(bytes.NewReader(f.Payload), bytes.NewReader([]byte{0, 0, 0xff, 0xff}))
+	data, err := io.ReadAll(flate.NewReaderDict(in, c.window))
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		require.NoError(c.t, err)
+	}
+	if !strings.Contains(c.answer, "server_no_context_takeover") {
+		c.window = append(c.window, data...)
+		if len(c.window) > 32<<10 {
+			c.window = c.window[len(c.window)-32<<10:]
+		}
+	}
+	return f, data
+}
+
+func boolBit(b bool) byte {
+	if b {
+		return 0x80
+	}
+	return 0
+}
+
+// sipFlow is a register + call + MESSAGE exchange as JsSIP writes it: the
+// messages share most of their header lines, as a real flow does.
+func sipFlow() []string {
+	hdr := func(first, cseq, extra, body string) string {
+		return first + "\r\n" +
+			"Via: SIP/2.0/WSS 7q1s0m3k9d2v.invalid;branch=z9hG4bK" + fmt.Sprint(len(first)*7919) + "\r\n" +
+			"Max-Forwards: 69\r\n" +
+			"To: <sip:bob@sipws.test>\r\n" +
+			"From: \"Alice\" <sip:alice@sipws.test>;tag=4gb3ljqg8r\r\n" +
+			"Call-ID: jq0dh6kbg1v2m8cjd3ce\r\n" +
+			"CSeq: " + cseq + "\r\n" +
+			"Contact: <sip:2m1k8a9s@7q1s0m3k9d2v.invalid;transport=ws;ob>\r\n" +
+			"Allow: INVITE,ACK,CANCEL,BYE,UPDATE,MESSAGE,OPTIONS,REFER,INFO,NOTIFY\r\n" +
+			"Supported: path,gruu,outbound\r\n" +
+			"User-Agent: JsSIP 3.10.1\r\n" + extra +
+			"Content-Length: " + fmt.Sprint(len(body)) + "\r\n\r\n" + body
+	}
+	sdp := "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n" +
+		"a=group:BUNDLE 0\r\na=msid-semantic: WMS 3a1f\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n" +
+		"c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:Zr9f\r\na=ice-pwd:7lWs1Qm8vJ0bTq3r5cXy2uKp\r\n" +
+		"a=fingerprint:sha-256 4B:0F:3C:21:9A:7E:55:D2:18:6C:0B:93:F1:AE:42:7D:C8:61:3E:90:5B:27:DD:0A:F4:83:16:BE:79:C2:58:E1\r\n" +
+		"a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n"
+	return []string{
+		hdr("REGISTER sip:sipws.test SIP/2.0", "1 REGISTER", "Expires: 600\r\n", ""),
+		hdr("SIP/2.0 200 OK", "1 REGISTER", "Expires: 600\r\n", ""),
+		hdr("INVITE sip:bob@sipws.test SIP/2.0", "2 INVITE", "Content-Type: application/sdp\r\n", sdp),
+		hdr("SIP/2.0 180 Ringing", "2 INVITE", "", ""),
+		hdr("SIP/2.0 200 OK", "2 INVITE", "Content-Type: application/sdp\r\n", sdp),
+		hdr("ACK sip:bob@sipws.test SIP/2.0", "2 ACK", "", ""),
+		hdr("MESSAGE sip:bob@sipws.test SIP/2.0", "3 MESSAGE", "Content-Type: text/plain\r\n", "hello, bob"),
+		hdr("SIP/2.0 200 OK", "3 MESSAGE", "", ""),
+		hdr("BYE sip:bob@sipws.test SIP/2.0", "4 BYE", "", ""),
+		hdr("SIP/2.0 200 OK", "4 BYE", "", ""),
+	}
+}
+
+// TestDeflateEcho runs the SIP flow through an echo server with compression
+// on: every message the client sends compressed is delivered inflated, and
+// every one sent back above the threshold is compressed and inflates, with
+// context takeover, to what was sent; short ones go as they are.
+func TestDeflateEcho(t *testing.T) {
+	ts := startServer(t, sipws.Config{Compression: true, OnMessage: func(c *sipws.Conn, m sipws.Message) {
+		_ = c.SendMessage(m.Type, m.Data)
+	}})
+	c := dialDeflate(t, ts.Addr, chromiumOffer)
+	assert.Equal(t, "permessage-deflate; client_no_context_takeover", c.answer)
+
+	var plain, wire int
+	for round := range 2 {
+		for i, msg := range sipFlow() {
+			c.sendCompressed(0x1, []byte(msg))
+			m := ts.nextMsg(t)
+			require.Equal(t, msg, string(m.Msg.Data), "round %d message %d delivered inflated", round, i)
+			f, data := c.readMessage()
+			require.Equal(t, msg, string(data), "round %d message %d echoed", round, i)
+			assert.Equal(t, byte(4), f.Rsv, "message %d of %d bytes compressed", i, len(msg))
+			plain += len(msg)
+			wire += len(f.Payload)
+		}
+	}
+	assert.Less(t, wire, plain/3, "the flow compresses with the history")
+	t.Logf("SIP flow, server to client: %d bytes to %d (%.0f %%)", plain, wire, 100*float64(wire)/float64(plain))
+
+	// Short messages and the keepalive go as they are; a binary message
+	// and an uncompressed text one from the client are delivered as sent.
+	c.sendText("\r\n\r\n")
+	f, data := c.readMessage()
+	assert.Equal(t, "\r\n", string(data))
+	assert.Zero(t, f.Rsv)
+	c.sendText("short")
+	assert.Equal(t, "short", string(ts.nextMsg(t).Msg.Data))
+	f, data = c.readMessage()
+	assert.Equal(t, "short", string(data))
+	assert.Zero(t, f.Rsv, "below the threshold")
+	bin := bytes.Repeat([]byte{0xff, 0, 1, 2}, 300)
+	c.sendCompressed(0x2, bin)
+	m := ts.nextMsg(t)
+	assert.Equal(t, sipws.MessageBinary, m.Msg.Type)
+	assert.Equal(t, bin, m.Msg.Data)
+	f, data = c.readMessage()
+	assert.Equal(t, byte(0x2), f.Op)
+	assert.Equal(t, bin, data)
+	// Incompressible bytes go as they are.
+	noise := make([]byte, 2000)
+	for i := range noise {
+		noise[i] = byte(i*i*7919 + i>>3)
+	}
+	c.writeFrame(true, 0, 0x2, noise, true)
+	assert.Equal(t, noise, ts.nextMsg(t).Msg.Data)
+	_, data = c.readMessage()
+	assert.Equal(t, noise, data)
+}
+
+// TestDeflateNegotiatedOnTheWire checks the 101 over a real socket: the
+// answer for offers a client may send, none when Compression is off, and a
+// malformed header that leaves the handshake whole and compression off.
+func TestDeflateNegotiatedOnTheWire(t *testing.T) {
+	on := startServer(t, sipws.Config{Compression: true})
+	off := startServer(t, sipws.Config{})
+	for _, tc := range []struct {
+		name string
+		ts   *testServer
+		ext  string
+		want string
+	}{
+		{"chromium", on, chromiumOffer, "permessage-deflate; client_no_context_takeover"},
+		{"off", off, chromiumOffer, ""},
+		{"no offer", on, "", ""},
+		{"server window", on, "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10; client_max_window_bits",
+			"permessage-deflate; client_no_context_takeover; server_max_window_bits=10"},
+		{"server no context takeover", on, "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+			"permessage-deflate; client_no_context_takeover; server_no_context_takeover"},
+		{"malformed", on, `Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits="15`, ""},
+		{"unknown parameter", on, "Sec-WebSocket-Extensions: permessage-deflate; mux", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialDeflate(t, tc.ts.Addr, tc.ext)
+			assert.Equal(t, tc.want, c.answer)
+			tc.ts.nextOpened(t)
+			c.sendText("ping me back?")
+			assert.Equal(t, "ping me back?", string(tc.ts.nextMsg(t).Msg.Data))
+		})
+	}
+}
+
+// TestDeflateWindowAndNoContextTakeover checks what the server sends for a
+// small server_max_window_bits (no reference past 2^bits bytes: the client's
+// inflater is given only that much of its window) and for
+// server_no_context_takeover (each message inflates on its own).
+func TestDeflateWindowAndNoContextTakeover(t *testing.T) {
+	for _, tc := range []struct {
+		ext  string
+		keep int // bytes of the window the client's inflater gets; -1 none
+	}{
+		{"permessage-deflate; server_max_window_bits=9", 1 << 9},
+		{"permessage-deflate; server_no_context_takeover", -1},
+	} {
+		t.Run(tc.ext, func(t *testing.T) {
+			ts := startServer(t, sipws.Config{Compression: true})
+			c := dialDeflate(t, ts.Addr, "Sec-WebSocket-Extensions: "+tc.ext)
+			conn := ts.nextOpened(t)
+			compressed := 0
+			for i, msg := range sipFlow() {
+				msg = msg[:min(len(msg), 200+i*30)]
+				require.NoError(t, conn.Send([]byte(msg)))
+				f := c.mustReadFrame()
+				data := f.Payload
+				if f.Rsv == 4 {
+					compressed++
+					var dict []byte
+					if tc.keep > 0 {
+						dict = c.window[max(0, len(c.window)-tc.keep):]
+					}
+					in := io.MultiReader(bytes.NewReader(f.Payload), bytes.NewReader([]byte{0, 0, 0xff, 0xff}))
+					var err error
+					data, err = io.ReadAll(flate.NewReaderDict(in, dict))
+					if !errors.Is(err, io.ErrUnexpectedEOF) {
+						require.NoError(t, err)
+					}
+					c.window = append(c.window, data...)
+				}
+				require.Equal(t, msg, string(data), "message %d", i)
+			}
+			assert.Positive(t, compressed)
+		})
+	}
+}
+
+// TestDeflateFramingErrors checks what fails the connection once the
+// extension is negotiated, and RSV1 where it is not.
+func TestDeflateFramingErrors(t *testing.T) {
+	bomb := func(n int) []byte {
+		p := deflateMsg(t, make([]byte, n))
+		require.Less(t, len(p), 4<<10, "compressed, the bomb is within MaxMessageSize")
+		return p
+	}
+	for _, tc := range []struct {
+		name   string
+		ext    string
+		frames func(c *deflateClient)
+		code   uint16
+	}{
+		{"RSV1 without negotiation", "", func(c *deflateClient) {
+			c.writeFrame(true, 4, 0x1, deflateMsg(t, []byte("hello hello hello")), true)
+		}, 1002},
+		{"RSV1 when Compression is off", "off", func(c *deflateClient) {
+			c.writeFrame(true, 4, 0x1, deflateMsg(t, []byte("hello hello hello")), true)
+		}, 1002},
+		{"RSV1 on a Ping", chromiumOffer, func(c *deflateClient) { c.writeFrame(true, 4, 0x9, []byte("x"), true) }, 1002},
+		{"RSV1 on a Pong", chromiumOffer, func(c *deflateClient) { c.writeFrame(true, 4, 0xA, nil, true) }, 1002},
+		{"RSV1 on a Close", chromiumOffer, func(c *deflateClient) { c.writeFrame(true, 4, 0x8, []byte{3, 232}, true) }, 1002},
+		{"RSV1 on a continuation", chromiumOffer, func(c *deflateClient) {
+			p := deflateMsg(t, []byte(strings.Repeat("fragmented ", 20)))
+			c.writeFrame(false, 4, 0x1, p[:5], true)
+			c.writeFrame(true, 4, 0x0, p[5:], true)
+		}, 1002},
+		{"RSV2", chromiumOffer, func(c *deflateClient) { c.writeFrame(true, 2, 0x1, []byte("x"), true) }, 1002},
+		{"RSV1 and RSV3", chromiumOffer, func(c *deflateClient) { c.writeFrame(true, 5, 0x1, []byte("x"), true) }, 1002},
+		{"zip bomb", chromiumOffer, func(c *deflateClient) { c.writeFrame(true, 4, 0x2, bomb(3<<20), true) }, 1009},
+		{"one byte over the limit", chromiumOffer, func(c *deflateClient) { c.writeFrame(true, 4, 0x2, bomb(4<<10+1), true) }, 1009},
+		{"not DEFLATE", chromiumOffer, func(c *deflateClient) { c.writeFrame(true, 4, 0x2, []byte{0xff, 0xfe, 0xfd}, true) }, 1007},
+		{"invalid UTF-8 inflated", chromiumOffer, func(c *deflateClient) {
+			c.writeFrame(true, 4, 0x1, deflateMsg(t, []byte("caf\xe9 au lait")), true)
+		}, 1007},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := sipws.Config{Compression: tc.ext != "off", MaxMessageSize: 4 << 10}
+			ts := startServer(t, cfg)
+			ext := tc.ext
+			if ext == "off" {
+				ext = chromiumOffer
+			}
+			c := dialDeflate(t, ts.Addr, ext)
+			tc.frames(c)
+			c.expectClose(tc.code, 5*time.Second)
+			ts.noMsg(t, 50*time.Millisecond)
+		})
+	}
+}
+
+// TestDeflateFragments checks a compressed message in fragments: RSV1 on the
+// first, none on the continuations, Pings between them; and that a message
+// of exactly MaxMessageSize inflated is delivered.
+func TestDeflateFragments(t *testing.T) {
+	ts := startServer(t, sipws.Config{Compression: true, MaxMessageSize: 4 << 10})
+	c := dialDeflate(t, ts.Addr, chromiumOffer)
+	msg := sipFlow()[2]
+	p := deflateMsg(t, []byte(msg))
+	third := len(p) / 3
+	c.writeFrame(false, 4, 0x1, p[:third], true)
+	c.writeFrame(true, 0, 0x9, []byte("between"), true)
+	c.writeFrame(false, 0, 0x0, p[third:2*third], true)
+	c.writeFrame(true, 0, 0x0, p[2*third:], true)
+	assert.Equal(t, msg, string(ts.nextMsg(t).Msg.Data))
+	f := c.mustReadFrame()
+	assert.Equal(t, byte(0xA), f.Op)
+
+	// Then an uncompressed message in fragments, as it was before.
+	c.writeFrame(false, 0, 0x1, []byte("plain "), true)
+	c.writeFrame(true, 0, 0x0, []byte("fragments"), true)
+	assert.Equal(t, "plain fragments", string(ts.nextMsg(t).Msg.Data))
+
+	exact := bytes.Repeat([]byte("z"), 4<<10)
+	c.sendCompressed(0x1, exact)
+	assert.Equal(t, exact, ts.nextMsg(t).Msg.Data)
+}
