@@ -80,6 +80,7 @@ type options struct {
 	tlsCert    string
 	tlsKey     string
 	selfSigned bool
+	compress   bool // -compression: Config.Compression
 	admin      string
 	web        string
 	webSet     bool
@@ -117,6 +118,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of -tls-cert")
 	fs.BoolVar(&o.selfSigned, "self-signed", false, "serve https and wss with a certificate for 127.0.0.1/localhost made at start")
 	fs.StringVar(&o.admin, "admin", "", "`address` of a private listener for the operations RPC (/RPC: ws.dump, ws.close, …) and Prometheus metrics (/metrics), e.g. 127.0.0.1:8081, where sipwsctl looks by default; no authentication: keep it on loopback (empty: none)")
+	fs.BoolVar(&o.compress, "compression", false, "negotiate permessage-deflate (RFC 7692) with browsers, which all offer it; off where attacker-chosen text shares messages with secrets (CRIME/BREACH, see SECURITY.md)")
 	fs.StringVar(&o.web, "web", defaultWeb, "`directory` of the page (index.html, app.js, style.css, node_modules)")
 	flowKey := fs.String("flow-key", "", "`hex` key (16+ bytes) of the flow tokens in Record-Route; keep it across restarts so that old dialogs get 430 (empty: random)")
 	logLevel := fs.String("log-level", "info", "log `level`: debug (every SIP message), info or warn")
@@ -191,6 +193,7 @@ type appConfig struct {
 	users   map[string]credential // nil: open mode
 	algs    []string              // nil: SHA-256, MD5
 	origins []string              // -allow-origin; nil: same origin only
+	deflate bool                  // -compression
 }
 
 // newApp builds the proxy and the sipws Server around it.
@@ -225,6 +228,7 @@ func newApp(cfg appConfig, log *slog.Logger) (*app, error) {
 		FlowTokens:     ft,
 		CheckOrigin:    checkOrigin,
 		AllowedOrigins: cfg.origins,
+		Compression:    cfg.deflate,
 		Logger:         log.With("component", "sipws"),
 		OnMessage:      p.onMessage,
 		OnClosed:       p.onClosed,
@@ -260,7 +264,7 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 	if !webDirOK(o.web) {
 		log.Warn("no index.html in the web directory: the page will not be served (set -web)", "web", o.web)
 	}
-	a, err := newApp(appConfig{domain: o.domain, webDir: o.web, flowKey: o.flowKey, users: o.users, algs: o.algs, origins: o.origins}, log)
+	a, err := newApp(appConfig{domain: o.domain, webDir: o.web, flowKey: o.flowKey, users: o.users, algs: o.algs, origins: o.origins, deflate: o.compress}, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "webphone: %v\n", err)
 		return 2
