@@ -287,7 +287,7 @@ type deflater struct {
 	mu     sync.Mutex // held from compressing a message to queueing it, so that the history follows the queue's order
 	window int        // the peer's inflate window: no reference may reach further back
 	keep   int        // the most history kept: min(deflateHistory, window), 0 with server_no_context_takeover
-	hist   []byte     // the last bytes sent compressed, at most keep; nil until a message is
+	hist   []byte     // the last bytes sent compressed, at most keep (cap too); nil until a message is
 }
 
 // newDeflater returns the outbound state for the accepted parameters.
@@ -342,16 +342,34 @@ func (d *deflater) sent(p []byte) {
 		return
 	}
 	if len(p) >= d.keep {
+		if cap(d.hist) < d.keep {
+			d.hist = make([]byte, 0, d.keep)
+		}
 		d.hist = append(d.hist[:0], p[len(p)-d.keep:]...)
 		return
-	}
-	if d.hist == nil {
-		d.hist = make([]byte, 0, d.keep)
 	}
 	if drop := len(d.hist) + len(p) - d.keep; drop > 0 {
 		d.hist = d.hist[:copy(d.hist, d.hist[drop:])]
 	}
+	if n := len(d.hist) + len(p); n > cap(d.hist) {
+		// Grown with what was sent, doubling, up to keep: a connection
+		// that sent one short answer holds little more than it.
+		d.hist = regrow(d.hist, min(d.keep, max(n, 2*cap(d.hist))))
+	}
 	d.hist = append(d.hist, p...)
+}
+
+// dropHistory lets go of the history of an idle connection, as the
+// keepalive finds it (nothing received for KeepaliveTimeout): the next
+// message it sends is compressed without a dictionary, and the history grows
+// again from there. The peer needs to know nothing: its window still holds
+// the bytes, we only stop referring to them.
+func (c *Conn) dropHistory() {
+	if d := c.dfl; d != nil {
+		d.mu.Lock()
+		d.hist = nil
+		d.mu.Unlock()
+	}
 }
 
 // Errors of inflate.

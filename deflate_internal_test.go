@@ -4,7 +4,9 @@ import (
 	"bytes"
 	stdflate "compress/flate"
 	"errors"
+	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -107,7 +109,7 @@ func TestDeflaterHistory(t *testing.T) {
 			d.sent(msg)
 			window = append(window, msg...)
 			compressed += len(out)
-			assert.LessOrEqual(t, len(d.hist), d.keep)
+			assert.LessOrEqual(t, cap(d.hist), d.keep)
 		}
 		t.Logf("%+v: %d bytes to %d", p, total, compressed)
 		assert.Positive(t, compressed)
@@ -203,5 +205,180 @@ func FuzzInflate(f *testing.F) {
 		if err == nil && len(out) > limit {
 			t.Fatalf("%d bytes out", len(out))
 		}
+	})
+}
+
+// sipFlow is the n-th run of what a JsSIP phone (3.10, in Chromium) and the
+// proxy exchange for a REGISTER, a call (INVITE with Chromium's audio offer,
+// 180, 200 with the answer, ACK, BYE, 200) and a MESSAGE with its 200. The
+// identifiers — branches, tags, Call-IDs, ICE credentials, fingerprints —
+// are new random-looking strings in each run and each transaction, as they
+// are on the wire, so that a compressor finds only what really repeats.
+func sipFlow(n int) []string {
+	id := func(i, width int) string {
+		var b strings.Builder
+		x := uint64(n*1009+i+1) * 0x9e3779b97f4a7c15
+		for b.Len() < width {
+			x ^= x >> 29
+			x *= 0xbf58476d1ce4e5b9
+			fmt.Fprintf(&b, "%016x", x)
+		}
+		return b.String()[:width]
+	}
+	host := id(1, 12) + ".invalid"
+	contact := "<sip:" + id(2, 8) + "@" + host + ";transport=ws;ob>;+sip.ice;reg-id=1;+sip.instance=\"<urn:uuid:" +
+		id(3, 8) + "-" + id(4, 4) + "-4" + id(5, 3) + "-8" + id(6, 3) + "-" + id(7, 12) + ">\""
+	sdp := func(k int) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "v=0\r\no=- %s 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n", id(k, 19))
+		fmt.Fprintf(&b, "a=extmap-allow-mixed\r\na=msid-semantic: WMS %s\r\n", id(k+1, 36))
+		b.WriteString("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n")
+		for c := range 3 {
+			fmt.Fprintf(&b, "a=candidate:%s 1 udp 2122260223 192.168.%d.%d 5%04d typ host generation 0 network-id %d\r\n",
+				id(k+2+c, 10), c, 10+k%200, (k*7+c)%10000, c+1)
+		}
+		fmt.Fprintf(&b, "a=ice-ufrag:%s\r\na=ice-pwd:%s\r\na=ice-options:trickle\r\n", id(k+6, 4), id(k+7, 24))
+		fp := id(k+8, 64)
+		b.WriteString("a=fingerprint:sha-256 ")
+		for i := 0; i < 64; i += 2 {
+			if i > 0 {
+				b.WriteByte(':')
+			}
+			b.WriteString(strings.ToUpper(fp[i : i+2]))
+		}
+		b.WriteString("\r\na=setup:actpass\r\na=mid:0\r\n" +
+			"a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n" +
+			"a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n" +
+			"a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n" +
+			"a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n")
+		fmt.Fprintf(&b, "a=sendrecv\r\na=msid:%s %s\r\na=rtcp-mux\r\na=rtcp-rsize\r\n", id(k+1, 36), id(k+9, 36))
+		b.WriteString("a=rtpmap:111 opus/48000/2\r\na=rtcp-fb:111 transport-cc\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n" +
+			"a=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\n" +
+			"a=rtpmap:8 PCMA/8000\r\na=rtpmap:13 CN/8000\r\na=rtpmap:110 telephone-event/48000\r\na=rtpmap:126 telephone-event/8000\r\n")
+		fmt.Fprintf(&b, "a=ssrc:%d cname:%s\r\na=ssrc:%d msid:%s %s\r\n", 1e9+k, id(k+10, 16), 1e9+k, id(k+1, 36), id(k+9, 36))
+		return b.String()
+	}
+	type dialog struct{ callID, fromTag, toTag string }
+	reg := dialog{id(10, 20), id(11, 10), id(12, 10)}
+	call := dialog{id(20, 20), id(21, 10), id(22, 10)}
+	msg := dialog{id(30, 20), id(31, 10), id(32, 10)}
+	req := func(method, ruri string, d dialog, cseq int, branch, extra, body string, toTag bool) string {
+		to := "<" + strings.Replace(ruri, "sip:sipws.test", "sip:alice@sipws.test", 1) + ">"
+		if toTag {
+			to += ";tag=" + d.toTag
+		}
+		return method + " " + ruri + " SIP/2.0\r\n" +
+			"Via: SIP/2.0/WSS " + host + ";branch=z9hG4bK" + branch + "\r\n" +
+			"Max-Forwards: 69\r\n" +
+			"To: " + to + "\r\n" +
+			"From: \"Alice\" <sip:alice@sipws.test>;tag=" + d.fromTag + "\r\n" +
+			"Call-ID: " + d.callID + "\r\n" +
+			fmt.Sprintf("CSeq: %d %s\r\n", cseq, method) + extra +
+			"Supported: path,gruu,outbound\r\nUser-Agent: JsSIP 3.10.1\r\n" +
+			fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body)) + body
+	}
+	res := func(status, method string, d dialog, cseq int, branch, extra, body string) string {
+		return "SIP/2.0 " + status + "\r\n" +
+			"Via: SIP/2.0/WSS " + host + ";rport=" + fmt.Sprint(40000+n%20000) + ";received=192.0.2.7;branch=z9hG4bK" + branch + "\r\n" +
+			"To: <sip:alice@sipws.test>;tag=" + d.toTag + "\r\n" +
+			"From: \"Alice\" <sip:alice@sipws.test>;tag=" + d.fromTag + "\r\n" +
+			"Call-ID: " + d.callID + "\r\n" +
+			fmt.Sprintf("CSeq: %d %s\r\n", cseq, method) + extra +
+			fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body)) + body
+	}
+	allow := "Allow: INVITE,ACK,CANCEL,BYE,UPDATE,MESSAGE,OPTIONS,REFER,INFO,NOTIFY\r\n"
+	rr := "Record-Route: <sip:" + id(40, 32) + "@192.0.2.1:8080;transport=ws;lr;ob>\r\n"
+	b1, b2, b3, b4, b5 := id(50, 16), id(51, 16), id(52, 16), id(53, 16), id(54, 16)
+	offer, answer := sdp(100), sdp(200)
+	return []string{
+		req("REGISTER", "sip:sipws.test", reg, 1, b1, "Contact: "+contact+";expires=600\r\nExpires: 600\r\n"+allow, "", false),
+		res("200 OK", "REGISTER", reg, 1, b1, "Contact: "+contact+";expires=600\r\nPath: <sip:"+id(41, 32)+"@192.0.2.1:8080;transport=ws;lr;ob>\r\n", ""),
+		req("INVITE", "sip:bob@sipws.test", call, 2, b2, "Contact: "+contact+"\r\n"+allow+"Content-Type: application/sdp\r\n", offer, false),
+		res("100 Trying", "INVITE", call, 2, b2, "", ""),
+		res("180 Ringing", "INVITE", call, 2, b2, rr+"Contact: <sip:"+id(42, 8)+"@"+id(43, 12)+".invalid;transport=ws;ob>\r\n", ""),
+		res("200 OK", "INVITE", call, 2, b2, rr+"Contact: <sip:"+id(42, 8)+"@"+id(43, 12)+".invalid;transport=ws;ob>\r\n"+allow+"Content-Type: application/sdp\r\n", answer),
+		req("ACK", "sip:"+id(42, 8)+"@"+id(43, 12)+".invalid;transport=ws", call, 2, b3, "Route: <sip:"+id(40, 32)+"@192.0.2.1:8080;transport=ws;lr;ob>\r\n", "", true),
+		req("MESSAGE", "sip:bob@sipws.test", msg, 3, b4, "Content-Type: text/plain\r\n", "Hi Bob! Call me back when you can.", false),
+		res("200 OK", "MESSAGE", msg, 3, b4, "", ""),
+		req("BYE", "sip:"+id(42, 8)+"@"+id(43, 12)+".invalid;transport=ws", call, 4, b5, "Route: <sip:"+id(40, 32)+"@192.0.2.1:8080;transport=ws;lr;ob>\r\n", "", true),
+		res("200 OK", "BYE", call, 4, b5, "", ""),
+	}
+}
+
+// BenchmarkDeflateModes compresses the messages of sipFlow, run after run,
+// in each outbound mode: the stateless encoder with a history of keep
+// bytes (0: no takeover, each message alone), and for comparison the
+// standard library's compressor kept per connection (context takeover, its
+// whole state held) and used per message (no takeover). It reports the CPU
+// per message, the bytes out per 100 in (pct) and what a connection holds
+// between messages (held-B).
+func BenchmarkDeflateModes(b *testing.B) {
+	var msgs [][]byte
+	for n := range 20 {
+		for _, m := range sipFlow(n) {
+			msgs = append(msgs, []byte(m))
+		}
+	}
+	report := func(b *testing.B, out, in int, held float64) {
+		b.ReportMetric(100*float64(out)/float64(in), "pct")
+		b.ReportMetric(held, "held-B")
+	}
+	for _, keep := range []int{0, 1 << 10, 2 << 10, 4 << 10, 8 << 10} {
+		b.Run(fmt.Sprintf("stateless/history=%d", keep), func(b *testing.B) {
+			d := newDeflater(deflateParams{})
+			d.keep = keep
+			out, in, i := 0, 0, 0
+			var buf []byte
+			for b.Loop() {
+				m := msgs[i%len(msgs)]
+				i++
+				c, ok := d.compress(buf[:0], m)
+				buf = c
+				in += len(m)
+				if ok {
+					d.sent(m)
+					out += len(c)
+				} else {
+					out += len(m)
+				}
+			}
+			report(b, out, in, float64(cap(d.hist)))
+		})
+	}
+	b.Run("stdlib/takeover", func(b *testing.B) {
+		var w bytes.Buffer
+		var ms0, ms1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms0)
+		fw, _ := stdflate.NewWriter(&w, stdflate.DefaultCompression)
+		runtime.ReadMemStats(&ms1)
+		held := float64(ms1.TotalAlloc - ms0.TotalAlloc)
+		out, in, i := 0, 0, 0
+		for b.Loop() {
+			m := msgs[i%len(msgs)]
+			i++
+			w.Reset()
+			_, _ = fw.Write(m)
+			_ = fw.Flush()
+			in += len(m)
+			out += w.Len() - 4
+		}
+		report(b, out, in, held)
+	})
+	b.Run("stdlib/no-takeover", func(b *testing.B) {
+		var w bytes.Buffer
+		fw, _ := stdflate.NewWriter(&w, stdflate.DefaultCompression)
+		out, in, i := 0, 0, 0
+		for b.Loop() {
+			m := msgs[i%len(msgs)]
+			i++
+			w.Reset()
+			fw.Reset(&w)
+			_, _ = fw.Write(m)
+			_ = fw.Flush()
+			in += len(m)
+			out += w.Len() - 4
+		}
+		report(b, out, in, 0)
 	})
 }

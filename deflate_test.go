@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/flate"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -99,41 +98,8 @@ func boolBit(b bool) byte {
 	return 0
 }
 
-// sipFlow is a register + call + MESSAGE exchange as JsSIP writes it: the
-// messages share most of their header lines, as a real flow does.
-func sipFlow() []string {
-	hdr := func(first, cseq, extra, body string) string {
-		return first + "\r\n" +
-			"Via: SIP/2.0/WSS 7q1s0m3k9d2v.invalid;branch=z9hG4bK" + fmt.Sprint(len(first)*7919) + "\r\n" +
-			"Max-Forwards: 69\r\n" +
-			"To: <sip:bob@sipws.test>\r\n" +
-			"From: \"Alice\" <sip:alice@sipws.test>;tag=4gb3ljqg8r\r\n" +
-			"Call-ID: jq0dh6kbg1v2m8cjd3ce\r\n" +
-			"CSeq: " + cseq + "\r\n" +
-			"Contact: <sip:2m1k8a9s@7q1s0m3k9d2v.invalid;transport=ws;ob>\r\n" +
-			"Allow: INVITE,ACK,CANCEL,BYE,UPDATE,MESSAGE,OPTIONS,REFER,INFO,NOTIFY\r\n" +
-			"Supported: path,gruu,outbound\r\n" +
-			"User-Agent: JsSIP 3.10.1\r\n" + extra +
-			"Content-Length: " + fmt.Sprint(len(body)) + "\r\n\r\n" + body
-	}
-	sdp := "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n" +
-		"a=group:BUNDLE 0\r\na=msid-semantic: WMS 3a1f\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n" +
-		"c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:Zr9f\r\na=ice-pwd:7lWs1Qm8vJ0bTq3r5cXy2uKp\r\n" +
-		"a=fingerprint:sha-256 4B:0F:3C:21:9A:7E:55:D2:18:6C:0B:93:F1:AE:42:7D:C8:61:3E:90:5B:27:DD:0A:F4:83:16:BE:79:C2:58:E1\r\n" +
-		"a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n"
-	return []string{
-		hdr("REGISTER sip:sipws.test SIP/2.0", "1 REGISTER", "Expires: 600\r\n", ""),
-		hdr("SIP/2.0 200 OK", "1 REGISTER", "Expires: 600\r\n", ""),
-		hdr("INVITE sip:bob@sipws.test SIP/2.0", "2 INVITE", "Content-Type: application/sdp\r\n", sdp),
-		hdr("SIP/2.0 180 Ringing", "2 INVITE", "", ""),
-		hdr("SIP/2.0 200 OK", "2 INVITE", "Content-Type: application/sdp\r\n", sdp),
-		hdr("ACK sip:bob@sipws.test SIP/2.0", "2 ACK", "", ""),
-		hdr("MESSAGE sip:bob@sipws.test SIP/2.0", "3 MESSAGE", "Content-Type: text/plain\r\n", "hello, bob"),
-		hdr("SIP/2.0 200 OK", "3 MESSAGE", "", ""),
-		hdr("BYE sip:bob@sipws.test SIP/2.0", "4 BYE", "", ""),
-		hdr("SIP/2.0 200 OK", "4 BYE", "", ""),
-	}
-}
+// sipFlow is SIPFlow(0): a register, a call and a MESSAGE.
+func sipFlow() []string { return sipws.SIPFlow(0) }
 
 // TestDeflateEcho runs the SIP flow through an echo server with compression
 // on: every message the client sends compressed is delivered inflated, and
@@ -148,7 +114,7 @@ func TestDeflateEcho(t *testing.T) {
 
 	var plain, wire int
 	for round := range 2 {
-		for i, msg := range sipFlow() {
+		for i, msg := range sipws.SIPFlow(round) {
 			c.sendCompressed(0x1, []byte(msg))
 			m := ts.nextMsg(t)
 			require.Equal(t, msg, string(m.Msg.Data), "round %d message %d delivered inflated", round, i)
@@ -344,4 +310,38 @@ func TestDeflateFragments(t *testing.T) {
 	exact := bytes.Repeat([]byte("z"), 4<<10)
 	c.sendCompressed(0x1, exact)
 	assert.Equal(t, exact, ts.nextMsg(t).Msg.Data)
+}
+
+// TestDeflateHistoryDroppedWhenIdle checks that a connection keeps the
+// history of what it sent while it is active and lets go of it when the
+// keepalive finds it idle; what it sends next still inflates in the
+// client, whose window is untouched.
+func TestDeflateHistoryDroppedWhenIdle(t *testing.T) {
+	for _, mech := range []sipws.KeepaliveMechanism{sipws.KeepalivePing, sipws.KeepalivePong} {
+		t.Run(mech.String(), func(t *testing.T) {
+			clk := newKaClock()
+			ts := startServer(t, sipws.WithClock(sipws.Config{Compression: true, Keepalive: mech, KeepaliveTimeout: 30 * time.Second}, clk))
+			c := dialDeflate(t, ts.Addr, chromiumOffer)
+			conn := ts.nextOpened(t)
+			clk.waitTickers(t, 1)
+			flow := sipws.SIPFlow(0)
+			require.NoError(t, conn.Send([]byte(flow[1])))
+			_, data := c.readMessage()
+			require.Equal(t, flow[1], string(data))
+			assert.Equal(t, len(flow[1]), conn.DeflateHistory(), "the history holds what was sent")
+
+			clk.step(t, 29*time.Second, time.Second)
+			c.noFrame(quiet)
+			assert.Positive(t, conn.DeflateHistory(), "kept while not idle")
+			clk.advance(t, time.Second)
+			f := c.mustReadFrame()
+			require.Contains(t, []byte{0x9, 0xA}, f.Op, "the keepalive")
+			assert.Zero(t, conn.DeflateHistory(), "dropped when idle")
+
+			require.NoError(t, conn.Send([]byte(flow[8])))
+			f, data = c.readMessage()
+			assert.Equal(t, byte(4), f.Rsv)
+			assert.Equal(t, flow[8], string(data))
+		})
+	}
 }
