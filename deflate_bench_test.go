@@ -47,15 +47,15 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// BenchmarkSendSIPFlow sends the messages of sipFlow in turn (a register,
-// a call and a MESSAGE, as JsSIP writes them), compression off and on: the
+// BenchmarkSendSIPFlow sends the messages of 20 runs of SIPFlow in turn (a
+// register, a call and a MESSAGE, as JsSIP writes them, with new identifiers
+// in each run), compression off and on: the
 // CPU per message sent, and the bytes on the wire per message (wire-B/msg,
 // frame headers included) against the messages' own (plain-B/msg).
 func BenchmarkSendSIPFlow(b *testing.B) {
-	flow := sipFlow()
-	plain := 0
-	for _, m := range flow {
-		plain += len(m)
+	var flow []string
+	for n := range 20 {
+		flow = append(flow, sipws.SIPFlow(n)...)
 	}
 	for _, on := range []bool{false, true} {
 		name := "off"
@@ -103,7 +103,7 @@ func BenchmarkSendSIPFlow(b *testing.B) {
 	}
 }
 
-// BenchmarkReceiveSIPFlow receives the messages of sipFlow in turn,
+// BenchmarkReceiveSIPFlow receives the messages of 20 runs of SIPFlow in turn,
 // compressed by the client each on its own (client_no_context_takeover, as
 // the server answers) when compression is on: the CPU per message received
 // and delivered, inflation included.
@@ -117,7 +117,10 @@ func BenchmarkReceiveSIPFlow(b *testing.B) {
 			var got atomic.Int64
 			conn := benchConnCompression(b, on, func(*sipws.Conn, sipws.Message) { got.Add(1) })
 			var burst []byte
-			flow := sipFlow()
+			var flow []string
+			for n := range 20 {
+				flow = append(flow, sipws.SIPFlow(n)...)
+			}
 			wire, plain := 0, 0
 			for _, m := range flow {
 				var f []byte
@@ -130,8 +133,6 @@ func BenchmarkReceiveSIPFlow(b *testing.B) {
 				wire += len(f)
 				plain += len(m)
 			}
-			b.ReportMetric(float64(wire)/float64(len(flow)), "wire-B/msg")
-			b.ReportMetric(float64(plain)/float64(len(flow)), "plain-B/msg")
 			b.ReportAllocs()
 			b.ResetTimer()
 			sent := 0
@@ -148,6 +149,8 @@ func BenchmarkReceiveSIPFlow(b *testing.B) {
 			if got.Load() < int64(sent) {
 				b.Fatalf("delivered %d of %d", got.Load(), sent)
 			}
+			b.ReportMetric(float64(wire)/float64(len(flow)), "wire-B/msg")
+			b.ReportMetric(float64(plain)/float64(len(flow)), "plain-B/msg")
 		})
 	}
 }
