@@ -345,3 +345,44 @@ func TestDeflateHistoryDroppedWhenIdle(t *testing.T) {
 		})
 	}
 }
+
+// TestDeflateConcurrentSends sends compressed messages on one connection
+// from several goroutines at once: each refers to the history of what went
+// before it on the wire, so each must inflate, in the client's window, to a
+// message that was sent, and all must arrive.
+func TestDeflateConcurrentSends(t *testing.T) {
+	ts := startServer(t, sipws.Config{Compression: true})
+	c := dialDeflate(t, ts.Addr, chromiumOffer)
+	conn := ts.nextOpened(t)
+	const senders, each = 8, 40
+	want := map[string]int{}
+	var msgs [senders][]string
+	for g := range senders {
+		for k := range each {
+			m := sipws.SIPFlow(g*each + k)[k%11]
+			msgs[g] = append(msgs[g], m)
+			want[m]++
+		}
+	}
+	done := make(chan error, senders)
+	for g := range senders {
+		go func() {
+			for _, m := range msgs[g] {
+				if err := conn.Send([]byte(m)); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	got := map[string]int{}
+	for range senders * each {
+		_, data := c.readMessage()
+		got[string(data)]++
+	}
+	for range senders {
+		require.NoError(t, <-done)
+	}
+	assert.Equal(t, want, got)
+}

@@ -84,9 +84,20 @@ func (c *Conn) send(typ MessageType, data []byte) error {
 // false, having sent nothing, when data does not shrink or cannot be
 // compressed for the peer's window: it then goes as it is.
 func (c *Conn) sendCompressed(typ MessageType, data []byte) (bool, error) {
+	sent, err := c.queueCompressed(typ, data)
+	if sent && err == nil {
+		if o := c.srv.obs; o != nil {
+			o.MessageSent(c.sp, len(data))
+		}
+	}
+	return sent, err
+}
+
+// queueCompressed compresses data and queues it, with the connection's
+// history held from one to the other, so that frames enter the queue in
+// the order their bytes entered the history.
+func (c *Conn) queueCompressed(typ MessageType, data []byte) (bool, error) {
 	d := c.dfl
-	// Held until the frame is queued: frames enter the queue in the order
-	// their bytes entered the history.
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	f := outFrame{data: true}
@@ -111,9 +122,6 @@ func (c *Conn) sendCompressed(typ MessageType, data []byte) (bool, error) {
 		return true, err
 	}
 	d.sent(data)
-	if o := c.srv.obs; o != nil {
-		o.MessageSent(c.sp, len(data))
-	}
 	return true, nil
 }
 
