@@ -372,6 +372,20 @@ func (c *Conn) dropHistory() {
 	}
 }
 
+// wireLimit is the most bytes the message being read may take on the wire:
+// MaxMessageSize, or for a compressed message the most that DEFLATE can
+// expand a message of that size (stored blocks: 5 bytes each 16 KiB at
+// worst, and a few more), so that a message that does not compress and was
+// compressed anyway, as browsers do, is still accepted when it fits once
+// inflated. Inflation is bounded by MaxMessageSize itself.
+func (c *Conn) wireLimit(st *readState) int64 {
+	n := c.srv.cfg.MaxMessageSize
+	if st.compressed {
+		n += n>>12 + n>>14 + 16
+	}
+	return n
+}
+
 // Errors of inflate.
 var (
 	errInflateTooBig = errors.New("sipws: inflated message over the size limit")

@@ -310,6 +310,21 @@ func TestDeflateFragments(t *testing.T) {
 	exact := bytes.Repeat([]byte("z"), 4<<10)
 	c.sendCompressed(0x1, exact)
 	assert.Equal(t, exact, ts.nextMsg(t).Msg.Data)
+
+	// A message of exactly MaxMessageSize that does not compress takes
+	// more on the wire, compressed, and is still accepted.
+	noise := make([]byte, 4<<10)
+	x := uint32(2463534242)
+	for i := range noise {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		noise[i] = byte(x)
+	}
+	p = deflateMsg(t, noise)
+	require.Greater(t, len(p), len(noise), "compressed, it is longer")
+	c.writeFrame(true, 4, 0x2, p, true)
+	assert.Equal(t, noise, ts.nextMsg(t).Msg.Data)
 }
 
 // TestDeflateHistoryDroppedWhenIdle checks that a connection keeps the

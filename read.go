@@ -293,7 +293,7 @@ func (c *Conn) readFrame(st *readState) error {
 				st.deadline = time.Now().Add(c.srv.cfg.MessageTimeout)
 			}
 		}
-		if h.Length > maxSize-int64(len(st.msg)) {
+		if h.Length > c.wireLimit(st)-int64(len(st.msg)) {
 			return c.fail(CloseMessageTooBig, fmt.Sprintf("message over %d bytes", maxSize))
 		}
 		err = c.readPayload(st, int(h.Length), h.Fin, h.Mask)
