@@ -111,6 +111,22 @@ func TestDeflaterHistory(t *testing.T) {
 			compressed += len(out)
 			assert.LessOrEqual(t, cap(d.hist), d.keep)
 		}
+		// A message longer than the encoder's block (32 KiB), after the
+		// history: it spans blocks, each referring back within the window.
+		var long strings.Builder
+		for i := 0; long.Len() < 100<<10; i++ {
+			fmt.Fprintf(&long, "line %d of a long message, %x\r\n", i, i*i*7919)
+		}
+		if out, ok := d.compress(nil, []byte(long.String())); ok {
+			hist := window
+			if p.serverNoContext {
+				hist = nil
+			}
+			hist = hist[max(0, len(hist)-d.window):]
+			require.Equal(t, long.String(), string(inflateStd(t, out, hist)), "long message with %+v", p)
+		} else {
+			assert.Less(t, d.window, long.Len(), "only a message past the window goes as it is")
+		}
 		t.Logf("%+v: %d bytes to %d", p, total, compressed)
 		assert.Positive(t, compressed)
 	}
