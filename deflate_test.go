@@ -3,9 +3,13 @@ package sipws_test
 import (
 	"bytes"
 	"compress/flate"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -400,4 +404,34 @@ func TestDeflateConcurrentSends(t *testing.T) {
 		require.NoError(t, <-done)
 	}
 	assert.Equal(t, want, got)
+}
+
+// TestDeflateTLS runs compressed messages both ways over TLS, where frames
+// are built outside the pooled blocks of the plain-TCP path.
+func TestDeflateTLS(t *testing.T) {
+	ts := startServer(t, sipws.Config{Compression: true, OnMessage: func(c *sipws.Conn, m sipws.Message) {
+		_ = c.SendMessage(m.Type, m.Data)
+	}})
+	h := httptest.NewUnstartedServer(ts.Server)
+	h.StartTLS()
+	t.Cleanup(h.Close)
+	addr := strings.TrimPrefix(h.URL, "https://")
+	pool := x509.NewCertPool()
+	pool.AddCert(h.Certificate())
+	tc, err := tls.DialWithDialer(&net.Dialer{Timeout: ioTimeout}, "tcp", addr, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+	require.NoError(t, err)
+	req := newHSRequest(addr, "sip").add("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")
+	res := hsExchange(t, tc, http.MethodGet, req.String())
+	require.Equal(t, http.StatusSwitchingProtocols, res.resp.StatusCode)
+	c := &deflateClient{rawClient: res.c, answer: res.resp.Header.Get("Sec-WebSocket-Extensions")}
+	require.Equal(t, "permessage-deflate; client_no_context_takeover", c.answer)
+	for round := range 2 {
+		for i, msg := range sipws.SIPFlow(round) {
+			c.sendCompressed(0x1, []byte(msg))
+			assert.Equal(t, msg, string(ts.nextMsg(t).Msg.Data))
+			f, data := c.readMessage()
+			require.Equal(t, msg, string(data), "round %d message %d", round, i)
+			assert.Equal(t, byte(4), f.Rsv)
+		}
+	}
 }
