@@ -241,7 +241,7 @@ func (c *Conn) readFrame(st *readState) error {
 		return c.fail(CloseProtocolError, "reserved bits set")
 	case h.Rsv != 0 && h.OpCode != opText && h.OpCode != opBinary:
 		// RFC 7692 §6.1: RSV1 only on the first frame of a data message.
-		return c.fail(CloseProtocolError, "RSV1 set on a control or continuation frame")
+		return c.fail(CloseProtocolError, "RSV1 set on a frame that does not start a data message")
 	case !h.Masked:
 		return c.fail(CloseProtocolError, "unmasked frame")
 	}

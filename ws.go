@@ -66,10 +66,12 @@ type Config struct {
 	// that offers it, as browsers do. Off by default, as in every other SIP
 	// WebSocket server. When on, messages of 128 bytes and more are sent
 	// compressed when that makes them shorter, with the last 8 KiB sent as
-	// the dictionary (the connection holds those bytes, no compressor), and
-	// each message from the client stands alone (the answer carries
+	// the dictionary (the connection holds those bytes, no compressor, and
+	// lets go of them when the keepalive finds it idle), and each message
+	// from the client stands alone (the answer carries
 	// client_no_context_takeover) and is inflated with a pooled inflater,
-	// stopped at MaxMessageSize (1009). Leave it off when an attacker can
+	// stopped at MaxMessageSize (1009), its bytes counted against
+	// MaxPartialBytes while it inflates. Leave it off when an attacker can
 	// put text of its choosing into messages that also carry secrets and
 	// watch their sizes (RFC 7692 §8, CRIME/BREACH): see SECURITY.md.
 	Compression bool
