@@ -305,7 +305,7 @@ func (c *Conn) startClose(by CloseCause, code CloseCode, reason string, err erro
 	c.recordEnd(by, code, reason, err)
 	c.pushLocked(outFrame{b: closeFrame(code, reason)})
 	c.wmu.Unlock()
-	c.srv.log.Debug("closing", "conn", c.id, "remote", c.remote, "code", code, "reason", reason, "by", by)
+	c.srv.log.Debug("closing", "conn", c.id, "remote", c.remote, "code", code, "reason", reason, "cause", by)
 	c.armCloseDeadline()
 	return nil
 }
@@ -329,7 +329,7 @@ func (c *Conn) abort(by CloseCause, code CloseCode, reason string, err error) {
 	}
 	c.state = stateClosed
 	c.wmu.Unlock()
-	c.srv.log.Debug("aborting", "conn", c.id, "remote", c.remote, "by", by, "err", err)
+	c.srv.log.Debug("aborting", "conn", c.id, "remote", c.remote, "cause", by, "err", err)
 	_ = c.nc.Close()
 }
 
@@ -409,7 +409,7 @@ func (c *Conn) finish(readErr error) {
 	ended := c.srv.clock.Now()
 	close(c.done)
 	c.srv.log.Info("connection closed", "conn", c.id, "remote", c.remote, "subprotocol", c.sp,
-		"code", int(end.code), "reason", end.reason, "by", end.by.String(), "err", end.err)
+		"code", int(end.code), "reason", end.reason, "cause", end.by.String(), "err", end.err)
 	if h := c.srv.cfg.OnClosed; h != nil {
 		defer func() {
 			if p := recover(); p != nil {

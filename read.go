@@ -88,7 +88,7 @@ func (c *Conn) fail(code CloseCode, reason string) error {
 // failBy fails the connection for what the peer sent, as by says: our close
 // frame with code and reason, then the end.
 func (c *Conn) failBy(by CloseCause, code CloseCode, reason string) error {
-	c.srv.log.Info("failing the connection", "conn", c.id, "remote", c.remote, "code", code, "reason", reason, "by", by)
+	c.srv.log.Info("failing the connection", "conn", c.id, "remote", c.remote, "code", code, "reason", reason, "cause", by)
 	c.finalFrame(endCause{by: by, code: code, reason: reason, err: &CloseError{Code: code, Reason: reason}},
 		closeFrame(code, reason))
 	return errFailed

@@ -13,7 +13,7 @@ import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
 
 const require = createRequire(import.meta.url);
-const { start, online, getJSON, adminJSON, repo } = require("./lib/server.js");
+const { start, online, getJSON, adminJSON, repo, EXAMPLES } = require("./lib/server.js");
 
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 // The call's screenshot is written only when asked for, so that a test run
@@ -43,18 +43,20 @@ async function callState(page) {
   return page.$eval("#call-state", (e) => e.dataset.state);
 }
 
-// The session runs twice: with the server's defaults, and with -compression
-// (Config.Compression), where the permessage-deflate that Chromium offers on
-// every WebSocket is negotiated and every message crosses compressed.
-for (const flags of [[], ["-compression"]])
-describe(`web page in headless Chromium${flags.length ? " (" + flags.join(" ") + ")" : ""}`, { timeout: 120000 }, () => {
+// The web phone's session runs twice: with the server's defaults, and with
+// -compression (Config.Compression), where the permessage-deflate that
+// Chromium offers on every WebSocket is negotiated and every message crosses
+// compressed.
+for (const example of EXAMPLES)
+for (const flags of example === "webphone" ? [[], ["-compression"]] : [[]])
+describe(`${example}: web page in headless Chromium${flags.length ? " (" + flags.join(" ") + ")" : ""}`, { timeout: 120000 }, () => {
   let srv, browser, alice, bob;
   const errors = [];
   const extensions = [];
 
   before(async () => {
     assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium)`);
-    srv = await start({ args: flags });
+    srv = await start({ example, args: flags });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: [
@@ -181,7 +183,7 @@ describe(`web page in headless Chromium${flags.length ? " (" + flags.join(" ") +
     // The README's picture: alice's page during the call.
     const png = await alice.screenshot({ fullPage: true });
     assert.ok(png.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])), "a PNG screenshot");
-    if (SCREENSHOT) {
+    if (SCREENSHOT && example === "webphone") {
       fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
       fs.writeFileSync(SCREENSHOT, png);
     }

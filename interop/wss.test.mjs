@@ -8,7 +8,7 @@ import { createRequire } from "node:module";
 import { JsSIPPhone, installWebSocket } from "./lib/clients.mjs";
 
 const require = createRequire(import.meta.url);
-const { start, online, getJSON, adminJSON } = require("./lib/server.js");
+const { start, online, getJSON, adminJSON, EXAMPLES } = require("./lib/server.js");
 
 // serverCertificate returns the PEM of the certificate the server presents.
 function serverCertificate(port) {
@@ -24,11 +24,12 @@ function serverCertificate(port) {
   });
 }
 
-describe("wss with a self-signed certificate", { timeout: 60000 }, () => {
+for (const example of EXAMPLES)
+describe(`${example}: wss with a self-signed certificate`, { timeout: 60000 }, () => {
   let srv, alice, bob;
 
   before(async () => {
-    srv = await start({ args: ["-self-signed"] });
+    srv = await start({ example, args: ["-self-signed"] });
     assert.match(srv.url, /^https:/);
     assert.match(srv.wsURL, /^wss:/);
     srv.ca = await serverCertificate(srv.port); // for getJSON
@@ -65,7 +66,7 @@ describe("wss with a self-signed certificate", { timeout: 60000 }, () => {
     assert.equal(bob.received.at(-1).body, "über TLS ✓");
     const opt = await bob.options("sip:sipws.test");
     assert.equal(opt.status, 200);
-    assert.match(opt.server || "", /^sipws-webphone/);
+    assert.match(opt.server || "", srv.serverHeader);
   });
 
   test("un-REGISTER over wss", async () => {

@@ -89,16 +89,17 @@ fi
 step "fuzzing (scripts/fuzz.sh, ${FUZZTIME:-15s} per target)"
 run bash scripts/fuzz.sh
 
-# Interop: the webphone binary against JsSIP and SIP.js (Node) and headless
-# Chromium, with node's own test runner. The tests start and stop the
-# binary themselves, on 127.0.0.1. Where this machine allows it they run in
+# Interop: the webphone and sipgoproxy binaries, each against JsSIP and
+# SIP.js (Node) and headless Chromium, with node's own test runner. The
+# tests start and stop the binaries themselves, on 127.0.0.1. Where this machine allows it they run in
 # a network namespace of their own that has nothing but loopback, so that
 # even WebRTC's ICE between the two browser pages stays on 127.0.0.1.
 step "interop tests (node --test interop/)"
 interop_tmp=$(mktemp -d)
 trap 'rm -rf "$interop_tmp" "$test_log"' EXIT
 run go build -o "$interop_tmp/webphone" ./examples/webphone
-export WEBPHONE_BIN="$interop_tmp/webphone"
+run go build -o "$interop_tmp/sipgoproxy" ./examples/sipgoproxy
+export WEBPHONE_BIN="$interop_tmp/webphone" SIPGOPROXY_BIN="$interop_tmp/sipgoproxy"
 if command -v unshare >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 &&
 	unshare -n true 2>/dev/null; then
 	run unshare -n sh -c 'ip link set lo up && exec node --test interop/'

@@ -56,6 +56,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sipws/sipws"
+	"github.com/sipws/sipws/examples/internal/webpage"
 	"github.com/sipws/sipws/sipwsprom"
 )
 
@@ -241,7 +242,7 @@ func newApp(cfg appConfig, log *slog.Logger) (*app, error) {
 	}
 	p.ws = ws
 	metrics.Watch(ws)
-	s := &site{dir: webDir, ws: ws, proxy: p, log: log.With("component", "web")}
+	s := &site{page: &webpage.Page{Dir: webDir, Log: log.With("component", "web")}, ws: ws, proxy: p, log: log.With("component", "web")}
 	return &app{proxy: p, ws: ws, metrics: metrics, site: s}, nil
 }
 
@@ -258,10 +259,10 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
 
-	if !o.webSet && !webDirOK(o.web) && webDirOK("web") {
+	if !o.webSet && !webpage.DirOK(o.web) && webpage.DirOK("web") {
 		o.web = "web" // started from examples/webphone
 	}
-	if !webDirOK(o.web) {
+	if !webpage.DirOK(o.web) {
 		log.Warn("no index.html in the web directory: the page will not be served (set -web)", "web", o.web)
 	}
 	a, err := newApp(appConfig{domain: o.domain, webDir: o.web, flowKey: o.flowKey, users: o.users, algs: o.algs, origins: o.origins, deflate: o.compress}, log)
@@ -274,15 +275,15 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 	} else {
 		log.Info("digest authentication on", "users", len(o.users), "algorithms", strings.Join(o.algs, ","))
 	}
-	if _, err := a.site.buildJsSIP(); err != nil {
-		log.Warn("JsSIP not bundled: the page cannot register until it is installed", "hint", npmHint, "err", err)
+	if _, err := a.site.page.BuildJsSIP(); err != nil {
+		log.Warn("JsSIP not bundled: the page cannot register until it is installed", "hint", webpage.NPMHint, "err", err)
 	}
 
 	var tlsConf *tls.Config
 	host, _, _ := net.SplitHostPort(o.addr)
 	switch {
 	case o.selfSigned:
-		cert, fp, err := selfSigned(host)
+		cert, fp, err := webpage.SelfSigned(host)
 		if err != nil {
 			fmt.Fprintf(stderr, "webphone: %v\n", err)
 			return 1

@@ -1,118 +1,38 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
-	"compress/gzip"
 	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/sipws/sipws"
+	"github.com/sipws/sipws/examples/internal/webpage"
 )
-
-// jssipEntry is JsSIP's CommonJS entry module, relative to the web dir.
-const jssipEntry = "node_modules/jssip/lib/JsSIP.js"
-
-// npmHint tells how to install the page's packages.
-const npmHint = "run: npm ci --prefix examples/webphone/web (make demo does it)"
 
 // site serves the page, the JsSIP bundle and the JSON API, and mounts the
 // sipws Server at /ws.
 type site struct {
-	dir   string
+	page  *webpage.Page
 	ws    *sipws.Server
 	proxy *proxy
 	log   *slog.Logger
-
-	mu     sync.Mutex
-	bundle []byte // JsSIP for the page, once built
-	gz     []byte // the same, gzip-compressed
-}
-
-// pageFiles are the files of the web dir that are served, by URL path.
-// Nothing else of the directory (node_modules, package.json) is.
-var pageFiles = map[string]string{
-	"/":          "index.html",
-	"/app.js":    "app.js",
-	"/style.css": "style.css",
 }
 
 func (s *site) handler() http.Handler {
 	mux := http.NewServeMux()
-	for p, name := range pageFiles {
-		pattern := "GET " + p
-		if p == "/" {
-			pattern = "GET /{$}"
-		}
-		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			pageHeaders(w)
-			http.ServeFile(w, r, filepath.Join(s.dir, name))
-		})
-	}
-	mux.HandleFunc("GET /jssip.js", s.serveJsSIP)
+	s.page.Register(mux)
 	mux.HandleFunc("GET /api/config", s.serveConfig)
 	mux.HandleFunc("GET /api/online", s.serveOnline)
 	mux.Handle("/ws", s.ws)
 	return mux
-}
-
-func pageHeaders(w http.ResponseWriter) {
-	h := w.Header()
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
-	h.Set("Content-Security-Policy", "default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob: mediastream:; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-}
-
-// buildJsSIP builds the JsSIP bundle once it can: at start, and again on a
-// request while node_modules is missing.
-func (s *site) buildJsSIP() ([]byte, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.bundle != nil {
-		return s.bundle, nil
-	}
-	start := time.Now()
-	b, err := bundleCommonJS(s.dir, jssipEntry, "JsSIP")
-	if err != nil {
-		return nil, err
-	}
-	var gz bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestCompression)
-	_, _ = zw.Write(b)
-	_ = zw.Close()
-	s.bundle, s.gz = b, gz.Bytes()
-	s.log.Info("JsSIP bundled for the page", "bytes", len(b), "gzip", gz.Len(), "took", time.Since(start).Round(time.Millisecond))
-	return b, nil
-}
-
-func (s *site) serveJsSIP(w http.ResponseWriter, r *http.Request) {
-	b, err := s.buildJsSIP()
-	if err != nil {
-		s.log.Warn("JsSIP bundle unavailable", "err", err)
-		http.Error(w, "JsSIP is not installed: "+npmHint+"\n("+err.Error()+")", http.StatusServiceUnavailable)
-		return
-	}
-	pageHeaders(w)
-	w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
-	w.Header().Set("Vary", "Accept-Encoding")
-	if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
-		w.Header().Set("Content-Encoding", "gzip")
-		b = s.gz
-	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-	_, _ = w.Write(b)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -321,10 +241,4 @@ func sameOrigin(r *http.Request) bool {
 		return false
 	}
 	return strings.EqualFold(u.Host, r.Host)
-}
-
-// webDirOK reports whether dir looks like the page's directory.
-func webDirOK(dir string) bool {
-	_, err := os.Stat(filepath.Join(dir, "index.html"))
-	return err == nil
 }

@@ -1,4 +1,4 @@
-// Starts and stops the webphone binary for a test, and small helpers that
+// Starts and stops an example's binary (the web phone, sipgoproxy) for a test, and small helpers that
 // every test file shares. Everything here talks to 127.0.0.1 only.
 "use strict";
 
@@ -11,18 +11,27 @@ const path = require("node:path");
 const repo = path.resolve(__dirname, "..", "..");
 const webDir = path.join(repo, "examples", "webphone", "web");
 
-let builtBinary;
+// EXAMPLES are the servers the interop tests run against: the web phone
+// (its own small proxy) and sipgoproxy (the same job on sipgo, through
+// sipwssipgo). INTEROP_EXAMPLES=webphone (comma-separated) picks some.
+const EXAMPLES = (process.env.INTEROP_EXAMPLES || "webphone,sipgoproxy").split(",").filter(Boolean);
 
-// binary returns the webphone binary: $WEBPHONE_BIN (scripts/test.sh builds
-// it), or one built here once per test process.
-function binary() {
-  if (process.env.WEBPHONE_BIN) return process.env.WEBPHONE_BIN;
-  if (!builtBinary) {
-    const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "webphone-")), "webphone");
-    execFileSync("go", ["build", "-o", out, "./examples/webphone"], { cwd: repo, stdio: "inherit" });
-    builtBinary = out;
+// binEnv names the environment variable that holds a prebuilt binary.
+const binEnv = { webphone: "WEBPHONE_BIN", sipgoproxy: "SIPGOPROXY_BIN" };
+
+const builtBinary = {};
+
+// binary returns the example's binary: $WEBPHONE_BIN or $SIPGOPROXY_BIN
+// (scripts/test.sh builds them), or one built here once per test process.
+function binary(example) {
+  if (!binEnv[example]) throw new Error(`unknown example ${example}`);
+  if (process.env[binEnv[example]]) return process.env[binEnv[example]];
+  if (!builtBinary[example]) {
+    const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), example + "-")), example);
+    execFileSync("go", ["build", "-o", out, "./examples/" + example], { cwd: repo, stdio: "inherit" });
+    builtBinary[example] = out;
   }
-  return builtBinary;
+  return builtBinary[example];
 }
 
 // freePort returns a TCP port that was free on 127.0.0.1 a moment ago.
@@ -38,10 +47,13 @@ function freePort() {
   });
 }
 
-// Server is one run of the webphone binary.
+// Server is one run of an example's binary.
 class Server {
-  constructor(proc, url) {
+  constructor(proc, url, example) {
     this.proc = proc;
+    this.example = example;
+    // serverHeader matches the Server header of the example's own responses.
+    this.serverHeader = new RegExp(`^sipws-${example}`);
     this.url = url; // http(s)://127.0.0.1:PORT/
     const u = new URL(url);
     this.port = Number(u.port);
@@ -61,22 +73,23 @@ class Server {
   }
 }
 
-// start runs the binary on 127.0.0.1:port (0: any free port) with extra
+// start runs the example's binary (the web phone by default) on
+// 127.0.0.1:port (0: any free port) with extra
 // flags, and its -admin listener on another free loopback port, and
 // resolves once it logs "listening on URL". Its log goes to logs (an array
 // of lines) and, with WEBPHONE_LOG=1, to stderr.
-async function start({ port = 0, args = [], logs = [] } = {}) {
+async function start({ example = "webphone", port = 0, args = [], logs = [] } = {}) {
   const admin = [];
   if (!args.includes("-admin")) admin.push("-admin", "127.0.0.1:0");
   let adminURL = "";
-  const proc = spawn(binary(), ["-addr", `127.0.0.1:${port}`, "-web", webDir, ...admin, ...args], {
+  const proc = spawn(binary(example), ["-addr", `127.0.0.1:${port}`, "-web", webDir, ...admin, ...args], {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let buf = "";
   const url = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       proc.kill("SIGKILL");
-      reject(new Error("the webphone did not start in 15 s:\n" + logs.join("\n")));
+      reject(new Error(`the ${example} did not start in 15 s:\n` + logs.join("\n")));
     }, 15000);
     proc.stderr.setEncoding("utf8");
     proc.stderr.on("data", (chunk) => {
@@ -86,7 +99,7 @@ async function start({ port = 0, args = [], logs = [] } = {}) {
         const line = buf.slice(0, i);
         buf = buf.slice(i + 1);
         logs.push(line);
-        if (process.env.WEBPHONE_LOG) process.stderr.write("  [webphone] " + line + "\n");
+        if (process.env.WEBPHONE_LOG) process.stderr.write(`  [${example}] ` + line + "\n");
         const a = /admin: operations RPC on (http:\/\/[^\s"/]+)\/RPC/.exec(line);
         if (a) adminURL = a[1] + "/";
         const m = /listening on (https?:\/\/[^\s"]+)/.exec(line);
@@ -98,10 +111,10 @@ async function start({ port = 0, args = [], logs = [] } = {}) {
     });
     proc.once("exit", (code) => {
       clearTimeout(timer);
-      reject(new Error(`the webphone exited with ${code}:\n` + logs.join("\n")));
+      reject(new Error(`the ${example} exited with ${code}:\n` + logs.join("\n")));
     });
   });
-  const srv = new Server(proc, url);
+  const srv = new Server(proc, url, example);
   srv.logs = logs;
   srv.adminURL = adminURL; // the operator's views: /api/connections, /api/bindings
   return srv;
@@ -161,4 +174,4 @@ async function waitFor(cond, what, ms = 10000) {
   }
 }
 
-module.exports = { start, freePort, getJSON, adminJSON, online, waitFor, webDir, repo };
+module.exports = { start, freePort, getJSON, adminJSON, online, waitFor, webDir, repo, EXAMPLES };

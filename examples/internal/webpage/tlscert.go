@@ -1,4 +1,4 @@
-package main
+package webpage
 
 import (
 	"crypto/ecdsa"
@@ -15,11 +15,11 @@ import (
 	"time"
 )
 
-// selfSigned returns a new ECDSA P-256 certificate for 127.0.0.1, ::1 and
+// SelfSigned returns a new ECDSA P-256 certificate for 127.0.0.1, ::1 and
 // localhost (and host, when it is another name or address), valid for 30
 // days, and its SHA-256 fingerprint. Browsers warn about it once; Node
 // clients must be given it as a CA (or told not to verify).
-func selfSigned(host string) (tls.Certificate, string, error) {
+func SelfSigned(host string) (tls.Certificate, string, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, "", err

@@ -1,4 +1,4 @@
-package main
+package webpage
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ import (
 )
 
 // JsSIP is published on npm as CommonJS modules only (lib/, no browser
-// build since 3.10.x), so the page cannot load it as it is. bundleCommonJS
+// build since 3.10.x), so the page cannot load it as it is. Bundle
 // is the smallest build step that fixes that, done by the server itself
 // when it starts: it follows the require() calls from an entry module
 // through node_modules — relative paths, package "browser"/"main" fields,
@@ -34,11 +34,11 @@ type bundleModule struct {
 	deps map[string]int // require argument -> module index
 }
 
-// bundleCommonJS returns a browser script that defines the global name with
+// Bundle returns a browser script that defines the global name with
 // the exports of the module entry. root is the directory holding
 // node_modules; entry is a path relative to it. A require that cannot be
 // resolved fails the build.
-func bundleCommonJS(root, entry, global string) ([]byte, error) {
+func Bundle(root, entry, global string) ([]byte, error) {
 	fsys := os.DirFS(root)
 	var mods []*bundleModule
 	index := make(map[string]int)

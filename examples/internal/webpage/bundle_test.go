@@ -1,4 +1,4 @@
-package main
+package webpage
 
 import (
 	"os"
@@ -8,11 +8,11 @@ import (
 )
 
 func TestBundleJsSIP(t *testing.T) {
-	root := filepath.Join("web")
+	root := filepath.Join("..", "..", "webphone", "web")
 	if _, err := os.Stat(filepath.Join(root, "node_modules", "jssip", "package.json")); err != nil {
 		t.Skip("run npm ci --prefix examples/webphone/web first")
 	}
-	b, err := bundleCommonJS(root, jssipEntry, "JsSIP")
+	b, err := Bundle(root, JsSIPEntry, "JsSIP")
 	if err != nil {
 		t.Fatal(err)
 	}
