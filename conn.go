@@ -47,6 +47,8 @@ type Conn struct {
 	raw *rawConn // reads and non-blocking writes on nc's descriptor; nil for TLS
 	rb  readBuf  // the read buffer
 	pre []byte   // bytes the HTTP server read past the handshake, not yet read
+	// dfl is permessage-deflate's outbound state; nil when not negotiated.
+	dfl *deflater
 
 	lastRecv atomic.Int64 // Clock.Now().UnixNano() of the last frame received
 	closeDL  atomic.Int64 // UnixNano read deadline while closing; 0 when none

@@ -50,11 +50,11 @@ func benchConn(b *testing.B, onMsg func(*sipws.Conn, sipws.Message)) net.Conn {
 	return conn
 }
 
-// benchUpgrade sends a sip handshake on conn and reads the 101 up to its
+// benchUpgrade sends a sip handshake (with extra header lines) on conn and reads the 101 up to its
 // blank line, byte by byte, so that nothing past it is consumed.
-func benchUpgrade(b *testing.B, conn net.Conn, addr string) {
+func benchUpgrade(b *testing.B, conn net.Conn, addr string, extra ...string) {
 	b.Helper()
-	if _, err := io.WriteString(conn, handshakeRequest(addr, "sip")); err != nil {
+	if _, err := io.WriteString(conn, handshakeRequest(addr, "sip", extra...)); err != nil {
 		b.Fatal(err)
 	}
 	var resp []byte

@@ -120,9 +120,19 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		{"chromium", nil, ""},
 		{"chromium+16KiB", nil, "X-Padding: " + strings.Repeat("p", 16<<10) + "\r\n"},
 		{"chromium/keep-cookie", []string{"Origin", "User-Agent", "Cookie"}, ""},
+		{"chromium/compression", nil, ""},
+		{"chromium/compression+sent", nil, ""},
+		{"chromium/compression+sent+keepalive", nil, ""},
+		{"chromium/compression-off+sent", nil, ""},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			s, err := New(Config{Keepalive: KeepaliveNone, KeepHeaders: bc.keep})
+			// With compression on; +sent: each connection is sent a
+			// REGISTER's 200 OK once open (the client reads it: the
+			// connection then holds it as its deflate history).
+			compression := strings.Contains(bc.name, "/compression") && !strings.Contains(bc.name, "-off")
+			sent := strings.Contains(bc.name, "+sent")
+			idled := strings.HasSuffix(bc.name, "+keepalive")
+			s, err := New(Config{Keepalive: KeepaliveNone, KeepHeaders: bc.keep, Compression: compression})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -144,6 +154,22 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 				}
 				if err := waitConns(s, idleConns); err != nil {
 					b.Fatal(err)
+				}
+				if sent {
+					ok := sipFlow(rounds)[1]
+					s.Registry().each(func(c *Conn) { _ = c.Send([]byte(ok)) })
+					buf := make([]byte, len(ok)+16)
+					for _, nc := range conns {
+						_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+						if _, err := nc.Read(buf); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				if idled {
+					// What the keepalive does to a connection it
+					// finds idle.
+					s.Registry().each(func(c *Conn) { c.dropHistory() })
 				}
 				after := heapInUse()
 				heap += (float64(after) - float64(before)) / idleConns

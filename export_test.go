@@ -84,3 +84,18 @@ func WithClock(cfg Config, clk Clock) Config { cfg.clock = clk; return cfg }
 
 // CauseFailed is CloseCause.failed.
 func CauseFailed(c CloseCause) bool { return c.failed() }
+
+// SIPFlow is the n-th run of a JsSIP register + call + MESSAGE flow, as the
+// compression tests and benchmarks send it.
+func SIPFlow(n int) []string { return sipFlow(n) }
+
+// DeflateHistory is how many bytes of what it sent compressed the
+// connection keeps (permessage-deflate).
+func (c *Conn) DeflateHistory() int {
+	if c.dfl == nil {
+		return 0
+	}
+	c.dfl.mu.Lock()
+	defer c.dfl.mu.Unlock()
+	return cap(c.dfl.hist)
+}

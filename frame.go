@@ -59,6 +59,29 @@ func appendDataFrame(b []byte, t MessageType, p []byte) []byte {
 	return append(appendHeader(b, op, len(p)), p...)
 }
 
+// compressedFrame turns b — maxHeaderLen bytes of room, then a compressed
+// payload — into a complete, unfragmented data frame with RSV1 set (RFC 7692
+// §6): the header is written just before the payload, which does not move.
+func compressedFrame(b []byte, t MessageType) []byte {
+	op := opBinary
+	if t == MessageText {
+		op = opText
+	}
+	var hb [maxHeaderLen]byte
+	h := appendHeader(hb[:0], op, len(b)-maxHeaderLen)
+	h[0] |= rsv1
+	start := maxHeaderLen - len(h)
+	copy(b[start:], h)
+	return b[start:]
+}
+
+// rsv1 is the bit of a frame's first byte that marks a compressed message
+// (RFC 7692 §6); rsvCompressed is it in ws.Header.Rsv.
+const (
+	rsv1          = 0x40
+	rsvCompressed = rsv1 >> 4
+)
+
 // controlFrame builds a control frame; p is at most 125 bytes.
 func controlFrame(op ws.OpCode, p []byte) []byte { return frame(op, p) }
 

@@ -282,6 +282,13 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 		b.WriteString(sp.Token())
 	}
 	b.WriteString("\r\n")
+	var dfl *deflater
+	if s.cfg.Compression {
+		if p, ok := negotiateDeflate(r.Header.Values("Sec-WebSocket-Extensions")); ok {
+			dfl = newDeflater(p)
+			b.WriteString("Sec-WebSocket-Extensions: " + p.response() + "\r\n")
+		}
+	}
 	if v := s.cfg.CORS.allowOrigin(r.Header.Get("Origin")); v != "" {
 		b.WriteString("Access-Control-Allow-Origin: " + v + "\r\n")
 	}
@@ -310,6 +317,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request, cl client, sp S
 	}
 
 	c := s.newConn(nc, r, cl, sp, identity, pending(brw.Reader))
+	c.dfl = dfl
 	s.open(c)
 	started = true
 	go c.serve()

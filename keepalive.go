@@ -317,10 +317,12 @@ func (w *kaWorker) pass(now int64) passStats {
 		c := a.c
 		switch a.kind {
 		case kaSendPing:
+			c.dropHistory()
 			if c.Ping(cfg.PingData) == nil {
 				st.pings++
 			}
 		case kaSendPong:
+			c.dropHistory()
 			if c.Pong(cfg.PingData) == nil {
 				st.pongs++
 			}

@@ -141,6 +141,7 @@ type readState struct {
 	armed      bool        // the socket's read deadline is the message's
 	byMessage  bool        // the current frame's deadline is the message's
 	checked    int         // bytes of msg known to be valid UTF-8
+	compressed bool        // the message is compressed (RSV1 on its first frame): msg holds it deflated
 	held       int         // bytes of msg charged to Config.MaxPartialBytes
 	deadline   time.Time   // when a message in fragments must have ended
 }
@@ -236,8 +237,11 @@ func (c *Conn) readFrame(st *readState) error {
 	c.lastRecv.Store(c.srv.clock.Now().UnixNano())
 
 	switch {
-	case h.Rsv != 0:
+	case h.Rsv != 0 && (h.Rsv != rsvCompressed || c.dfl == nil):
 		return c.fail(CloseProtocolError, "reserved bits set")
+	case h.Rsv != 0 && h.OpCode != opText && h.OpCode != opBinary:
+		// RFC 7692 §6.1: RSV1 only on the first frame of a data message.
+		return c.fail(CloseProtocolError, "RSV1 set on a frame that does not start a data message")
 	case !h.Masked:
 		return c.fail(CloseProtocolError, "unmasked frame")
 	}
@@ -280,6 +284,7 @@ func (c *Conn) readFrame(st *readState) error {
 			return c.fail(CloseProtocolError, "new data frame inside a fragmented message")
 		case h.OpCode != opContinuation:
 			st.typ, st.msg, st.checked = MessageBinary, nil, 0
+			st.compressed = h.Rsv != 0
 			if h.OpCode == opText {
 				st.typ = MessageText
 			}
@@ -288,7 +293,7 @@ func (c *Conn) readFrame(st *readState) error {
 				st.deadline = time.Now().Add(c.srv.cfg.MessageTimeout)
 			}
 		}
-		if h.Length > maxSize-int64(len(st.msg)) {
+		if h.Length > c.wireLimit(st)-int64(len(st.msg)) {
 			return c.fail(CloseMessageTooBig, fmt.Sprintf("message over %d bytes", maxSize))
 		}
 		err = c.readPayload(st, int(h.Length), h.Fin, h.Mask)
@@ -302,7 +307,12 @@ func (c *Conn) readFrame(st *readState) error {
 			return c.readError(err, st)
 		}
 		c.srv.stats.countRx(c.sp, true)
-		if st.typ == MessageText {
+		if h.Fin && st.compressed {
+			if err := c.inflate(st); err != nil {
+				return err
+			}
+		}
+		if st.typ == MessageText && (h.Fin || !st.compressed) {
 			n, ok := validUTF8Prefix(st.msg[st.checked:], h.Fin)
 			if !ok {
 				return c.fail(CloseInvalidPayload, "invalid UTF-8 in a text message")
@@ -449,7 +459,7 @@ func (c *Conn) readPayload(st *readState, n int, fin bool, mask [4]byte) error {
 			st.msg = msg
 			return err
 		}
-		if st.typ == MessageText && len(msg) < end {
+		if st.typ == MessageText && !st.compressed && len(msg) < end {
 			v, ok := validUTF8Prefix(msg[st.checked:], false)
 			if !ok {
 				st.msg = msg
@@ -460,6 +470,34 @@ func (c *Conn) readPayload(st *readState, n int, fin bool, mask [4]byte) error {
 	}
 	st.msg = msg
 	return nil
+}
+
+// inflate replaces st.msg, a whole compressed message, with its inflated
+// bytes (RFC 7692 §7.2.2), or fails the connection: 1009 once the output
+// would pass MaxMessageSize, 1007 for data that does not inflate. The output
+// is charged to the budget of partial messages as it grows, beside the
+// compressed bytes it is made from.
+func (c *Conn) inflate(st *readState) error {
+	in := st.msg
+	base := cap(in)
+	out, err := c.srv.inflate(in, int(c.srv.cfg.MaxMessageSize), func(n int) error {
+		if !c.charge(st, base+n) {
+			return errPartialBudget
+		}
+		return nil
+	})
+	switch err {
+	case nil:
+		st.msg, st.checked = out, 0
+		return nil
+	case errInflateTooBig:
+		c.dropMessage(st)
+		return c.fail(CloseMessageTooBig, fmt.Sprintf("message over %d bytes", c.srv.cfg.MaxMessageSize))
+	case errInflateBad:
+		c.dropMessage(st)
+		return c.fail(CloseInvalidPayload, "invalid compressed data")
+	}
+	return c.readError(err, st)
 }
 
 // charge charges the budget of partial messages for st.msg to hold want

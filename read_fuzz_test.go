@@ -3,6 +3,7 @@ package sipws
 import (
 	"bufio"
 	"bytes"
+	stdflate "compress/flate"
 	"context"
 	"encoding/binary"
 	"io"
@@ -47,7 +48,9 @@ func fuzzFrame(fin bool, op byte, p []byte) []byte {
 // TCP with the first part of the bytes handed over as read past the
 // handshake. Whatever the bytes, the loop must not panic, must end once the
 // input ends, and OnClosed must fire exactly once; every message delivered
-// fits the size limit, and the three ways deliver the same messages.
+// fits the size limit, and the three ways deliver the same messages. A
+// fourth run, over TCP with permessage-deflate negotiated, inflates what has
+// RSV1 set, with the same checks but its own messages.
 func FuzzReadFrames(f *testing.F) {
 	f.Add(fuzzFrame(true, 0x1, []byte("OPTIONS sip:a@b SIP/2.0\r\n\r\n")))
 	f.Add(append(fuzzFrame(false, 0x1, []byte("frag")), fuzzFrame(true, 0x0, []byte("ment"))...))
@@ -59,6 +62,13 @@ func FuzzReadFrames(f *testing.F) {
 	f.Add(fuzzFrame(true, 0x3, nil))
 	// 62-byte frames: the third header straddles the end of a 128-byte buffer.
 	f.Add(bytes.Repeat(fuzzFrame(true, 0x1, bytes.Repeat([]byte("0123456"), 8)), 12))
+	var z bytes.Buffer
+	zw, _ := stdflate.NewWriter(&z, stdflate.BestSpeed)
+	_, _ = zw.Write(bytes.Repeat([]byte("REGISTER sip:a SIP/2.0\r\n"), 30))
+	_ = zw.Flush()
+	zp := z.Bytes()[:z.Len()-4]
+	f.Add(fuzzFrame(true, 0x41, zp))
+	f.Add(append(fuzzFrame(false, 0x41, zp[:10]), fuzzFrame(true, 0x0, zp[10:])...))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		viaPipe := fuzzReadOnce(t, in, "pipe")
 		viaTCP := fuzzReadOnce(t, in, "tcp")
@@ -66,6 +76,8 @@ func FuzzReadFrames(f *testing.F) {
 		if !slices.Equal(viaPipe, viaTCP) || !slices.Equal(viaPipe, viaPre) {
 			t.Fatalf("messages differ: pipe %q, tcp %q, tcp+pre %q", viaPipe, viaTCP, viaPre)
 		}
+		// With permessage-deflate negotiated, RSV1 frames inflate.
+		fuzzReadOnce(t, in, "tcp+deflate")
 	})
 }
 
@@ -107,6 +119,9 @@ func fuzzReadOnce(t *testing.T, in []byte, way string) []string {
 	}
 	r := httptest.NewRequest(http.MethodGet, "/", nil)
 	c := s.newConn(server, r, client{}, SIP, nil, pre)
+	if way == "tcp+deflate" {
+		c.dfl = newDeflater(deflateParams{})
+	}
 	s.stats.opened(SIP)
 	s.reg.add(c)
 	s.live.Add(1)

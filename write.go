@@ -57,6 +57,11 @@ func (c *Conn) send(typ MessageType, data []byte) error {
 	if int64(len(data)) > c.srv.cfg.MaxMessageSize {
 		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrMessageTooBig, len(data), c.srv.cfg.MaxMessageSize)
 	}
+	if c.dfl != nil && len(data) >= deflateMin {
+		if sent, err := c.sendCompressed(typ, data); sent {
+			return err
+		}
+	}
 	f := outFrame{data: true}
 	if c.raw != nil && len(data) <= scratchSize-maxHeaderLen {
 		// Built in a pooled block: the frame usually goes out at once, and
@@ -73,6 +78,51 @@ func (c *Conn) send(typ MessageType, data []byte) error {
 		o.MessageSent(c.sp, len(data))
 	}
 	return nil
+}
+
+// sendCompressed sends data compressed (permessage-deflate). It returns
+// false, having sent nothing, when data does not shrink or cannot be
+// compressed for the peer's window: it then goes as it is.
+func (c *Conn) sendCompressed(typ MessageType, data []byte) (bool, error) {
+	sent, err := c.queueCompressed(typ, data)
+	if sent && err == nil {
+		if o := c.srv.obs; o != nil {
+			o.MessageSent(c.sp, len(data))
+		}
+	}
+	return sent, err
+}
+
+// queueCompressed compresses data and queues it, with the connection's
+// history held from one to the other, so that frames enter the queue in
+// the order their bytes entered the history.
+func (c *Conn) queueCompressed(typ MessageType, data []byte) (bool, error) {
+	d := c.dfl
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f := outFrame{data: true}
+	var b []byte
+	if c.raw != nil && len(data) <= scratchSize-maxHeaderLen {
+		f.scratch = c.srv.scratch.Get().(*[]byte)
+		b = (*f.scratch)[:maxHeaderLen]
+	} else {
+		b = make([]byte, maxHeaderLen, maxHeaderLen+len(data))
+	}
+	out, ok := d.compress(b, data)
+	if !ok {
+		c.srv.putScratch(&f)
+		return false, nil
+	}
+	if f.scratch != nil && cap(out) != cap(*f.scratch) {
+		// Grew out of the pooled block: the frame is in its own array.
+		c.srv.putScratch(&f)
+	}
+	f.b = compressedFrame(out, typ)
+	if err := c.enqueue(f); err != nil {
+		return true, err
+	}
+	d.sent(data)
+	return true, nil
 }
 
 // Ping sends a Ping frame with data (at most 125 bytes) as payload. It does

@@ -62,6 +62,19 @@ type Config struct {
 	ImplicitSubprotocol Subprotocol
 	// CORS is the cross-origin mode of the 101 response (cors_mode).
 	CORS CORSMode
+	// Compression negotiates permessage-deflate (RFC 7692) with a client
+	// that offers it, as browsers do. Off by default, as in every other SIP
+	// WebSocket server. When on, messages of 128 bytes and more are sent
+	// compressed when that makes them shorter, with the last 8 KiB sent as
+	// the dictionary (the connection holds those bytes, no compressor, and
+	// lets go of them when the keepalive finds it idle), and each message
+	// from the client stands alone (the answer carries
+	// client_no_context_takeover) and is inflated with a pooled inflater,
+	// stopped at MaxMessageSize (1009), its bytes counted against
+	// MaxPartialBytes while it inflates. Leave it off when an attacker can
+	// put text of its choosing into messages that also carry secrets and
+	// watch their sizes (RFC 7692 §8, CRIME/BREACH): see SECURITY.md.
+	Compression bool
 
 	// MaxMessageSize is the largest message accepted, all fragments
 	// together; a larger one closes the connection with 1009. 0 means 64 KiB;
@@ -472,6 +485,8 @@ type Server struct {
 	shutdown atomic.Bool // Shutdown has begun: no lingering for FINs
 	disabled atomic.Bool
 	h2warn   sync.Once // the warning that WebSocket over HTTP/2 is not offered
+
+	inflaters sync.Pool // *inflater, lent while a compressed message inflates
 
 	// mu orders handshakes against Shutdown. A handshake joins live before
 	// its 101 only while closed is false, so Shutdown waits for every

@@ -51,6 +51,7 @@ function twoPhones(title, { example = "webphone", args = [], env = {}, http = "H
   describe(title, { timeout: 120000 }, () => {
     let srv, browser, alice, bob;
     const errors = [];
+    const extensions = []; // what the server answered in Sec-WebSocket-Extensions, per page
 
     before(async () => {
       assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium)`);
@@ -78,6 +79,13 @@ function twoPhones(title, { example = "webphone", args = [], env = {}, http = "H
         // accept it (the Node side checks it: srv.ca).
         const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, ignoreHTTPSErrors: true });
         const page = await ctx.newPage();
+        // The extensions the server answered on the page's WebSockets.
+        const cdp = await ctx.newCDPSession(page);
+        await cdp.send("Network.enable");
+        cdp.on("Network.webSocketHandshakeResponseReceived", (e) => {
+          const h = Object.entries(e.response.headers).find(([k]) => k.toLowerCase() === "sec-websocket-extensions");
+          extensions.push(`${name}: ${h ? h[1] : ""}`);
+        });
         page.on("pageerror", (err) => errors.push(`${name}: ${err.message}`));
         page.on("console", (msg) => {
           if (msg.type() === "error") errors.push(`${name} console: ${msg.text()}`);
@@ -227,6 +235,14 @@ function twoPhones(title, { example = "webphone", args = [], env = {}, http = "H
       assert.deepEqual(await online(srv), {});
     });
 
+    if (http === "HTTP/1.1") {
+      test("permessage-deflate negotiated on the pages' WebSockets only with -compression", () => {
+        const want = args.includes("-compression") ? "permessage-deflate; client_no_context_takeover" : "";
+        assert.ok(extensions.length >= 2, `one WebSocket per page at least: ${extensions}`);
+        for (const e of extensions) assert.equal(e.slice(e.indexOf(": ") + 2), want, e);
+      });
+    }
+
     test("no errors on the pages", () => {
       assert.deepEqual(errors, []);
     });
@@ -234,6 +250,10 @@ function twoPhones(title, { example = "webphone", args = [], env = {}, http = "H
 }
 
 for (const example of EXAMPLES) twoPhones(`${example}: web page in headless Chromium`, { example });
+// The web phone's session again with -compression (Config.Compression): the
+// permessage-deflate that Chromium offers on every WebSocket is negotiated,
+// and every message crosses compressed.
+twoPhones("webphone: web page in headless Chromium (-compression)", { args: ["-compression"] });
 // WebSocket over HTTP/2: the page loads over h2 and Chromium sends the
 // handshake as an Extended CONNECT on that connection (RFC 8441), which the
 // server offers with -http2 and GODEBUG=http2xconnect=1.

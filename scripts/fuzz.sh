@@ -24,6 +24,8 @@ targets=(
 	.:FuzzForwardedClient
 	.:FuzzFlowKey
 	.:FuzzOriginAllowed
+	.:FuzzExtensions
+	.:FuzzInflate
 	./examples/webphone:FuzzDigestVerify
 )
 

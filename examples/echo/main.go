@@ -98,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Int64Var(&o.cfg.MaxMessageSize, "max", 0, "largest message accepted, in `bytes`, at most 64 MiB; a larger one closes the connection with 1009 (0: 64 KiB)")
 	fs.TextVar(&o.cfg.Subprotocols, "subprotocols", sipws.SIP|sipws.MSRP, "comma-separated `list` of enabled sub-protocols: sip, msrp")
 	fs.TextVar(&o.cfg.ImplicitSubprotocol, "implicit-subprotocol", sipws.Subprotocol(0), "serve a client that offers no sub-protocol as this `one` (sip or msrp), naming none in the 101: for generic tools such as the Autobahn suite; empty: refuse it with 400")
+	fs.BoolVar(&o.cfg.Compression, "compression", false, "negotiate permessage-deflate (RFC 7692) with clients that offer it, as browsers do; leave it off where attacker-chosen text shares messages with secrets (CRIME/BREACH, see SECURITY.md)")
 	fs.TextVar(&o.cfg.CORS, "cors", sipws.CORSNone, "Access-Control-Allow-Origin of the 101: none, any or echo")
 	fs.Func("allow-origin", "browser Origin `pattern` also allowed besides same-origin pages (repeatable; host[:port] or scheme://host[:port], path.Match wildcards, \"*\" for any); without it no Origin is checked", func(v string) error {
 		o.cfg.AllowedOrigins = append(o.cfg.AllowedOrigins, v)

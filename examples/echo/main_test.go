@@ -31,7 +31,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
 	"github.com/gobwas/ws/wsutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -109,6 +111,56 @@ func TestEchoBinary(t *testing.T) {
 		c.send(ws.OpText, bytes.Repeat([]byte{'b'}, 101))
 		code, reason := c.expectClose()
 		assert.Equal(t, ws.StatusMessageTooBig, code, "close code for 101 bytes with -max 100 (reason %q)", reason)
+	})
+
+	t.Run("Compression", func(t *testing.T) {
+		msg := []byte(strings.Repeat("MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\nContent-Type: text/plain\r\n", 8))
+		for _, on := range []bool{true, false} {
+			var flags []string
+			if on {
+				flags = []string{"-compression"}
+			}
+			p := startEcho(t, bin, flags...)
+			d := dialer("sip")
+			d.Extensions = []httphead.Option{wsflate.DefaultParameters.Option()}
+			ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+			conn, br, hs, err := d.Dial(ctx, "ws://"+p.addr)
+			cancel()
+			require.NoError(t, err)
+			var answer string
+			for _, e := range hs.Extensions {
+				answer += e.String()
+			}
+			require.NoError(t, conn.SetDeadline(time.Now().Add(ioTimeout)))
+			var r io.Reader = conn
+			if br != nil {
+				r = br
+			}
+			if !on {
+				assert.Empty(t, answer, "no extension without -compression")
+				require.NoError(t, wsutil.WriteClientMessage(conn, ws.OpText, msg))
+				f, err := ws.ReadFrame(r)
+				require.NoError(t, err)
+				assert.Zero(t, f.Header.Rsv)
+				assert.Equal(t, msg, f.Payload)
+				_ = conn.Close()
+				continue
+			}
+			assert.Contains(t, answer, "permessage-deflate")
+			f, err := wsflate.CompressFrame(ws.NewTextFrame(msg))
+			require.NoError(t, err)
+			require.NoError(t, ws.WriteFrame(conn, ws.MaskFrameInPlace(f)))
+			f, err = ws.ReadFrame(r)
+			require.NoError(t, err)
+			compressed, err := wsflate.IsCompressed(f.Header)
+			require.NoError(t, err)
+			assert.True(t, compressed, "the echo is compressed")
+			assert.Less(t, len(f.Payload), len(msg))
+			f, err = wsflate.DecompressFrame(f)
+			require.NoError(t, err)
+			assert.Equal(t, msg, f.Payload)
+			_ = conn.Close()
+		}
 	})
 
 	t.Run("SubprotocolsRefused", func(t *testing.T) {

@@ -82,6 +82,7 @@ type options struct {
 	tlsKey     string
 	selfSigned bool
 	http2      bool
+	compress   bool // -compression: Config.Compression
 	admin      string
 	web        string
 	webSet     bool
@@ -120,6 +121,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.selfSigned, "self-signed", false, "serve https and wss with a certificate for 127.0.0.1/localhost made at start")
 	fs.BoolVar(&o.http2, "http2", false, "offer HTTP/2 by ALPN too (with -tls-cert or -self-signed), and WebSocket over it (RFC 8441): the process must start with GODEBUG=http2xconnect=1 in its environment, which Go's HTTP/2 server reads when it starts")
 	fs.StringVar(&o.admin, "admin", "", "`address` of a private listener for the operations RPC (/RPC: ws.dump, ws.close, …) and Prometheus metrics (/metrics), e.g. 127.0.0.1:8081, where sipwsctl looks by default; no authentication: keep it on loopback (empty: none)")
+	fs.BoolVar(&o.compress, "compression", false, "negotiate permessage-deflate (RFC 7692) with browsers, which all offer it; off where attacker-chosen text shares messages with secrets (CRIME/BREACH, see SECURITY.md)")
 	fs.StringVar(&o.web, "web", defaultWeb, "`directory` of the page (index.html, app.js, style.css, node_modules)")
 	flowKey := fs.String("flow-key", "", "`hex` key (16+ bytes) of the flow tokens in Record-Route; keep it across restarts so that old dialogs get 430 (empty: random)")
 	logLevel := fs.String("log-level", "info", "log `level`: debug (every SIP message), info or warn")
@@ -200,6 +202,7 @@ type appConfig struct {
 	users   map[string]credential // nil: open mode
 	algs    []string              // nil: SHA-256, MD5
 	origins []string              // -allow-origin; nil: same origin only
+	deflate bool                  // -compression
 }
 
 // newApp builds the proxy and the sipws Server around it.
@@ -234,6 +237,7 @@ func newApp(cfg appConfig, log *slog.Logger) (*app, error) {
 		FlowTokens:     ft,
 		CheckOrigin:    checkOrigin,
 		AllowedOrigins: cfg.origins,
+		Compression:    cfg.deflate,
 		Logger:         log.With("component", "sipws"),
 		OnMessage:      p.onMessage,
 		OnClosed:       p.onClosed,
@@ -269,7 +273,7 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 	if !webpage.DirOK(o.web) {
 		log.Warn("no index.html in the web directory: the page will not be served (set -web)", "web", o.web)
 	}
-	a, err := newApp(appConfig{domain: o.domain, webDir: o.web, flowKey: o.flowKey, users: o.users, algs: o.algs, origins: o.origins}, log)
+	a, err := newApp(appConfig{domain: o.domain, webDir: o.web, flowKey: o.flowKey, users: o.users, algs: o.algs, origins: o.origins, deflate: o.compress}, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "webphone: %v\n", err)
 		return 2
