@@ -383,3 +383,27 @@ func TestClusterFlags(t *testing.T) {
 	}
 	_ = sipws.Version
 }
+
+// A link from another node carries the requests of all of that node's
+// phones: the per-connection transaction budget would throttle every
+// phone of a node to what one browser may hold; only the table's budget
+// bounds a link.
+func TestPeerLinkNotBoundByConnectionBudget(t *testing.T) {
+	for _, tc := range []struct {
+		src  sipws.ConnID
+		want bool
+	}{{7, false}, {peerIDBase | 7, true}} {
+		tt := newTxnTable()
+		n := 0
+		for tt.bySrc[tc.src] <= maxTxnBytesPerConn {
+			n++
+			if !tt.add(&proxyTxn{key: txnKey{src: tc.src, branch: strconv.Itoa(n), method: "MESSAGE"}, size: 4096}) {
+				break
+			}
+		}
+		got := tt.bySrc[tc.src] > maxTxnBytesPerConn
+		if got != tc.want {
+			t.Errorf("source %x: past the per-connection budget = %v after %d transactions, want %v", uint64(tc.src), got, n, tc.want)
+		}
+	}
+}
