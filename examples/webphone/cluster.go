@@ -419,7 +419,7 @@ func (cl *cluster) accept() {
 // serve reads the SIP messages of link l until it ends.
 func (cl *cluster) serve(l *peerLink) {
 	defer cl.wg.Done()
-	br := bufio.NewReaderSize(l.conn, 4096)
+	br := bufio.NewReaderSize(l.conn, 16<<10) // the longest header line
 	for {
 		_ = l.conn.SetReadDeadline(time.Now().Add(peerIdle))
 		data, err := readStreamMessage(br, maxMessageSize)

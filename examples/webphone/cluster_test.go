@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +28,14 @@ import (
 // redis-server skips the test; in CI (CI=true) that fails it:
 // scripts/test.sh installs redis-server.
 func startRedis(t *testing.T) string {
+	t.Helper()
+	url, _ := startRedisProc(t)
+	return url
+}
+
+// startRedisProc is startRedis that also returns a function that kills
+// the server.
+func startRedisProc(t *testing.T) (string, func()) {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -48,10 +57,14 @@ func startRedis(t *testing.T) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
+	var once sync.Once
+	kill := func() {
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+	}
+	t.Cleanup(kill)
 	url := "redis://127.0.0.1:" + port + "/0"
 	opts, _ := redis.ParseURL(url)
 	rdb := redis.NewClient(opts)
@@ -63,7 +76,7 @@ func startRedis(t *testing.T) string {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return url
+	return url, kill
 }
 
 func newNode(t *testing.T, redisURL, name string) *testServer {
@@ -153,6 +166,20 @@ func TestClusterMessageBothWays(t *testing.T) {
 	// Each node's public list has the users of both.
 	for _, n := range []*testServer{na, nb} {
 		waitFor(t, func() bool { return strings.Join(n.onlineUsers(), ",") == "alice,bob" }, "alice and bob online on both nodes")
+	}
+	// Paged across the nodes as on one.
+	var page struct {
+		Users []string
+		Total int
+		Next  string
+	}
+	na.getJSON(na.hs.URL+"/api/online?limit=1", &page)
+	if strings.Join(page.Users, ",") != "alice" || page.Total != 2 || page.Next != "alice" {
+		t.Errorf("first page %+v", page)
+	}
+	na.getJSON(na.hs.URL+"/api/online?limit=1&after=alice", &page)
+	if strings.Join(page.Users, ",") != "bob" || page.Total != 2 {
+		t.Errorf("second page %+v", page)
 	}
 	// A binding in Redis expires with its registration.
 	rdb := redisClient(t, url)
@@ -365,6 +392,31 @@ func TestClusterSIPAddrIsNoRelay(t *testing.T) {
 	// A REGISTER from a peer is refused.
 	if code := sendRaw(t, addr, "REGISTER sip:"+testDomain+" SIP/2.0\nVia: SIP/2.0/TCP 192.0.2.1;branch=z9hG4bKr1\nMax-Forwards: 70\nTo: <sip:eve@"+testDomain+">\nFrom: <sip:eve@"+testDomain+">;tag=e\nCall-ID: r\nCSeq: 1 REGISTER\nContact: <sip:eve@192.0.2.1>\n\n"); code != 403 {
 		t.Errorf("REGISTER from a peer: %d, want 403", code)
+	}
+}
+
+// When Redis cannot be reached, a REGISTER is answered 503, not refused as
+// if the caps were reached.
+func TestClusterRedisDown(t *testing.T) {
+	url, kill := startRedisProc(t)
+	na := newNode(t, url, "a")
+	alice := na.dial("alice")
+	alice.register(600, false)
+	kill()
+	bob := na.dial("bob")
+	bob.send(`REGISTER sip:%[1]s SIP/2.0
+Via: SIP/2.0/WSS %[2]s;branch=z9hG4bKdown
+Max-Forwards: 70
+To: <sip:bob@%[1]s>
+From: <sip:bob@%[1]s>;tag=b
+Call-ID: reg-down
+CSeq: 1 REGISTER
+Contact: <%[3]s>;expires=600
+
+`, testDomain, bob.host, bob.contact())
+	m := bob.recvWithin(5 * redisTimeout)
+	if res, ok := m.(*sip.Response); !ok || res.StatusCode != 503 {
+		t.Fatalf("REGISTER with Redis down: want 503, got:\n%s", m)
 	}
 }
 

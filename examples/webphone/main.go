@@ -274,6 +274,18 @@ func newApp(cfg appConfig, log *slog.Logger) (*app, error) {
 		if err != nil {
 			return nil, fmt.Errorf("-redis: %w", err)
 		}
+		opts.ContextTimeoutEnabled = true // each store operation is bounded by redisTimeout
+		// A Redis that is down fails a request at once (503) rather than
+		// after go-redis's default retries (unless the URL sets them).
+		if opts.MaxRetries == 0 {
+			opts.MaxRetries = 1
+		}
+		if opts.DialerRetries == 0 {
+			opts.DialerRetries = 1
+		}
+		if opts.DialTimeout == 0 {
+			opts.DialTimeout = redisTimeout
+		}
 		rdb := redis.NewClient(opts)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		cl, err := newCluster(ctx, node, cfg.sipAddr, rdb, log.With("component", "cluster", "node", node))

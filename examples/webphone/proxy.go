@@ -1109,6 +1109,11 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 		})
 		if err != nil {
 			p.log.Info("binding refused", "user", user, "conn", c.ID(), "err", err)
+			if !errors.Is(err, errTooManyBindings) {
+				// The shared location service failed (Redis unreachable).
+				p.reply(c, req, 503, "Service Unavailable (location service)", sip.NewHeader("Retry-After", "5"))
+				return
+			}
 			p.reply(c, req, 403, fmt.Sprintf("Forbidden (too many bindings: at most %d per connection, %d per user)", maxBindingsPerConn, maxBindingsPerUser))
 			return
 		}

@@ -156,14 +156,19 @@ func (p *phone) send(format string, args ...any) {
 
 func (p *phone) recv() sip.Message {
 	p.t.Helper()
+	return p.recvWithin(3 * time.Second)
+}
+
+func (p *phone) recvWithin(d time.Duration) sip.Message {
+	p.t.Helper()
 	select {
 	case m, ok := <-p.in:
 		if !ok {
 			p.t.Fatalf("%s: connection closed", p.name)
 		}
 		return m
-	case <-time.After(3 * time.Second):
-		p.t.Fatalf("%s: nothing received in 3 s", p.name)
+	case <-time.After(d):
+		p.t.Fatalf("%s: nothing received in %v", p.name, d)
 	}
 	return nil
 }
