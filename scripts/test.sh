@@ -52,13 +52,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
 	if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
 		run apt-get update -qq
 		run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+		# apt may start the service it installed: the tests need none.
+		if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
 	else
 		echo "the cluster tests need redis-server: install Debian's redis-server" >&2
 		exit 1
 	fi
 fi
-# apt starts the redis-server service: the tests use their own servers.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
 if [ ! -x /usr/bin/chromium ]; then
 	step "installing Debian's chromium for the browser tests"
 	if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -108,7 +108,8 @@ func decodeBinding(v string) (binding, error) {
 	return b, nil
 }
 
-func ctx() (context.Context, context.CancelFunc) {
+// opCtx bounds one store operation by redisTimeout.
+func opCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), redisTimeout)
 }
 
@@ -119,7 +120,7 @@ func (s *redisStore) fail(op string, err error) {
 }
 
 func (s *redisStore) get(user, key string) (binding, bool) {
-	c, cancel := ctx()
+	c, cancel := opCtx()
 	defer cancel()
 	v, err := s.rdb.Get(c, bindingKeyName(user, key)).Result()
 	if err != nil {
@@ -135,7 +136,7 @@ func (s *redisStore) get(user, key string) (binding, bool) {
 }
 
 func (s *redisStore) put(b binding) error {
-	c, cancel := ctx()
+	c, cancel := opCtx()
 	defer cancel()
 	b.node, b.run = s.cl.node, s.cl.run
 	now := time.Now()
@@ -216,7 +217,7 @@ return 1`)
 // from the mirror, and takes the user off our online set when they have no
 // binding here any more.
 func (s *redisStore) del(b binding, own string) {
-	c, cancel := ctx()
+	c, cancel := opCtx()
 	defer cancel()
 	member := userKey(b.user) + "\n" + b.key
 	err := delScript.Run(c, s.rdb, []string{bindingKeyName(b.user, b.key), userSetKey(b.user), contactSetKey(contactKey(&b.contact.Address))}, own, b.key, member).Err()
@@ -247,7 +248,7 @@ func (s *redisStore) remove(user, key string) (binding, bool) {
 
 // all returns every binding of user in Redis, live or not.
 func (s *redisStore) all(user string, now time.Time) []binding {
-	c, cancel := ctx()
+	c, cancel := opCtx()
 	defer cancel()
 	keys, err := s.rdb.ZRangeByScore(c, userSetKey(user), &redis.ZRangeBy{Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf"}).Result()
 	if err != nil || len(keys) == 0 {
@@ -324,7 +325,7 @@ func (s *redisStore) lookup(user string, now time.Time) []binding {
 }
 
 func (s *redisStore) byContact(u *sip.Uri, now time.Time) []binding {
-	c, cancel := ctx()
+	c, cancel := opCtx()
 	defer cancel()
 	members, err := s.rdb.ZRangeByScore(c, contactSetKey(contactKey(u)), &redis.ZRangeBy{Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf", Count: maxBindingsPerUser, Offset: 0}).Result()
 	if err != nil || len(members) == 0 {
@@ -344,7 +345,7 @@ func (s *redisStore) byContact(u *sip.Uri, now time.Time) []binding {
 // their online sets, merged here (each gives at most limit names after
 // after). The total counts each user once.
 func (s *redisStore) users(after string, limit int) ([]string, int) {
-	c, cancel := ctx()
+	c, cancel := opCtx()
 	defer cancel()
 	nodes := s.cl.liveNodes()
 	keys := make([]string, 0, len(nodes))
