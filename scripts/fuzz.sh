@@ -25,6 +25,7 @@ targets=(
 	.:FuzzFlowKey
 	.:FuzzOriginAllowed
 	./examples/webphone:FuzzDigestVerify
+	./examples/webphone:FuzzReadStreamMessage
 )
 
 log=$(mktemp)

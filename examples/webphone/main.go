@@ -27,6 +27,12 @@
 // Browsers may connect from pages of this server only, or of the origins
 // of -allow-origin (repeatable; "*" for any).
 //
+// With -redis URL and -node NAME it is one node of a cluster (cluster.go):
+// bindings live in Redis with the node that holds their flow and its Path,
+// a flow-token URI of the node's -sip-addr, where the other nodes send it
+// SIP over TCP for its phones; nodes whose heartbeat lapses are out of the
+// routing within seconds. Without -redis bindings are kept in memory.
+//
 // Its first log line is "listening on URL" with the address actually bound
 // (useful with port 0). SIGINT or SIGTERM stops it: every phone gets a close
 // frame with 1001 "Going away" (JsSIP and SIP.js reconnect and register
