@@ -153,10 +153,25 @@ func newCluster(ctx context.Context, node, sipAddr string, rdb *redis.Client, lo
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
-	if v, err := rdb.Get(ctx, nodeKey(node)).Result(); err == nil {
-		return nil, fmt.Errorf("node %q is already live (heartbeat %q): pick another -node or wait %v", node, v, heartbeatTTL)
-	} else if !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("redis: %w", err)
+	// A node of this name that was killed a moment ago still has its
+	// heartbeat for up to heartbeatTTL: wait for it to lapse; one that
+	// keeps beating is another live node of the same name.
+	for deadline := time.Now().Add(heartbeatTTL + heartbeatEvery); ; {
+		v, err := rdb.Get(ctx, nodeKey(node)).Result()
+		if errors.Is(err, redis.Nil) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("node %q is already live (heartbeat %q): pick another -node", node, v)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("node %q is already live (heartbeat %q): %w", node, v, ctx.Err())
+		case <-time.After(heartbeatEvery / 4):
+		}
 	}
 	ln, err := net.Listen("tcp", sipAddr)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -457,5 +458,17 @@ func TestPeerLinkNotBoundByConnectionBudget(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("source %x: past the per-connection budget = %v after %d transactions, want %v", uint64(tc.src), got, n, tc.want)
 		}
+	}
+}
+
+// Two live nodes may not share a name: the second waits for the first's
+// heartbeat to lapse (a node killed a moment ago) and, as it keeps beating,
+// refuses to start.
+func TestClusterNodeNameTaken(t *testing.T) {
+	url := startRedis(t)
+	newNode(t, url, "a")
+	_, err := newApp(appConfig{domain: testDomain, webDir: "web", node: "a", redis: url, sipAddr: "127.0.0.1:0"}, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "already live") {
+		t.Fatalf("second node a: %v, want already live", err)
 	}
 }
