@@ -219,6 +219,26 @@ CSeq: 2 BYE
 	respond(bob, bye, 200, "OK", "")
 	alice.recvResponse(200)
 
+	// A BYE while bob's node is not live: 430 from alice's node (not a
+	// loop: the flow of the other side is gone with its node).
+	nb.app.proxy.cl.silent.Store(true)
+	waitLong(t, func() bool { return !na.app.proxy.cl.isLive("b", nb.app.proxy.cl.run) }, "node a to see node b gone")
+	alice.send(`BYE %[5]s SIP/2.0
+Via: SIP/2.0/WSS %[2]s;branch=z9hG4bKbye0
+Max-Forwards: 70
+Route: %[3]s
+Route: %[4]s
+To: <sip:bob@%[1]s>;tag=bobtag
+From: <sip:alice@%[1]s>;tag=alicetag
+Call-ID: call-inv1
+CSeq: 2 BYE
+
+`, testDomain, alice.host, d.calleeRoutes[0], d.calleeRoutes[1], bob.contact())
+	alice.recvResponse(430)
+	bob.silent(100 * time.Millisecond)
+	nb.app.proxy.cl.silent.Store(false)
+	waitLong(t, func() bool { return na.app.proxy.cl.isLive("b", nb.app.proxy.cl.run) }, "node a to see node b again")
+
 	// bob's phone goes; a BYE for its flow gets 430 from bob's node.
 	_ = bob.conn.Close()
 	waitFor(t, func() bool { return nb.online()["bob"] == 0 }, "bob's connection to end")

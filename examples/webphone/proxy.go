@@ -436,6 +436,11 @@ func (p *proxy) route(c endpoint, req *sip.Request) routing {
 				}
 				return routing{targets: []target{{conn: l}}}
 			}
+			if _, isFlow := sipws.FlowTokenFromURI(rh.Address.String()); isFlow && len(tokens) > 0 && hostPort(&rh.Address) != "" {
+				// A flow of a node that is no longer live (its
+				// heartbeat lapsed): RFC 5626 §5.3's answer.
+				return routing{code: 430, reason: reasonFlowFailed}
+			}
 		}
 	}
 	if len(tokens) > 0 {
