@@ -492,3 +492,24 @@ func TestClusterNodeNameTaken(t *testing.T) {
 		t.Fatalf("second node a: %v, want already live", err)
 	}
 }
+
+// Bindings of a node that died do not count in the user's cap: a phone
+// that moved registers though the dead node held maxBindingsPerUser of
+// its user's bindings.
+func TestClusterDeadBindingsLeaveTheCap(t *testing.T) {
+	url := startRedis(t)
+	na, nb := newNode(t, url, "a"), newNode(t, url, "b")
+	for i := range maxBindingsPerUser {
+		p := nb.dial("bob")
+		p.host = fmt.Sprintf("bob-%d.invalid", i)
+		p.register(600, false)
+	}
+	nb.app.proxy.cl.silent.Store(true)
+	waitLong(t, func() bool { return !na.app.proxy.cl.isLive("b", nb.app.proxy.cl.run) }, "node a to see node b gone")
+	moved := na.dial("bob")
+	moved.host = "bob-moved.invalid"
+	moved.register(600, false)
+	if n := len(na.app.proxy.reg.lookup("bob", time.Now())); n != 1 {
+		t.Errorf("bob's live bindings: %d, want 1", n)
+	}
+}

@@ -156,7 +156,7 @@ func (s *redisStore) put(b binding) error {
 		old, err = decodeBinding(v)
 		hadOld = err == nil
 	}
-	if !hadOld && count.Val() >= maxBindingsPerUser {
+	if !hadOld && count.Val() >= maxBindingsPerUser && s.purgeDead(b.user, now) >= maxBindingsPerUser {
 		return errTooManyBindings
 	}
 	// The connection's cap, and the mirror.
@@ -284,6 +284,22 @@ func (s *redisStore) mget(c context.Context, names []string, now time.Time) []bi
 		}
 	}
 	return out
+}
+
+// purgeDead deletes the bindings of user held by node runs that are no
+// longer live (they would count in the user's cap until they expire: a
+// phone that moved from a dead node registers beside its old binding) and
+// returns how many are left.
+func (s *redisStore) purgeDead(user string, now time.Time) int {
+	left := 0
+	for _, b := range s.all(user, now) {
+		if s.cl.isLive(b.node, b.run) {
+			left++
+			continue
+		}
+		s.del(b, owner(b))
+	}
+	return left
 }
 
 func (s *redisStore) removeUser(user string, conn sipws.ConnID) []binding {
