@@ -11,37 +11,15 @@ import os from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
+import { CHROMIUM, T, launch, trace, assertSequence, callState } from "./lib/page.mjs";
 
 const require = createRequire(import.meta.url);
 const { start, online, getJSON, adminJSON, repo, serverCertificate, EXAMPLES } = require("./lib/server.js");
 
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 // The call's screenshot is written only when asked for, so that a test run
 // leaves the work tree as it was: WEBPHONE_SCREENSHOT=docs/webphone.png
 // renews the README's picture.
 const SCREENSHOT = process.env.WEBPHONE_SCREENSHOT ? path.resolve(repo, process.env.WEBPHONE_SCREENSHOT) : "";
-const T = 15000; // bound of every wait on a page
-
-// trace returns a page's SIP trace: [{dir, first, method}], oldest first.
-function trace(page) {
-  return page.$$eval("#sip-trace li", (lis) => lis.map((li) => ({ dir: li.dataset.dir, first: li.dataset.first, method: li.dataset.method })));
-}
-
-// assertSequence checks that the trace holds the steps in this order (other
-// messages may come between them), each step "dir first-line-prefix method".
-function assertSequence(tr, steps, who) {
-  let i = 0;
-  for (const [dir, prefix, method] of steps) {
-    while (i < tr.length && !(tr[i].dir === dir && tr[i].first.startsWith(prefix) && tr[i].method === method)) i++;
-    assert.ok(i < tr.length, `${who}: ${dir} "${prefix}" (${method}) not found in order in the SIP trace:\n` +
-      tr.map((t) => `  ${t.dir} ${t.first} [${t.method}]`).join("\n"));
-    i++;
-  }
-}
-
-async function callState(page) {
-  return page.$eval("#call-state", (e) => e.dataset.state);
-}
 
 // twoPhones runs the two pages against an example (the web phone by default)
 // started with args and env,
@@ -54,26 +32,9 @@ function twoPhones(title, { example = "webphone", args = [], env = {}, http = "H
     const extensions = []; // what the server answered in Sec-WebSocket-Extensions, per page
 
     before(async () => {
-      assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium)`);
       srv = await start({ example, args, env });
       if (srv.url.startsWith("https:")) srv.ca = await serverCertificate(srv.port); // for getJSON
-      browser = await chromium.launch({
-        executablePath: CHROMIUM,
-        args: [
-          "--no-sandbox",
-          "--use-fake-ui-for-media-stream",
-          "--use-fake-device-for-media-stream",
-          "--disable-gpu",
-          "--disable-background-networking",
-          "--disable-component-update",
-          "--disable-sync",
-          "--no-first-run",
-          "--disable-quic",
-          // ICE candidates on 127.0.0.1 too: the test may run in a network
-          // namespace that has nothing but loopback.
-          "--allow-loopback-in-peer-connection",
-        ],
-      });
+      browser = await launch();
       const open = async (name) => {
         // The certificate of -self-signed is made at start: the pages
         // accept it (the Node side checks it: srv.ca).

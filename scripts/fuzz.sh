@@ -27,6 +27,7 @@ targets=(
 	.:FuzzExtensions
 	.:FuzzInflate
 	./examples/webphone:FuzzDigestVerify
+	./examples/webphone:FuzzReadStreamMessage
 )
 
 log=$(mktemp)

@@ -44,6 +44,21 @@ run go mod download
 # Everything they need is installed here, so that a fresh machine needs
 # nothing by hand: Chromium from apt, and the locked npm packages of the
 # tests and of the page (JsSIP; examples/webphone's Go tests use it too).
+# The cluster tests (Go and interop) start their own redis-server on a
+# loopback port: Debian's, installed here when missing (never a system
+# service: the tests start and stop it themselves).
+if ! command -v redis-server >/dev/null 2>&1; then
+	step "installing Debian's redis-server for the cluster tests"
+	if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+		run apt-get update -qq
+		run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+		# apt may start the service it installed: the tests need none.
+		if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+	else
+		echo "the cluster tests need redis-server: install Debian's redis-server" >&2
+		exit 1
+	fi
+fi
 if [ ! -x /usr/bin/chromium ]; then
 	step "installing Debian's chromium for the browser tests"
 	if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

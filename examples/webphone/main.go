@@ -27,6 +27,12 @@
 // Browsers may connect from pages of this server only, or of the origins
 // of -allow-origin (repeatable; "*" for any).
 //
+// With -redis URL and -node NAME it is one node of a cluster (cluster.go):
+// bindings live in Redis with the node that holds their flow and its Path,
+// a flow-token URI of the node's -sip-addr, where the other nodes send it
+// SIP over TCP for its phones; nodes whose heartbeat lapses are out of the
+// routing within seconds. Without -redis bindings are kept in memory.
+//
 // Its first log line is "listening on URL" with the address actually bound
 // (useful with port 0). SIGINT or SIGTERM stops it: every phone gets a close
 // frame with 1001 "Going away" (JsSIP and SIP.js reconnect and register
@@ -46,6 +52,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -55,6 +62,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"github.com/sipws/sipws"
 	"github.com/sipws/sipws/examples/internal/webpage"
 	"github.com/sipws/sipws/sipwsprom"
@@ -91,6 +99,9 @@ type options struct {
 	users      map[string]credential // nil: open mode
 	algs       []string
 	origins    []string
+	node       string // -node; flowNode when empty
+	redisURL   string // -redis; "" is a single node
+	sipAddr    string // -sip-addr
 }
 
 // usageError is a bad command line: exit status 2.
@@ -127,6 +138,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	logLevel := fs.String("log-level", "info", "log `level`: debug (every SIP message), info or warn")
 	usersFile := fs.String("users", "", "users `file`: user:password or htdigest user:realm:HA1[:SHA-256-HA1] lines; every user must then authenticate (digest); empty: open demo, anyone may register as any name")
 	algs := fs.String("digest-algorithms", "SHA-256,MD5", "digest `algorithms` offered, one challenge each, most preferred first (RFC 8760); JsSIP and SIP.js read only the last challenge of a response and answer only MD5: keep MD5 last")
+	fs.StringVar(&o.node, "node", "", "`name` of this node in a cluster (1–32 of A–Z a–z 0–9 . - _), in its flow tokens and in Redis; required with -redis")
+	fs.StringVar(&o.redisURL, "redis", "", "Redis `URL` (redis://HOST:PORT/DB) of the location service shared by the nodes of a cluster; empty: one node, bindings in memory")
+	fs.StringVar(&o.sipAddr, "sip-addr", "127.0.0.1:0", "with -redis: TCP `address` where the other nodes send SIP for the phones of this node (port 0 picks one; it is told to them through Redis); keep it on loopback or a private network")
 	fs.Func("allow-origin", "`pattern` of browser Origins allowed besides the page's own (repeatable): host[:port] or scheme://host[:port] with path.Match wildcards, \"*\" for any", func(v string) error {
 		o.origins = append(o.origins, v)
 		return nil
@@ -162,6 +176,24 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			return o, usageError{err: errors.New("-flow-key: want at least 16 bytes in hex")}
 		}
 		o.flowKey = k
+	}
+	if o.redisURL != "" {
+		if o.node == "" {
+			return o, usageError{err: errors.New("-redis needs -node NAME")}
+		}
+		if _, err := redis.ParseURL(o.redisURL); err != nil {
+			return o, usageError{err: fmt.Errorf("-redis: %w", err)}
+		}
+		if host, _, err := net.SplitHostPort(o.sipAddr); err != nil || host == "" {
+			return o, usageError{err: fmt.Errorf("-sip-addr %q: want HOST:PORT with a host the other nodes can reach", o.sipAddr)}
+		} else if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+			return o, usageError{err: fmt.Errorf("-sip-addr %q: name one address, not all: the other nodes are told it", o.sipAddr)}
+		}
+	}
+	if o.node != "" {
+		if _, err := sipws.NewFlowTokens(o.node, make([]byte, 16)); err != nil {
+			return o, usageError{err: fmt.Errorf("-node: %w", err)}
+		}
 	}
 	var err error
 	if o.algs, err = parseAlgorithms(*algs); err != nil {
@@ -203,6 +235,9 @@ type appConfig struct {
 	algs    []string              // nil: SHA-256, MD5
 	origins []string              // -allow-origin; nil: same origin only
 	deflate bool                  // -compression
+	node    string                // -node; "" is flowNode
+	redis   string                // -redis URL; "": one node
+	sipAddr string                // -sip-addr, with redis
 }
 
 // newApp builds the proxy and the sipws Server around it.
@@ -212,7 +247,11 @@ func newApp(cfg appConfig, log *slog.Logger) (*app, error) {
 		flowKey = make([]byte, 32)
 		_, _ = rand.Read(flowKey)
 	}
-	ft, err := sipws.NewFlowTokens(flowNode, flowKey)
+	node := cfg.node
+	if node == "" {
+		node = flowNode
+	}
+	ft, err := sipws.NewFlowTokens(node, flowKey)
 	if err != nil {
 		return nil, err
 	}
@@ -249,6 +288,36 @@ func newApp(cfg appConfig, log *slog.Logger) (*app, error) {
 		return nil, err
 	}
 	p.ws = ws
+	if cfg.redis != "" {
+		opts, err := redis.ParseURL(cfg.redis)
+		if err != nil {
+			return nil, fmt.Errorf("-redis: %w", err)
+		}
+		opts.ContextTimeoutEnabled = true // each store operation is bounded by redisTimeout
+		// A Redis that is down fails a request at once (503) rather than
+		// after go-redis's default retries (unless the URL sets them).
+		if opts.MaxRetries == 0 {
+			opts.MaxRetries = 1
+		}
+		if opts.DialerRetries == 0 {
+			opts.DialerRetries = 1
+		}
+		if opts.DialTimeout == 0 {
+			opts.DialTimeout = redisTimeout
+		}
+		rdb := redis.NewClient(opts)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		cl, err := newCluster(ctx, node, cfg.sipAddr, rdb, log.With("component", "cluster", "node", node))
+		cancel()
+		if err != nil {
+			_ = rdb.Close()
+			return nil, err
+		}
+		p.cl = cl
+		p.reg = newRedisStore(rdb, cl, log.With("component", "location"))
+		cl.start(p)
+		log.Info("cluster node "+node+": SIP from the other nodes on "+cl.addr, "node", node, "run", cl.run, "sip_addr", cl.addr, "redis", opts.Addr)
+	}
 	metrics.Watch(ws)
 	s := &site{page: &webpage.Page{Dir: webDir, Log: log.With("component", "web")}, ws: ws, proxy: p, log: log.With("component", "web")}
 	return &app{proxy: p, ws: ws, metrics: metrics, site: s}, nil
@@ -273,7 +342,8 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 	if !webpage.DirOK(o.web) {
 		log.Warn("no index.html in the web directory: the page will not be served (set -web)", "web", o.web)
 	}
-	a, err := newApp(appConfig{domain: o.domain, webDir: o.web, flowKey: o.flowKey, users: o.users, algs: o.algs, origins: o.origins, deflate: o.compress}, log)
+	a, err := newApp(appConfig{domain: o.domain, webDir: o.web, flowKey: o.flowKey, users: o.users, algs: o.algs, origins: o.origins, deflate: o.compress,
+		node: o.node, redis: o.redisURL, sipAddr: o.sipAddr}, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "webphone: %v\n", err)
 		return 2

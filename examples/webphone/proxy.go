@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,6 +75,7 @@ type proxy struct {
 	txns   *txnTable
 	now    func() time.Time
 	auth   *digestAuth // nil: open mode, nobody authenticated
+	cl     *cluster    // nil: a single node (no -redis)
 
 	// proven holds, per connection, the users it proved it is with digest
 	// authentication (a REGISTER answered 401 then accepted, or a request
@@ -117,9 +119,14 @@ func newProxy(domain string, log *slog.Logger) *proxy {
 
 // onMessage is the sipws OnMessage hook.
 func (p *proxy) onMessage(c *sipws.Conn, m sipws.Message) {
-	msg, err := p.parser.ParseSIP(m.Data)
+	p.handle(c, m.Data)
+}
+
+// handle handles a SIP message from a browser or from another node.
+func (p *proxy) handle(c endpoint, data []byte) {
+	msg, err := p.parser.ParseSIP(data)
 	if err != nil {
-		p.log.Warn("unparsable SIP message dropped", "conn", c.ID(), "err", err, "size", len(m.Data))
+		p.log.Warn("unparsable SIP message dropped", "conn", c.ID(), "err", err, "size", len(data))
 		return
 	}
 	switch msg := msg.(type) {
@@ -142,10 +149,16 @@ func (p *proxy) onClosed(ev sipws.CloseEvent) {
 	p.provenMu.Lock()
 	delete(p.proven, ev.ID)
 	p.provenMu.Unlock()
+	p.endpointGone(ev.ID)
+}
+
+// endpointGone forgets the transactions that came from connection or link
+// id and answers 480 for its pending branches.
+func (p *proxy) endpointGone(id sipws.ConnID) {
 	var out []outbound
 	p.txns.mu.Lock()
 	for _, t := range p.txns.byKey {
-		if t.key.src == ev.ID {
+		if t.key.src == id {
 			// Nobody to answer: a pending INVITE is cancelled downstream
 			// (and kept until its branches end, to ACK their answers);
 			// anything else is forgotten now.
@@ -157,7 +170,7 @@ func (p *proxy) onClosed(ev sipws.CloseEvent) {
 			continue
 		}
 		for _, b := range t.branches {
-			if b.dst == ev.ID && b.status == 0 {
+			if b.dst == id && b.status == 0 {
 				res := p.newResponse(t.orig, 480, "Temporarily Unavailable")
 				out = append(out, p.branchFinalLocked(b, res)...)
 			}
@@ -181,7 +194,13 @@ func (p *proxy) sendAll(out []outbound) {
 
 // send sends msg on connection id.
 func (p *proxy) send(id sipws.ConnID, msg sip.Message) error {
-	c, ok := p.ws.Registry().Get(id)
+	var c endpoint
+	var ok bool
+	if isPeerID(id) && p.cl != nil {
+		c, ok = p.cl.link(id)
+	} else {
+		c, ok = p.ws.Registry().Get(id)
+	}
 	if !ok {
 		p.log.Debug("SIP not sent: connection gone", "conn", id, "msg", firstLine(msg))
 		return fmt.Errorf("connection %d is gone", id)
@@ -189,12 +208,12 @@ func (p *proxy) send(id sipws.ConnID, msg sip.Message) error {
 	return p.sendOn(c, msg)
 }
 
-func (p *proxy) sendOn(c *sipws.Conn, msg sip.Message) error {
+func (p *proxy) sendOn(c endpoint, msg sip.Message) error {
 	return p.sendWire(c, msg, []byte(msg.String()))
 }
 
 // sendWire sends wire, msg serialised, on c.
-func (p *proxy) sendWire(c *sipws.Conn, msg sip.Message, wire []byte) error {
+func (p *proxy) sendWire(c endpoint, msg sip.Message, wire []byte) error {
 	if err := c.Send(wire); err != nil {
 		p.log.Debug("SIP not sent", "conn", c.ID(), "msg", firstLine(msg), "err", err)
 		return err
@@ -221,7 +240,7 @@ func (p *proxy) newResponse(req *sip.Request, code int, reason string) *sip.Resp
 }
 
 // reply answers req on c.
-func (p *proxy) reply(c *sipws.Conn, req *sip.Request, code int, reason string, extra ...sip.Header) {
+func (p *proxy) reply(c endpoint, req *sip.Request, code int, reason string, extra ...sip.Header) {
 	res := p.newResponse(req, code, reason)
 	for _, h := range extra {
 		res.AppendHeader(h)
@@ -235,7 +254,7 @@ func (p *proxy) isOurHost(host string) bool {
 }
 
 // onRequest handles a request from c.
-func (p *proxy) onRequest(c *sipws.Conn, req *sip.Request) {
+func (p *proxy) onRequest(c endpoint, req *sip.Request) {
 	req.SetSource(c.RemoteAddr().String())
 	via := req.Via()
 	if via == nil {
@@ -268,7 +287,7 @@ func (p *proxy) onRequest(c *sipws.Conn, req *sip.Request) {
 
 	orig := req.Clone()
 	orig.SetBody(nil) // kept for responses of ours: the headers are enough
-	if p.auth != nil && p.needsAuth(req) {
+	if p.auth != nil && !isPeerID(c.ID()) && p.needsAuth(req) {
 		if code, reason, extra := p.authorize(c, req); code != 0 {
 			p.refuse(c, orig, key, code, reason, extra...)
 			return
@@ -294,7 +313,7 @@ func (p *proxy) onRequest(c *sipws.Conn, req *sip.Request) {
 
 // refuse answers a request we cannot route. For an INVITE it also records a
 // finished transaction, so that the caller's ACK for our answer is absorbed.
-func (p *proxy) refuse(c *sipws.Conn, orig *sip.Request, key txnKey, code int, reason string, extra ...sip.Header) {
+func (p *proxy) refuse(c endpoint, orig *sip.Request, key txnKey, code int, reason string, extra ...sip.Header) {
 	if orig.Method == sip.INVITE {
 		// Within the budgets only; without it the ACK is merely routed.
 		p.txns.add(&proxyTxn{key: key, orig: orig, final: code, deadline: p.now().Add(afterFinal), size: len(orig.String())})
@@ -323,7 +342,7 @@ func (p *proxy) needsAuth(req *sip.Request) bool {
 // authorize checks that the From user of req is a user connection c
 // proved it is, or proves it now with Proxy-Authorization. It returns 0, or
 // the refusal: 407 with challenges, 403, or 503.
-func (p *proxy) authorize(c *sipws.Conn, req *sip.Request) (int, string, []sip.Header) {
+func (p *proxy) authorize(c endpoint, req *sip.Request) (int, string, []sip.Header) {
 	from := req.From().Address
 	if !p.isOurHost(from.Host) || from.User == "" {
 		return 403, "Forbidden (From is not a user of this domain)", nil
@@ -376,14 +395,15 @@ func (p *proxy) prove(id sipws.ConnID, user string) bool {
 // mayChange reports whether connection c may remove or replace binding b:
 // it made b, or it proved it is b's user.
 func (p *proxy) mayChange(c *sipws.Conn, b binding) bool {
-	return b.conn == c.ID() || (p.auth != nil && p.isProven(c.ID(), b.user))
+	return (b.conn == c.ID() && p.isLocal(b)) || (p.auth != nil && p.isProven(c.ID(), b.user))
 }
 
 // target is one destination of a request: a connection and, when the
 // request is retargeted by the location service, the new Request-URI.
 type target struct {
-	conn *sipws.Conn
-	ruri *sip.Uri
+	conn  endpoint
+	ruri  *sip.Uri
+	route *sip.RouteHeader // the Path of a binding on another node: put on top
 }
 
 // routing is the outcome of route: a local request, a refusal, or targets.
@@ -395,8 +415,35 @@ type routing struct {
 }
 
 // route decides where req goes. It removes the Route headers that are ours.
-func (p *proxy) route(c *sipws.Conn, req *sip.Request) routing {
-	if tokens := p.popRoutes(req); len(tokens) > 0 {
+func (p *proxy) route(c endpoint, req *sip.Request) routing {
+	tokens := p.popRoutes(req)
+	if isPeerID(c.ID()) {
+		// From another node: only to a flow of ours its Route names.
+		if len(tokens) == 0 {
+			return routing{code: 403, reason: "Forbidden (no flow token of this node)"}
+		}
+		return p.routeByFlow(c, tokens)
+	}
+	if p.cl != nil {
+		// From a browser, in a dialog with a phone on another node: the
+		// next Route is that node's (its flow-token URI).
+		if rh := req.Route(); rh != nil {
+			if node, ok := p.cl.nodeByAddr(hostPort(&rh.Address)); ok {
+				l, err := p.cl.linkTo(node)
+				if err != nil {
+					p.log.Info("node unreachable", "node", node, "err", err)
+					return routing{code: 430, reason: reasonFlowFailed}
+				}
+				return routing{targets: []target{{conn: l}}}
+			}
+			if _, isFlow := sipws.FlowTokenFromURI(rh.Address.String()); isFlow && len(tokens) > 0 && hostPort(&rh.Address) != "" {
+				// A flow of a node that is no longer live (its
+				// heartbeat lapsed): RFC 5626 §5.3's answer.
+				return routing{code: 430, reason: reasonFlowFailed}
+			}
+		}
+	}
+	if len(tokens) > 0 {
 		return p.routeByFlow(c, tokens)
 	}
 	if req.Method == sip.REGISTER {
@@ -416,17 +463,18 @@ func (p *proxy) route(c *sipws.Conn, req *sip.Request) routing {
 			return routing{code: 404, reason: "Not Found"}
 		}
 		var rt routing
-		seen := make(map[sipws.ConnID]bool)
+		seen := make(map[string]bool)
 		for _, b := range bs {
-			if seen[b.conn] {
+			if seen[p.flowOf(b)] {
 				continue
 			}
-			seen[b.conn] = true
-			dst, ok := p.ws.Registry().Get(b.conn)
+			seen[p.flowOf(b)] = true
+			tg, ok := p.bindingTarget(b)
 			if !ok {
 				continue
 			}
-			rt.targets = append(rt.targets, target{conn: dst, ruri: b.contact.Address.Clone()})
+			tg.ruri = b.contact.Address.Clone()
+			rt.targets = append(rt.targets, tg)
 			if req.Method == sip.INVITE || len(rt.targets) == maxForks {
 				// No forking of calls: the most recent registration
 				// rings. Other requests: the maxForks most recent.
@@ -447,7 +495,7 @@ func (p *proxy) route(c *sipws.Conn, req *sip.Request) routing {
 			if userKey(b.user) != userKey(req.To().Address.User) {
 				continue
 			}
-			if found != nil && found.conn != b.conn {
+			if found != nil && p.flowOf(*found) != p.flowOf(b) {
 				// Two connections registered the same Contact for the
 				// user (possible only in open mode): not guessed.
 				return routing{code: 404, reason: "Not Found (ambiguous Contact)"}
@@ -457,11 +505,11 @@ func (p *proxy) route(c *sipws.Conn, req *sip.Request) routing {
 		if found == nil {
 			return routing{code: 404, reason: "Not Found"}
 		}
-		dst, ok := p.ws.Registry().Get(found.conn)
+		tg, ok := p.bindingTarget(*found)
 		if !ok {
 			return routing{code: 480, reason: "Temporarily Unavailable"}
 		}
-		return routing{targets: []target{{conn: dst}}}
+		return routing{targets: []target{tg}}
 	}
 	return routing{code: 404, reason: "Not Found (domain not served here)"}
 }
@@ -472,7 +520,7 @@ func (p *proxy) popRoutes(req *sip.Request) []string {
 	var tokens []string
 	for {
 		rh := req.Route()
-		if rh == nil || !p.isOurHost(rh.Address.Host) {
+		if rh == nil || !p.isOurRoute(&rh.Address) {
 			return tokens
 		}
 		req.RemoveHeader("Route")
@@ -487,7 +535,7 @@ func (p *proxy) popRoutes(req *sip.Request) []string {
 // other than the sender's. The other side's token is the last of ours in
 // either direction, because the caller's route set is the reverse of the
 // callee's.
-func (p *proxy) routeByFlow(c *sipws.Conn, tokens []string) routing {
+func (p *proxy) routeByFlow(c endpoint, tokens []string) routing {
 	var gone, invalid, self bool
 	for i := len(tokens) - 1; i >= 0; i-- {
 		dst, err := p.ws.Registry().ResolveFlow(tokens[i])
@@ -515,10 +563,14 @@ func (p *proxy) routeByFlow(c *sipws.Conn, tokens []string) routing {
 }
 
 // local handles a request addressed to the proxy itself.
-func (p *proxy) local(c *sipws.Conn, req *sip.Request) {
+func (p *proxy) local(c endpoint, req *sip.Request) {
 	switch req.Method {
 	case sip.REGISTER:
-		p.register(c, req)
+		if wc, ok := c.(*sipws.Conn); ok {
+			p.register(wc, req)
+			return
+		}
+		p.reply(c, req, 403, "Forbidden (REGISTER from another node)")
 	case sip.OPTIONS:
 		p.reply(c, req, 200, "OK",
 			sip.NewHeader("Allow", "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, MESSAGE, INFO, UPDATE"),
@@ -542,7 +594,7 @@ func dialogCreating(req *sip.Request) bool {
 
 // flowRoute returns a Record-Route header naming connection c.
 func (p *proxy) flowRoute(c *sipws.Conn) *sip.RecordRouteHeader {
-	uri, err := c.FlowURI(p.domain, 0, false)
+	uri, err := p.flowURI(c)
 	if err != nil {
 		panic(err) // newApp sets Config.FlowTokens
 	}
@@ -554,18 +606,27 @@ func (p *proxy) flowRoute(c *sipws.Conn) *sip.RecordRouteHeader {
 }
 
 // via returns a Via of ours with a new branch, for a request sent on dst.
-func (p *proxy) via(dst *sipws.Conn) *sip.ViaHeader {
+func (p *proxy) via(dst endpoint) *sip.ViaHeader {
 	transport := "WS"
 	if dst.Secure() {
 		transport = "WSS"
 	}
 	v := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: transport, Host: p.domain, Params: sip.NewParams()}
+	if isPeerID(dst.ID()) && p.cl != nil {
+		// To another node: our -sip-addr, where its responses come back
+		// anyway (on the same TCP connection, RFC 3261 §18.2.2).
+		v.Transport = "TCP"
+		if host, port, err := net.SplitHostPort(p.cl.addr); err == nil {
+			v.Host = host
+			v.Port, _ = strconv.Atoi(port)
+		}
+	}
 	v.Params.Add("branch", newBranch())
 	return v
 }
 
 // forward sends req to its targets, statefully unless it is an ACK.
-func (p *proxy) forward(c *sipws.Conn, req, orig *sip.Request, key txnKey, targets []target) {
+func (p *proxy) forward(c endpoint, req, orig *sip.Request, key txnKey, targets []target) {
 	if mf := req.MaxForwards(); mf == nil {
 		h := sip.MaxForwardsHeader(maxForwardsDefault)
 		req.AppendHeader(&h)
@@ -575,9 +636,12 @@ func (p *proxy) forward(c *sipws.Conn, req, orig *sip.Request, key txnKey, targe
 	} else {
 		*mf--
 	}
+	// Record-Route: a flow URI per side, each added by the node that holds
+	// the flow (a request from another node has the caller's already).
 	var rrSrc *sip.RecordRouteHeader
-	if dialogCreating(req) {
-		rrSrc = p.flowRoute(c)
+	rr := dialogCreating(req)
+	if wc, ok := c.(*sipws.Conn); ok && rr {
+		rrSrc = p.flowRoute(wc)
 	}
 	t := &proxyTxn{key: key, orig: orig, deadline: p.now().Add(nonInviteLifetime), size: len(orig.String())}
 	if t.invite() {
@@ -595,10 +659,20 @@ func (p *proxy) forward(c *sipws.Conn, req, orig *sip.Request, key txnKey, targe
 		if tg.ruri != nil {
 			r.Recipient = *tg.ruri
 		}
-		if rrSrc != nil {
+		if rr {
 			// The callee's side on top: the callee's route set is the
 			// Record-Route list in order, the caller's is its reverse.
-			r.PrependHeader(p.flowRoute(tg.conn), rrSrc.Clone())
+			var hs []sip.Header
+			if wc, ok := tg.conn.(*sipws.Conn); ok {
+				hs = append(hs, p.flowRoute(wc))
+			}
+			if rrSrc != nil {
+				hs = append(hs, rrSrc.Clone())
+			}
+			r.PrependHeader(hs...)
+		}
+		if tg.route != nil {
+			r.PrependHeader(tg.route.Clone())
 		}
 		v := p.via(tg.conn)
 		r.PrependHeader(v)
@@ -632,7 +706,7 @@ func (p *proxy) forward(c *sipws.Conn, req, orig *sip.Request, key txnKey, targe
 // onAck handles an ACK: the one for a non-2xx final response we forwarded
 // was already sent downstream by us and is absorbed; the one for a 2xx is
 // routed like any in-dialog request. An ACK is never answered.
-func (p *proxy) onAck(c *sipws.Conn, req *sip.Request, branch string) {
+func (p *proxy) onAck(c endpoint, req *sip.Request, branch string) {
 	p.txns.mu.Lock()
 	t := p.txns.byKey[txnKey{src: c.ID(), branch: branch, method: string(sip.INVITE)}]
 	absorbed := t != nil && t.final >= 300
@@ -655,12 +729,15 @@ func (p *proxy) onAck(c *sipws.Conn, req *sip.Request, branch string) {
 	if dst.ruri != nil {
 		req.Recipient = *dst.ruri
 	}
+	if dst.route != nil {
+		req.PrependHeader(dst.route.Clone())
+	}
 	req.PrependHeader(p.via(dst.conn))
 	_ = p.sendOn(dst.conn, req)
 }
 
 // onCancel answers a CANCEL with 200 and cancels the INVITE's branches.
-func (p *proxy) onCancel(c *sipws.Conn, req *sip.Request, branch string) {
+func (p *proxy) onCancel(c endpoint, req *sip.Request, branch string) {
 	p.txns.mu.Lock()
 	t := p.txns.byKey[txnKey{src: c.ID(), branch: branch, method: string(sip.INVITE)}]
 	if t == nil {
@@ -723,7 +800,7 @@ func requestFor(sent *sip.Request, method sip.RequestMethod, res *sip.Response) 
 // onResponse routes a response back by the branch of its top Via, which
 // must be ours and must have come from the connection we sent the request
 // on.
-func (p *proxy) onResponse(c *sipws.Conn, res *sip.Response) {
+func (p *proxy) onResponse(c endpoint, res *sip.Response) {
 	via := res.Via()
 	cseq := res.CSeq()
 	if via == nil || cseq == nil {
@@ -856,12 +933,22 @@ func (p *proxy) run(interval time.Duration) {
 	}
 }
 
-func (p *proxy) close() { p.once.Do(func() { close(p.stop) }) }
+// close stops the sweeps and, in a cluster, leaves it (after the
+// WebSocket connections are gone: their bindings are deleted on the way).
+func (p *proxy) close() {
+	p.once.Do(func() {
+		close(p.stop)
+		if p.cl != nil {
+			p.cl.close()
+			_ = p.cl.rdb.Close()
+		}
+	})
+}
 
 // unbindFlow ends the RFC 5626 flow binding of an Outbound binding that
 // is gone, when its connection is still open.
 func (p *proxy) unbindFlow(b binding) {
-	if !b.outbound {
+	if !b.outbound || !p.isLocal(b) {
 		return
 	}
 	if c, ok := p.ws.Registry().Get(b.conn); ok {
@@ -1010,14 +1097,28 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 		ob := outboundOffered && u.regID > 0 && !u.scoped
 		stored := u.ch.Clone()
 		stored.Params.Remove("expires")
+		var node, run, path string
+		if p.cl != nil {
+			tok, err := c.FlowToken()
+			if err != nil {
+				p.reply(c, req, 500, "Server Internal Error (no flow token)")
+				return
+			}
+			node, run, path = p.cl.node, p.cl.run, p.cl.pathURI(tok)
+		}
 		err := p.reg.put(binding{
-			user: user, key: u.key, contact: *stored, conn: c.ID(),
+			user: user, key: u.key, contact: *stored, conn: c.ID(), node: node, run: run, path: path,
 			instance: u.instance, regID: u.regID, outbound: ob,
 			callID: req.CallID().Value(), cseq: req.CSeq().SeqNo,
 			agent: agent, expires: now.Add(time.Duration(u.exp) * time.Second), updated: now,
 		})
 		if err != nil {
 			p.log.Info("binding refused", "user", user, "conn", c.ID(), "err", err)
+			if !errors.Is(err, errTooManyBindings) {
+				// The shared location service failed (Redis unreachable).
+				p.reply(c, req, 503, "Service Unavailable (location service)", sip.NewHeader("Retry-After", "5"))
+				return
+			}
 			p.reply(c, req, 403, fmt.Sprintf("Forbidden (too many bindings: at most %d per connection, %d per user)", maxBindingsPerConn, maxBindingsPerUser))
 			return
 		}
@@ -1051,7 +1152,7 @@ func (p *proxy) register(c *sipws.Conn, req *sip.Request) {
 func (p *proxy) registered(c *sipws.Conn, req *sip.Request, user string, now time.Time, outbound bool) {
 	res := p.newResponse(req, 200, "OK")
 	for _, b := range p.reg.lookup(user, now) {
-		if p.auth == nil && b.conn != c.ID() {
+		if p.auth == nil && (b.conn != c.ID() || !p.isLocal(b)) {
 			continue // open mode: another connection's Contacts are not told
 		}
 		ch := b.contact.Clone()
@@ -1089,3 +1190,59 @@ func hasOptionTag(req *sip.Request, header, tag string) bool {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// isLocal reports whether binding b's flow is a connection of this node
+// (always, without a cluster).
+func (p *proxy) isLocal(b binding) bool {
+	return p.cl == nil || (b.node == p.cl.node && b.run == p.cl.run)
+}
+
+// flowOf names the flow of binding b across the cluster.
+func (p *proxy) flowOf(b binding) string {
+	if p.isLocal(b) {
+		return "\x00" + itoa(int(b.conn))
+	}
+	return b.node + "\x00" + b.run + "\x00" + itoa(int(b.conn))
+}
+
+// bindingTarget returns where a request for binding b goes: its connection
+// here, or the link to its node with its Path as Route.
+func (p *proxy) bindingTarget(b binding) (target, bool) {
+	if p.isLocal(b) {
+		dst, ok := p.ws.Registry().Get(b.conn)
+		return target{conn: dst}, ok
+	}
+	rh, err := parseRoute(b.path)
+	if err != nil {
+		p.log.Warn("binding with a bad Path skipped", "user", b.user, "path", b.path, "err", err)
+		return target{}, false
+	}
+	l, err := p.cl.linkTo(b.node)
+	if err != nil {
+		p.log.Info("node unreachable", "node", b.node, "err", err)
+		return target{}, false
+	}
+	return target{conn: l, route: rh}, true
+}
+
+// isOurRoute reports whether a Route URI names this proxy: the SIP domain,
+// or in a cluster our -sip-addr.
+func (p *proxy) isOurRoute(u *sip.Uri) bool {
+	if p.cl != nil && strings.EqualFold(hostPort(u), p.cl.addr) {
+		return true
+	}
+	return p.isOurHost(u.Host)
+}
+
+// flowURI is the Record-Route URI of connection c: on the SIP domain, or
+// in a cluster on our -sip-addr, so that the other node knows where it goes.
+func (p *proxy) flowURI(c *sipws.Conn) (string, error) {
+	if p.cl == nil {
+		return c.FlowURI(p.domain, 0, false)
+	}
+	tok, err := c.FlowToken()
+	if err != nil {
+		return "", err
+	}
+	return p.cl.pathURI(tok), nil
+}

@@ -48,6 +48,9 @@ type binding struct {
 	callID   string
 	cseq     uint32
 	agent    string // User-Agent of the REGISTER
+	node     string // in a cluster: the node that holds conn, and its run
+	run      string
+	path     string // in a cluster: the Path, a flow-token URI of node's -sip-addr
 	expires  time.Time
 	updated  time.Time
 }

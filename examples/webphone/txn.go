@@ -115,7 +115,10 @@ func (tt *txnTable) add(t *proxyTxn) bool {
 	if old := tt.byKey[t.key]; old != nil {
 		tt.removeLocked(old)
 	}
-	if tt.bySrc[t.key.src]+t.size > maxTxnBytesPerConn || tt.bytes+t.size > maxTxnBytes {
+	// A link from another node carries the requests of all its phones:
+	// only the table's budget bounds it.
+	perSrc := tt.bySrc[t.key.src]+t.size > maxTxnBytesPerConn && !isPeerID(t.key.src)
+	if perSrc || tt.bytes+t.size > maxTxnBytes {
 		return false
 	}
 	tt.byKey[t.key] = t

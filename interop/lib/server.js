@@ -192,4 +192,48 @@ function serverCertificate(port) {
   });
 }
 
-module.exports = { start, freePort, getJSON, adminJSON, online, waitFor, webDir, repo, EXAMPLES, serverCertificate };
+// startRedis runs Debian's redis-server on a free 127.0.0.1 port, without
+// persistence, for the cluster tests (never a system service), and
+// resolves once it answers; stop() ends it. Node's own TCP client speaks
+// RESP here, so that the tests need no Redis package.
+async function startRedis() {
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "redis-"));
+  const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, "--loglevel", "warning"], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let log = "";
+  proc.stderr.setEncoding("utf8");
+  proc.stderr.on("data", (c) => (log += c));
+  const spawned = new Promise((resolve, reject) => {
+    proc.once("error", (err) => reject(new Error(`redis-server: ${err.message} (apt-get install redis-server; scripts/test.sh does)`)));
+    proc.once("spawn", resolve);
+  });
+  await spawned;
+  const exited = new Promise((resolve) => proc.once("exit", resolve));
+  const ping = () => new Promise((resolve) => {
+    const c = net.connect(port, "127.0.0.1");
+    c.setTimeout(1000);
+    c.on("data", (d) => { c.destroy(); resolve(String(d).startsWith("+PONG")); });
+    c.on("error", () => resolve(false));
+    c.on("timeout", () => { c.destroy(); resolve(false); });
+    c.on("connect", () => c.write("PING\r\n"));
+  });
+  await waitFor(ping, "redis-server to answer PING:\n" + log, 10000);
+  return {
+    url: `redis://127.0.0.1:${port}/0`,
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+      await exited;
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+// startNode starts a webphone as node name of a cluster on redisURL, its
+// -sip-addr on a free loopback port.
+function startNode(name, redisURL, opts = {}) {
+  return start({ ...opts, args: ["-node", name, "-redis", redisURL, "-sip-addr", "127.0.0.1:0", ...(opts.args || [])] });
+}
+
+module.exports = { start, startNode, startRedis, freePort, getJSON, adminJSON, online, waitFor, webDir, repo, EXAMPLES, serverCertificate };
