@@ -50,6 +50,7 @@ class FrameCounter {
     this.messages = 0;
     this.compressed = 0;
     this.control = 0;
+    this.sizes = []; // payload length of each data message's first frame
   }
   push(chunk) {
     if (this.skip >= chunk.length) {
@@ -79,6 +80,7 @@ class FrameCounter {
       this.frames++;
       if (op === 1 || op === 2) {
         this.messages++;
+        this.sizes.push(len);
         if (b[0] & 0x40) this.compressed++;
       } else if (op >= 8) this.control++;
       if (b.length >= h + len) {
@@ -304,6 +306,7 @@ async function once(mode) {
         msgsUp: c.upFrames.messages, msgsDown: c.downFrames.messages,
         rsv1Up: c.upFrames.compressed, rsv1Down: c.downFrames.compressed,
         controlUp: c.upFrames.control, controlDown: c.downFrames.control,
+        sizesUp: c.upFrames.sizes, sizesDown: c.downFrames.sizes,
         sipUp: sip.out, sipDown: sip.in,
         http: { ...r.http },
       };
@@ -335,11 +338,12 @@ for (let i = 0; i < ROUNDS; i++) {
 // The table: medians over the rounds, per page and for both pages.
 const fields = (p) => ({
   msgsUp: p.msgsUp, msgsDown: p.msgsDown, sipUp: p.sipUp, sipDown: p.sipDown,
-  hsUp: p.hsUp, hsDown: p.hsDown, up: p.up, down: p.down, total: p.up + p.down, rsv1Up: p.rsv1Up, rsv1Down: p.rsv1Down,
+  hsUp: p.hsUp, hsDown: p.hsDown, up: p.up, down: p.down, total: p.up + p.down, all: p.hsUp + p.hsDown + p.up + p.down, rsv1Up: p.rsv1Up, rsv1Down: p.rsv1Down,
 });
 const sum = (a, b) => Object.fromEntries(Object.keys(a).map((k) => [k, a[k] + b[k]]));
 const row = (mode, who) => {
-  const per = runs[mode].map((r) => (who === "both" ? sum(fields(r.pages.alice), fields(r.pages.bob)) : fields(r.pages[who])));
+  const per = runs[mode].map((r) => (who === "both" ? sum(fields(r.pages.alice), fields(r.pages.bob)) : fields(r.pages[who])))
+    .map((p) => ({ ...p, wireSipUp: p.up / p.sipUp, wireSipDown: p.down / p.sipDown })); // each run's own ratio
   return Object.fromEntries(Object.keys(per[0]).map((k) => [k, median(per.map((p) => p[k]))]));
 };
 const n = (x) => Math.round(x).toLocaleString("en-US");
@@ -349,14 +353,14 @@ const first = runs.on[0].pages.alice;
 console.log(`web phone (JsSIP) in headless Chromium, ${ROUNDS} runs per mode, medians; bytes of TCP payload on each page's WebSocket`);
 console.log(`Chromium offered: ${first.offered}`);
 console.log(`-compression answered: ${first.extensions}\n`);
-console.log("| page | mode | messages up / down | SIP bytes up / down | handshake up / down | after the 101 up | after the 101 down | total after the 101 | compressed (RSV1) up / down |");
-console.log("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+console.log("| page | mode | messages up / down | SIP bytes up / down | handshake up / down | after the 101 up | after the 101 down | total after the 101 | total with the handshake | wire ÷ SIP bytes up / down | compressed (RSV1) up / down |");
+console.log("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
 for (const who of ["alice", "bob", "both"]) {
   const off = row("off", who);
   for (const mode of ["off", "on"]) {
     const r = row(mode, who);
     const ratio = (k) => (mode === "on" ? ` (${pct(r[k], off[k])})` : "");
     console.log(`| ${who} | ${mode} | ${r.msgsUp} / ${r.msgsDown} | ${n(r.sipUp)} / ${n(r.sipDown)} | ${n(r.hsUp)} / ${n(r.hsDown)} | ` +
-      `${n(r.up)}${ratio("up")} | ${n(r.down)}${ratio("down")} | ${n(r.total)}${ratio("total")} | ${r.rsv1Up} / ${r.rsv1Down} |`);
+      `${n(r.up)}${ratio("up")} | ${n(r.down)}${ratio("down")} | ${n(r.total)}${ratio("total")} | ${n(r.all)}${ratio("all")} | ${pct(r.wireSipUp, 1)} / ${pct(r.wireSipDown, 1)} | ${r.rsv1Up} / ${r.rsv1Down} |`);
   }
 }
