@@ -3,15 +3,14 @@ package main
 import (
 	"cmp"
 	"encoding/json"
-	"net"
 	"net/http"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/sipws/sipws"
+	"github.com/sipws/sipws/examples/internal/webpage"
 )
 
 // The JSON API, in the shapes of examples/webphone's: the page reads the
@@ -96,32 +95,8 @@ func (a *app) serveOnline(w http.ResponseWriter, r *http.Request) {
 // for /RPC, a request must name a loopback address, localhost or one of
 // hosts in its Host header (421 otherwise: DNS rebinding).
 func (a *app) adminRoutes(mux *http.ServeMux, hosts ...string) {
-	guard := func(h http.HandlerFunc) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			if !adminHostOK(r.Host, hosts) {
-				http.Error(w, "Host "+strconv.Quote(r.Host)+" is not allowed", http.StatusMisdirectedRequest)
-				return
-			}
-			h(w, r)
-		}
-	}
-	mux.HandleFunc("GET /api/connections", guard(a.serveConnections))
-	mux.HandleFunc("GET /api/bindings", guard(a.serveBindings))
-}
-
-// adminHostOK reports whether Host hostport names a loopback address,
-// localhost or one of hosts.
-func adminHostOK(hostport string, hosts []string) bool {
-	name := hostport
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		name = h
-	}
-	name = strings.TrimSuffix(strings.ToLower(strings.Trim(name, "[]")), ".")
-	if name == "localhost" || (name != "" && slices.Contains(hosts, name)) {
-		return true
-	}
-	ip, err := netip.ParseAddr(name)
-	return err == nil && ip.Unmap().IsLoopback()
+	mux.HandleFunc("GET /api/connections", webpage.AdminOnly(a.serveConnections, hosts...))
+	mux.HandleFunc("GET /api/bindings", webpage.AdminOnly(a.serveBindings, hosts...))
 }
 
 type connJSON struct {

@@ -43,7 +43,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -63,6 +62,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+
 	"github.com/sipws/sipws"
 	"github.com/sipws/sipws/examples/internal/webpage"
 	"github.com/sipws/sipws/sipwsprom"
@@ -357,40 +357,10 @@ func run(ctx context.Context, stopSignals func(), args []string, stderr io.Write
 		log.Warn("JsSIP not bundled: the page cannot register until it is installed", "hint", webpage.NPMHint, "err", err)
 	}
 
-	var tlsConf *tls.Config
-	host, _, _ := net.SplitHostPort(o.addr)
-	switch {
-	case o.selfSigned:
-		cert, fp, err := webpage.SelfSigned(host)
-		if err != nil {
-			fmt.Fprintf(stderr, "webphone: %v\n", err)
-			return 1
-		}
-		log.Info("self-signed certificate made", "sha256", fp)
-		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}}
-	case o.tlsCert != "":
-		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
-		if err != nil {
-			fmt.Fprintf(stderr, "webphone: %v\n", err)
-			return 1
-		}
-		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}}
-	}
-
-	ln, err := net.Listen("tcp", o.addr)
+	ln, scheme, err := webpage.Listen(o.addr, webpage.TLS{CertFile: o.tlsCert, KeyFile: o.tlsKey, SelfSigned: o.selfSigned, HTTP2: o.http2}, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "webphone: %v\n", err)
 		return 1
-	}
-	scheme := "http"
-	if tlsConf != nil {
-		tlsConf.MinVersion = tls.VersionTLS12
-		tlsConf.NextProtos = []string{"http/1.1"} // WebSocket over HTTP/1.1
-		if o.http2 {
-			tlsConf.NextProtos = []string{"h2", "http/1.1"} // and over HTTP/2 (RFC 8441)
-		}
-		ln = tls.NewListener(ln, tlsConf)
-		scheme = "https"
 	}
 	errorLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	hsrv := &http.Server{

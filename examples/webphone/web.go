@@ -4,11 +4,8 @@ import (
 	"cmp"
 	"encoding/json"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -114,32 +111,8 @@ func (s *site) serveOnline(w http.ResponseWriter, r *http.Request) {
 // request must name a loopback address, localhost or one of hosts in its
 // Host header (421 otherwise: DNS rebinding).
 func (s *site) adminRoutes(mux *http.ServeMux, hosts ...string) {
-	guard := func(h http.HandlerFunc) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			if !adminHostOK(r.Host, hosts) {
-				http.Error(w, "Host "+strconv.Quote(r.Host)+" is not allowed", http.StatusMisdirectedRequest)
-				return
-			}
-			h(w, r)
-		}
-	}
-	mux.HandleFunc("GET /api/connections", guard(s.serveConnections))
-	mux.HandleFunc("GET /api/bindings", guard(s.serveBindings))
-}
-
-// adminHostOK reports whether Host hostport names a loopback address,
-// localhost or one of hosts.
-func adminHostOK(hostport string, hosts []string) bool {
-	name := hostport
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		name = h
-	}
-	name = strings.TrimSuffix(strings.ToLower(strings.Trim(name, "[]")), ".")
-	if name == "localhost" || (name != "" && slices.Contains(hosts, name)) {
-		return true
-	}
-	ip, err := netip.ParseAddr(name)
-	return err == nil && ip.Unmap().IsLoopback()
+	mux.HandleFunc("GET /api/connections", webpage.AdminOnly(s.serveConnections, hosts...))
+	mux.HandleFunc("GET /api/bindings", webpage.AdminOnly(s.serveBindings, hosts...))
 }
 
 // connJSON is one connection of /api/connections.
