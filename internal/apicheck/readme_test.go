@@ -55,21 +55,7 @@ func TestREADMECompiles(t *testing.T) {
 		name := filepath.Join(here, fmt.Sprintf("zz_readme_block%d_test.go", i+1))
 		overlay[name] = []byte(readmeFile(i+1, b.code))
 	}
-	cfg := &packages.Config{
-		Mode:    packages.NeedName | packages.NeedTypes | packages.NeedSyntax | packages.NeedTypesInfo | packages.NeedFiles,
-		Dir:     here,
-		Tests:   true,
-		Overlay: overlay,
-	}
-	pkgs, err := packages.Load(cfg, ".")
-	require.NoError(t, err)
-	var problems []string
-	packages.Visit(pkgs, nil, func(p *packages.Package) {
-		for _, e := range p.Errors {
-			problems = append(problems, e.Error())
-		}
-	})
-	if len(problems) > 0 {
+	if problems := typeCheck(t, here, overlay); len(problems) > 0 {
 		var where strings.Builder
 		for i, b := range blocks {
 			fmt.Fprintf(&where, "  zz_readme_block%d_test.go = README.md line %d\n", i+1, b.line)
@@ -85,11 +71,20 @@ func TestREADMECompilesCatchesDrift(t *testing.T) {
 	here, err := filepath.Abs(".")
 	require.NoError(t, err)
 	name := filepath.Join(here, "zz_readme_drift_test.go")
+	problems := typeCheck(t, here, map[string][]byte{name: []byte(readmeFile(1, "srv, _ := sipws.New(sipws.Config{})\nsrv.NoSuchMethod()\n"))})
+	require.NotEmpty(t, problems, "a call of a missing method compiled")
+	require.Contains(t, strings.Join(problems, "\n"), "NoSuchMethod")
+}
+
+// typeCheck loads the package in dir, with its tests and the overlay files,
+// and returns the errors of the load and the type check.
+func typeCheck(t *testing.T, dir string, overlay map[string][]byte) []string {
+	t.Helper()
 	cfg := &packages.Config{
 		Mode:    packages.NeedName | packages.NeedTypes | packages.NeedSyntax | packages.NeedTypesInfo | packages.NeedFiles,
-		Dir:     here,
+		Dir:     dir,
 		Tests:   true,
-		Overlay: map[string][]byte{name: []byte(readmeFile(1, "srv, _ := sipws.New(sipws.Config{})\nsrv.NoSuchMethod()\n"))},
+		Overlay: overlay,
 	}
 	pkgs, err := packages.Load(cfg, ".")
 	require.NoError(t, err)
@@ -99,8 +94,7 @@ func TestREADMECompilesCatchesDrift(t *testing.T) {
 			problems = append(problems, e.Error())
 		}
 	})
-	require.NotEmpty(t, problems, "a call of a missing method compiled")
-	require.Contains(t, strings.Join(problems, "\n"), "NoSuchMethod")
+	return problems
 }
 
 type goBlock struct {
