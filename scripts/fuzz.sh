@@ -27,7 +27,6 @@ targets=(
 	.:FuzzExtensions
 	.:FuzzInflate
 	./examples/webphone:FuzzDigestVerify
-	./examples/webphone:FuzzReadStreamMessage
 )
 
 log=$(mktemp)
